@@ -1,0 +1,153 @@
+"""Router actor: the consumer-group reader of `mcp_tasks`; queues tasks by priority and fills worker slots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.worker import WorkerActor
+from orchestrator.adapters.task_store import TaskStore
+from orchestrator.models import PoolStatus, WorkerStatus
+from orchestrator.naming import worker_name
+from orchestrator.routing import ReadyQueues, WorkerLoad, choose_worker
+from orchestrator.settings import Settings
+from orchestrator.tasks import TaskSpec
+
+logger = logging.getLogger(__name__)
+
+CONSUMER = "router-0"  # one router; a restarted router re-reads the same consumer's pending entries
+
+
+@dataclass
+class WorkerSlot:
+    name: str
+    worker_type: str
+    handle: Any
+    capacity: int
+    assigned: dict[str, TaskSpec] = field(default_factory=dict)
+
+
+@ray.remote
+class RouterActor:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store = TaskStore.from_settings(settings.redis)
+        self._ready = ReadyQueues()
+        self._workers: dict[str, WorkerSlot] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._started = asyncio.Event()
+
+    async def start(self) -> None:
+        """Create or adopt the worker pools and begin consuming; idempotent (Ray may restart us)."""
+        if self._background:
+            return await self._started.wait()
+        self._background = [asyncio.create_task(self._consume(), name="consume"),
+                            asyncio.create_task(self._trim_loop(), name="trim")]
+        await self._started.wait()
+
+    async def ready(self) -> bool:
+        await self._started.wait()
+        return True
+
+    async def pools(self) -> tuple[list[PoolStatus], list[WorkerStatus]]:
+        workers = [
+            WorkerStatus(name=w.name, worker_type=w.worker_type, slots=self._settings.pools[w.worker_type].slots,
+                         running=len(w.assigned), queued=0)
+            for w in self._workers.values()
+        ]
+        pools = [
+            PoolStatus(
+                worker_type=worker_type,
+                workers=sum(1 for w in workers if w.worker_type == worker_type),
+                slots=sum(w.slots for w in workers if w.worker_type == worker_type),
+                running=sum(w.running for w in workers if w.worker_type == worker_type),
+                queued=self._ready.depth(worker_type),
+            )
+            for worker_type in self._settings.pools
+        ]
+        return pools, workers
+
+    async def cancel_running(self, task_id: str) -> None:
+        for worker in self._workers.values():
+            if task_id in worker.assigned:
+                with contextlib.suppress(RayActorError):
+                    await worker.handle.cancel.remote(task_id)
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _spawn_workers(self) -> None:
+        for worker_type, pool in self._settings.pools.items():
+            for index in range(pool.workers):
+                name = worker_name(worker_type, index)
+                handle = WorkerActor.options(  # type: ignore[attr-defined]
+                    name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
+                    max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
+                ).remote(self._settings, name, worker_type)
+                self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots + pool.prefetch)
+
+    async def _consume(self) -> None:
+        await self._store.ensure_group()
+        self._spawn_workers()
+        # After a restart, entries delivered to us earlier and never acknowledged come first.
+        for task in await self._store.read(CONSUMER, count=1_000_000, block_ms=None, pending=True):
+            self._ready.push(task)
+        self._started.set()
+        self._dispatch()
+        router = self._settings.router
+        while True:
+            try:
+                tasks = await self._store.read(CONSUMER, count=router.read_count, block_ms=router.read_block_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("reading the task stream failed; retrying", exc_info=True)
+                await asyncio.sleep(1.0)  # backoff while Redis is away
+                continue
+            for task in tasks:
+                self._ready.push(task)
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Fill free worker capacity from the ready queues, highest priority first."""
+        for worker_type in self._settings.pools:
+            while self._ready.depth(worker_type):
+                pool = [w for w in self._workers.values() if w.worker_type == worker_type]
+                name = choose_worker(WorkerLoad(w.name, w.capacity, len(w.assigned)) for w in pool)
+                if name is None:
+                    break
+                task = self._ready.pop(worker_type)
+                assert task is not None
+                worker = self._workers[name]
+                worker.assigned[task.task_id] = task
+                self._background.append(asyncio.create_task(self._run_on(worker, task)))
+        self._background = [t for t in self._background if not t.done()]
+
+    async def _run_on(self, worker: WorkerSlot, task: TaskSpec) -> None:
+        try:
+            await worker.handle.run.remote(task)
+        except RayActorError:
+            # The worker died mid-task: Ray restarts it; the task goes back to the queue and its next
+            # attempt supersedes the lost one (fencing by attempt number).
+            logger.warning("worker died; requeueing its task", extra={"worker": worker.name, "task_id": task.task_id})
+            self._ready.push(task)
+        except Exception:
+            logger.warning("task attempt did not complete; requeueing", extra={"task_id": task.task_id},
+                           exc_info=True)
+            self._ready.push(task)
+        finally:
+            worker.assigned.pop(task.task_id, None)
+            self._dispatch()
+
+    async def _trim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.redis.stream_trim_interval_s)  # a period, not synchronisation
+            try:
+                await self._store.trim()
+            except Exception:
+                logger.warning("stream trim failed", exc_info=True)

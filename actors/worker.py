@@ -1,0 +1,74 @@
+"""Worker actor: a priority mailbox feeding N slots that run tasks' tools."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Any
+
+import ray
+
+from orchestrator.adapters.task_store import TaskStore
+from orchestrator.execution import RunningTasks, execute
+from orchestrator.models import TaskStatus
+from orchestrator.settings import Settings
+from orchestrator.tasks import TaskSpec
+from orchestrator.tools.base import Tool
+from orchestrator.tools.registry import build_tool
+
+logger = logging.getLogger(__name__)
+
+Mail = tuple[int, float, int, TaskSpec, "asyncio.Future[TaskStatus | None]"]
+
+
+@ray.remote
+class WorkerActor:
+    def __init__(self, settings: Settings, name: str, worker_type: str) -> None:
+        self._name = name
+        self._store = TaskStore.from_settings(settings.redis)
+        self._tools: dict[str, Tool] = {
+            tool_name: build_tool(tool_name, tool)
+            for tool_name, tool in settings.tools.items()
+            if tool.worker_type == worker_type
+        }
+        self._slots = settings.pools[worker_type].slots
+        self._mailbox: asyncio.PriorityQueue[Mail] = asyncio.PriorityQueue()
+        self._seq = itertools.count()
+        self._running = RunningTasks()
+        self._busy = 0
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def run(self, task: TaskSpec) -> TaskStatus | None:
+        """Queue a task in the mailbox (priority, then age) and return its final status once run."""
+        self._start_loops()
+        future: asyncio.Future[TaskStatus | None] = asyncio.get_running_loop().create_future()
+        await self._mailbox.put((-task.priority, task.created_at, next(self._seq), task, future))
+        return await future
+
+    async def cancel(self, task_id: str) -> bool:
+        return self._running.cancel(task_id)
+
+    async def load(self) -> dict[str, Any]:
+        return {"name": self._name, "slots": self._slots, "running": self._busy, "queued": self._mailbox.qsize()}
+
+    def _start_loops(self) -> None:
+        if not self._loops:
+            self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
+
+    async def _slot_loop(self) -> None:
+        while True:
+            *_, task, future = await self._mailbox.get()
+            self._busy += 1
+            try:
+                status = await execute(task, self._tools.get(task.tool), self._store, self._name, time.time,
+                                       self._running)
+                if not future.done():
+                    future.set_result(status)
+            except Exception as exc:  # Redis down after retries: the router requeues the task
+                logger.warning("task attempt failed to complete", extra={"task_id": task.task_id}, exc_info=True)
+                if not future.done():
+                    future.set_exception(exc)
+            finally:
+                self._busy -= 1

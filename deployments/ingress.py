@@ -1,0 +1,176 @@
+"""HTTP ingress on Ray Serve: moves bytes between HTTP and the JSON-RPC dispatcher; health and docs."""
+
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import ray
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from orchestrator import api
+from orchestrator.adapters.task_store import TaskStore
+from orchestrator.adapters.waiter import CompletionWaiter
+from orchestrator.jsonrpc import Dispatcher, RequestContext
+from orchestrator.models import PoolStatus, WorkerStatus
+from orchestrator.naming import ROUTER_NAME
+from orchestrator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+app = FastAPI(
+    title="MCP Orchestrator",
+    version="0.1.0",
+    description="JSON-RPC 2.0 task API. POST a JSON-RPC request or batch; `rpc.discover` returns the OpenRPC "
+    "document with every method's params and result schemas.",
+)
+
+_RPC_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "oneOf": [
+                        {"$ref": "#/components/schemas/JsonRpcRequest"},
+                        {"type": "array", "items": {"$ref": "#/components/schemas/JsonRpcRequest"}},
+                    ]
+                }
+            }
+        },
+    }
+}
+
+
+class ActorRouterClient:
+    """The router, reached by name, every call bounded by a timeout."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._namespace = settings.namespace
+        self._timeout_s = settings.router.call_timeout_s
+        self._handle: Any = None
+
+    def _router(self) -> Any:
+        if self._handle is None:
+            self._handle = ray.get_actor(ROUTER_NAME, namespace=self._namespace)
+        return self._handle
+
+    async def pools(self) -> tuple[list[PoolStatus], list[WorkerStatus]]:
+        async with asyncio.timeout(self._timeout_s):
+            return await self._router().pools.remote()  # type: ignore[no-any-return]
+
+    async def cancel_running(self, task_id: str) -> None:
+        async with asyncio.timeout(self._timeout_s):
+            await self._router().cancel_running.remote(task_id)
+
+    async def ready(self) -> bool:
+        async with asyncio.timeout(self._timeout_s):
+            return bool(await self._router().ready.remote())
+
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it exceeds `limit` bytes (without reading the rest into memory)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+# Helpers above this point: serve.deployment snapshots the class (and what it references) here.
+@serve.deployment
+@serve.ingress(app)
+class RpcIngress:
+    def __init__(self, settings: Settings) -> None:
+        from orchestrator.service import TaskService
+
+        self._settings = settings
+        self._store = TaskStore.from_settings(settings.redis)
+        self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
+        self._router = ActorRouterClient(settings)
+        service = TaskService(settings, self._store, self._waiter, self._router, time.time)
+        limits = settings.limits
+        self._dispatchers = {
+            version: Dispatcher(api.methods(service, version), max_batch=limits.max_batch, version=str(version))
+            for version in (1, 2)
+        }
+
+    @app.post("/v1/rpc", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, API v1 (all methods)")
+    async def rpc_v1(self, request: Request) -> Response:
+        return await self._rpc(request, 1)
+
+    @app.post("/v2/rpc", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, API v2 (run_task takes `input`, `deadline`)")
+    async def rpc_v2(self, request: Request) -> Response:
+        return await self._rpc(request, 2)
+
+    @app.post("/v1/run_task", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `run_task` only")
+    async def run_task_v1(self, request: Request) -> Response:
+        return await self._rpc(request, 1, "run_task")
+
+    @app.post("/v2/run_task", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, v2 `run_task` only")
+    async def run_task_v2(self, request: Request) -> Response:
+        return await self._rpc(request, 2, "run_task")
+
+    @app.post("/v1/status", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `status` only")
+    async def status_v1(self, request: Request) -> Response:
+        return await self._rpc(request, 1, "status")
+
+    @app.get("/healthz", summary="Ready when Redis answers and the router is consuming")
+    async def healthz(self) -> JSONResponse:
+        checks = {"redis": False, "router": False}
+        try:
+            async with asyncio.timeout(2):
+                checks["redis"] = bool(await self._store.redis.ping())
+        except Exception:
+            logger.warning("health check: redis unreachable", exc_info=True)
+        try:
+            checks["router"] = await self._router.ready()
+        except Exception:
+            logger.warning("health check: router not ready", exc_info=True)
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    async def _rpc(self, request: Request, version: int, method: str | None = None) -> Response:
+        body = await _read_limited(request, self._settings.limits.max_body_bytes)
+        if body is None:
+            error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid Request",
+                     "data": {"reason": f"body larger than {self._settings.limits.max_body_bytes} bytes"}}}
+            return Response(json.dumps(error), status_code=413, media_type="application/json")
+        reply = await self._dispatchers[version].handle(body, RequestContext(version=version), path_method=method)
+        if reply is None:
+            return Response(status_code=204)
+        return Response(reply, media_type="application/json")
+
+
+def _openapi_with_envelope() -> dict[str, Any]:
+    """OpenAPI plus the JSON-RPC envelope schema the request bodies refer to."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema.setdefault("components", {}).setdefault("schemas", {})["JsonRpcRequest"] = {
+            "type": "object",
+            "required": ["jsonrpc", "method"],
+            "properties": {
+                "jsonrpc": {"const": "2.0"},
+                "method": {"type": "string", "enum": ["run_task", "get_task", "cancel_task", "status", "rpc.discover"]},
+                "params": {"type": ["object", "array"]},
+                "id": {"type": ["string", "number", "null"]},
+            },
+            "additionalProperties": False,
+        }
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+app.openapi = _openapi_with_envelope  # type: ignore[method-assign]

@@ -1,0 +1,49 @@
+"""The JSON-RPC method tables of API versions 1 and 2, bound to a TaskService."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from orchestrator.jsonrpc import Method, RequestContext
+from orchestrator.models import (
+    CancelTaskResult,
+    RunTaskParams,
+    RunTaskParamsV2,
+    RunTaskResult,
+    StatusParams,
+    StatusResult,
+    TaskIdParams,
+    TaskRecord,
+)
+from orchestrator.service import TaskService
+
+RUN_TASK_SUMMARY = (
+    "Submit a task. Answers {task_id, status} once it is durably accepted, or, with `wait`, "
+    "the finished task record if it finishes within `wait` seconds."
+)
+
+
+def methods(service: TaskService, version: int) -> list[Method]:
+    """The methods of one API version; v2 differs only in `run_task`'s params."""
+
+    async def run_task(params: Any, ctx: RequestContext) -> RunTaskResult | TaskRecord:
+        return await service.run_task(params)
+
+    async def get_task(params: Any, ctx: RequestContext) -> TaskRecord:
+        return await service.get_task(cast(TaskIdParams, params).task_id)
+
+    async def cancel_task(params: Any, ctx: RequestContext) -> CancelTaskResult:
+        return await service.cancel_task(cast(TaskIdParams, params).task_id)
+
+    async def status(params: Any, ctx: RequestContext) -> StatusResult:
+        return await service.status()
+
+    return [
+        Method("run_task", RunTaskParams if version == 1 else RunTaskParamsV2, RunTaskResult | TaskRecord,
+               RUN_TASK_SUMMARY, run_task),
+        Method("get_task", TaskIdParams, TaskRecord, "The task's record: status, result or error, timings.",
+               get_task),
+        Method("cancel_task", TaskIdParams, CancelTaskResult,
+               "Cancel a queued task at once, or interrupt a running one.", cancel_task),
+        Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status),
+    ]

@@ -1,0 +1,97 @@
+"""Every error the orchestrator raises, with its JSON-RPC code; the one list of application codes.
+
+Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); application codes:
+  -32001 task not found          -32002 queue full (retryable, carries retry_after_s)
+  -32003 task not cancellable     -32004 tool failed
+  -32005 storage unavailable (retryable)
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class OrchestratorError(Exception):
+    code: ClassVar[int] = -32000
+    retryable: ClassVar[bool] = False
+
+    def data(self) -> dict[str, object]:
+        """Extra fields for the JSON-RPC error's `data`."""
+        return {"retryable": self.retryable}
+
+
+class TaskNotFoundError(OrchestratorError):
+    code = -32001
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(task_id)  # unpickling calls cls(*args)
+        self.task_id = task_id
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} not found"
+
+
+class QueueFullError(OrchestratorError):
+    code = -32002
+    retryable = True
+
+    def __init__(self, active: int, limit: int, retry_after_s: float) -> None:
+        super().__init__(active, limit, retry_after_s)
+        self.active, self.limit, self.retry_after_s = active, limit, retry_after_s
+
+    def __str__(self) -> str:
+        return f"queue full: {self.active} tasks active, limit {self.limit}; retry later"
+
+    def data(self) -> dict[str, object]:
+        return {"retryable": True, "retry_after_s": self.retry_after_s}
+
+
+class TaskNotCancellableError(OrchestratorError):
+    code = -32003
+
+    def __init__(self, task_id: str, status: str) -> None:
+        super().__init__(task_id, status)
+        self.task_id, self.status = task_id, status
+
+    def __str__(self) -> str:
+        return f"task {self.task_id} is already {self.status}"
+
+
+class ToolError(OrchestratorError):
+    """A tool failed in a way the user should read (provider error, bad tool input)."""
+
+    code = -32004
+
+    def __init__(self, message: str, retryable: bool = False) -> None:
+        super().__init__(message, retryable)
+        self.message = message
+        self.tool_retryable = retryable
+
+    def __str__(self) -> str:
+        return self.message
+
+    def data(self) -> dict[str, object]:
+        return {"retryable": self.tool_retryable}
+
+
+class StorageUnavailableError(OrchestratorError):
+    code = -32005
+    retryable = True
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"task store unavailable: {self.reason}"
+
+
+class InvalidParamsError(Exception):
+    """Params failed validation at the edge; `fields` maps a field path to why."""
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__(fields)
+        self.fields = fields
+
+    def __str__(self) -> str:
+        return "; ".join(f"{path}: {why}" for path, why in self.fields.items())

@@ -1,0 +1,124 @@
+"""Running one task attempt: start it (fenced), run its tool, store exactly one final state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from orchestrator.adapters.task_store import TaskStore
+from orchestrator.errors import OrchestratorError, ToolError
+from orchestrator.models import TaskStatus
+from orchestrator.tasks import TaskSpec
+from orchestrator.tools.base import Tool, ToolCall
+
+logger = logging.getLogger(__name__)
+
+
+class RunningTasks:
+    """The tool calls running in one worker, so cancel_task can interrupt them (even one about to start)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Future[Any]] = {}
+        self._cancel_early: set[str] = set()
+
+    def register(self, task_id: str, inner: asyncio.Future[Any]) -> None:
+        self._tasks[task_id] = inner
+        if task_id in self._cancel_early:
+            self._cancel_early.discard(task_id)
+            inner.cancel()
+
+    def unregister(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+        self._cancel_early.discard(task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        """Interrupt the task's tool; True if it was running here."""
+        inner = self._tasks.get(task_id)
+        if inner is None:
+            self._cancel_early.add(task_id)  # dispatched here but not started yet: cancel on register
+            return False
+        inner.cancel()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+class AttemptContext:
+    """A tool's progress and checkpoints, written to the task record while this attempt is current."""
+
+    def __init__(self, store: TaskStore, task_id: str, attempt: int) -> None:
+        self._store, self._task_id, self._attempt = store, task_id, attempt
+
+    async def progress(self, data: Mapping[str, Any]) -> None:
+        await self._store.update(self._task_id, self._attempt, "progress", dict(data))
+
+    async def checkpoint(self, state: Mapping[str, Any]) -> None:
+        await self._store.update(self._task_id, self._attempt, "checkpoint", dict(state))
+
+
+async def execute(
+    task: TaskSpec,
+    tool: Tool | None,
+    store: TaskStore,
+    worker: str,
+    clock: Callable[[], float],
+    running: RunningTasks,
+) -> TaskStatus | None:
+    """Run one attempt of `task`; returns its final status, or None if it was not ours to run or finish."""
+    started = await store.start(task.task_id, worker, clock())
+    if started is None:
+        return None
+    attempt = started.attempt
+    call = ToolCall(task_id=task.task_id, attempt=attempt, input=task.input, context=task.context,
+                    deadline=task.deadline, checkpoint=started.checkpoint)
+    status, fields = await _run(task, tool, call, AttemptContext(store, task.task_id, attempt), clock, running)
+    stored = await store.finish(task.task_id, attempt, status, clock(), **fields)
+    if not stored:
+        logger.warning("stale attempt's result refused", extra={"task_id": task.task_id, "attempt": attempt})
+        return None
+    return status
+
+
+async def _run(
+    task: TaskSpec,
+    tool: Tool | None,
+    call: ToolCall,
+    ctx: AttemptContext,
+    clock: Callable[[], float],
+    running: RunningTasks,
+) -> tuple[TaskStatus, dict[str, Any]]:
+    """Run the tool as its own asyncio task, registered in `running` so cancel_task can interrupt it."""
+    if tool is None:
+        return _failed(ToolError(f"tool {task.tool!r} is not configured on this worker"))
+    if task.deadline is not None and clock() >= task.deadline:
+        return _failed(ToolError("deadline passed before the task could start"))
+    inner = asyncio.ensure_future(tool.run(call, ctx))
+    running.register(task.task_id, inner)
+    try:
+        timeout = None if task.deadline is None else task.deadline - clock()
+        async with asyncio.timeout(timeout):
+            result = await inner
+    except TimeoutError:
+        return _failed(ToolError("deadline exceeded while running"))
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():  # we are shutting down, not cancel_task
+            inner.cancel()
+            raise
+        return TaskStatus.CANCELLED, {}
+    except OrchestratorError as exc:
+        return _failed(exc)
+    except Exception as exc:
+        logger.exception("tool crashed", extra={"task_id": task.task_id, "tool": task.tool})
+        return _failed(ToolError(f"tool {task.tool!r} failed unexpectedly ({type(exc).__name__})"))
+    finally:
+        running.unregister(task.task_id)
+    return TaskStatus.SUCCEEDED, {"result": result}
+
+
+def _failed(exc: OrchestratorError) -> tuple[TaskStatus, dict[str, Any]]:
+    error = {"code": exc.code, "message": str(exc), "retryable": bool(exc.data().get("retryable", False))}
+    return TaskStatus.FAILED, {"error": error}

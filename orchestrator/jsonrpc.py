@@ -1,0 +1,318 @@
+"""The JSON-RPC 2.0 protocol: envelopes, batches, params validation, error mapping and the OpenRPC document."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError as SchemaError
+from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import ValidationError as ModelError
+from pydantic_core import to_jsonable_python
+
+from orchestrator.errors import InvalidParamsError, OrchestratorError
+
+logger = logging.getLogger(__name__)
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+
+_ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
+_REF_TEMPLATE = "#/components/schemas/{model}"
+_MAX_REPR = 100
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    version: int = 1  # API version of the endpoint (1 or 2)
+    principal: str | None = None  # authenticated caller
+
+
+@dataclass(frozen=True, slots=True)
+class Method:
+    name: str
+    params: type[BaseModel]  # extra="forbid"; its field order is the positional order
+    result: Any  # anything pydantic.TypeAdapter accepts
+    summary: str
+    handler: Callable[[BaseModel, RequestContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    method: Method
+    validator: Draft202012Validator
+    positional: tuple[str, ...]
+
+
+class _EdgeError(Exception):
+    """A protocol-level failure (-32700..-32601) detected by the dispatcher itself."""
+
+    def __init__(self, code: int, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message, data)
+        self.code, self.message, self.data = code, message, data
+
+
+class _NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def to_jsonrpc_error(exc: Exception) -> dict[str, Any]:
+    """Turn any exception into a JSON-RPC error object; the only place this happens."""
+    if isinstance(exc, _EdgeError):
+        error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+        if exc.data is not None:
+            error["data"] = exc.data
+        return error
+    if isinstance(exc, OrchestratorError):
+        return {"code": exc.code, "message": str(exc), "data": exc.data()}
+    if isinstance(exc, InvalidParamsError):
+        return {"code": INVALID_PARAMS, "message": "Invalid params", "data": {"fields": exc.fields}}
+    logger.exception("unhandled error", exc_info=exc)
+    return {"code": INTERNAL_ERROR, "message": "Internal error"}
+
+
+class Dispatcher:
+    """Answers JSON-RPC 2.0 request bodies by calling the methods it was built with."""
+
+    def __init__(
+        self,
+        methods: Sequence[Method],
+        *,
+        max_batch: int = 100,
+        max_depth: int = 32,
+        title: str = "MCP Orchestrator",
+        version: str = "1",
+    ) -> None:
+        discover = Method("rpc.discover", _NoParams, dict[str, Any], "This service's OpenRPC document.", self._discover)
+        self._entries: dict[str, _Entry] = {}
+        for method in [*methods, discover]:
+            if method.name in self._entries or (method.name.startswith("rpc.") and method is not discover):
+                raise ValueError(f"method name {method.name!r} is taken or reserved")
+            schema = method.params.model_json_schema()
+            positional = tuple(schema.get("properties", {}))
+            self._entries[method.name] = _Entry(method, Draft202012Validator(schema), positional)
+        self._max_batch, self._max_depth = max_batch, max_depth
+        self._openrpc = _build_openrpc([e.method for e in self._entries.values()], title, version)
+
+    def openrpc(self) -> dict[str, Any]:
+        """The OpenRPC 1.3 document describing every method, `rpc.discover` included."""
+        return copy.deepcopy(self._openrpc)
+
+    async def handle(self, body: bytes, ctx: RequestContext, *, path_method: str | None = None) -> bytes | None:
+        """Answer one HTTP body; None when there is nothing to send (only notifications).
+
+        Args:
+            path_method: set on a per-method endpoint; the envelope must then name this method.
+        """
+        try:
+            doc = _parse(body, self._max_depth)
+            if isinstance(doc, list) and not doc:
+                raise _EdgeError(INVALID_REQUEST, "Invalid Request", {"reason": "empty batch"})
+            if isinstance(doc, list) and len(doc) > self._max_batch:
+                reason = f"batch of {len(doc)} requests exceeds the limit of {self._max_batch}"
+                raise _EdgeError(INVALID_REQUEST, "Invalid Request", {"reason": reason, "max_batch": self._max_batch})
+        except _EdgeError as exc:
+            return _encode(_error_reply(None, to_jsonrpc_error(exc)))
+        if not isinstance(doc, list):
+            reply = await self._answer(doc, ctx, path_method)
+            return None if reply is None else _encode(reply)
+        replies = await asyncio.gather(*(self._answer(member, ctx, path_method) for member in doc))
+        kept = [reply for reply in replies if reply is not None]
+        return _encode("[" + ",".join(kept) + "]") if kept else None
+
+    async def _answer(self, request: Any, ctx: RequestContext, path_method: str | None) -> str | None:
+        """One serialized response for one batch member, or None for a notification."""
+        request_id = request.get("id") if isinstance(request, dict) and _is_valid_id(request.get("id")) else None
+        try:
+            name, raw_params = _check_envelope(request)
+        except _EdgeError as exc:  # invalid requests are answered even without an id
+            return _error_reply(request_id, to_jsonrpc_error(exc))
+        is_notification = "id" not in request
+        try:
+            entry = self._resolve(name, path_method)
+            params = _validate(entry, raw_params)
+            result = await entry.method.handler(params, ctx)
+            if is_notification:
+                return None
+            return _dumps({"jsonrpc": "2.0", "id": request_id, "result": _jsonable(result)})
+        except Exception as exc:  # the edge: every failure becomes a wire error
+            error = to_jsonrpc_error(exc)
+            return None if is_notification else _error_reply(request_id, error)
+
+    def _resolve(self, name: str, path_method: str | None) -> _Entry:
+        if path_method is not None and name != path_method:
+            raise _EdgeError(METHOD_NOT_FOUND, "Method not found", {"method": name, "expected": path_method})
+        entry = self._entries.get(name)
+        if entry is None or (path_method is not None and entry.method.name.startswith("rpc.")):
+            known = sorted(n for n in self._entries if path_method is None or not n.startswith("rpc."))
+            raise _EdgeError(METHOD_NOT_FOUND, "Method not found", {"method": name, "known": known})
+        return entry
+
+    async def _discover(self, params: BaseModel, ctx: RequestContext) -> dict[str, Any]:
+        return self._openrpc
+
+
+def _parse(body: bytes, max_depth: int) -> Any:
+    """Decode a body as strict JSON (UTF-8, no NaN/Infinity) no deeper than `max_depth`."""
+    try:
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise _EdgeError(PARSE_ERROR, "Parse error", {"reason": "body is not valid UTF-8"}) from None
+    except json.JSONDecodeError as exc:
+        reason = f"invalid JSON at line {exc.lineno} column {exc.colno}"
+        raise _EdgeError(PARSE_ERROR, "Parse error", {"reason": reason}) from None
+    except RecursionError:  # the C decoder recurses once per level; far too deep to check ourselves
+        raise _too_deep(max_depth) from None
+    if _exceeds_depth(doc, max_depth):
+        raise _too_deep(max_depth)
+    return doc
+
+
+def _reject_constant(name: str) -> Any:
+    raise _EdgeError(PARSE_ERROR, "Parse error", {"reason": f"{name} is not valid JSON"})
+
+
+def _too_deep(max_depth: int) -> _EdgeError:
+    reason = f"JSON nested deeper than {max_depth} levels"
+    return _EdgeError(INVALID_REQUEST, "Invalid Request", {"reason": reason, "max_depth": max_depth})
+
+
+def _exceeds_depth(doc: Any, max_depth: int) -> bool:
+    """Whether containers nest deeper than `max_depth`; iterative, so it cannot overflow the stack."""
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict | list):
+            if depth > max_depth:
+                return True
+            children: Iterable[Any] = node.values() if isinstance(node, dict) else node
+            stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _is_valid_id(value: Any) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def _check_envelope(request: Any) -> tuple[str, Any]:
+    """The method name and raw params of a valid request object; raises -32600 otherwise."""
+    if not isinstance(request, dict):
+        raise _invalid_request("a request must be a JSON object")
+    if unknown := sorted(set(request) - _ENVELOPE_KEYS):
+        raise _invalid_request(f"unknown members: {', '.join(unknown)}")
+    if request.get("jsonrpc") != "2.0":
+        raise _invalid_request('"jsonrpc" must be exactly "2.0"')
+    if not isinstance(request.get("method"), str):
+        raise _invalid_request('"method" must be a string')
+    if "params" in request and not isinstance(request["params"], dict | list):
+        raise _invalid_request('"params" must be an object or an array')
+    if "id" in request and not _is_valid_id(request["id"]):
+        raise _invalid_request('"id" must be a string, a number or null')
+    return request["method"], request.get("params", {})
+
+
+def _invalid_request(reason: str) -> _EdgeError:
+    return _EdgeError(INVALID_REQUEST, "Invalid Request", {"reason": reason})
+
+
+def _validate(entry: _Entry, raw: dict[str, Any] | list[Any]) -> BaseModel:
+    """Check params against the published JSON Schema, then build the model in strict mode."""
+    if isinstance(raw, list):
+        if len(raw) > len(entry.positional):
+            reason = f"expected at most {len(entry.positional)} positional params, got {len(raw)}"
+            raise InvalidParamsError({"params": reason})
+        raw = dict(zip(entry.positional, raw))
+    fields: dict[str, str] = {}
+    for error in entry.validator.iter_errors(raw):
+        for path, reason in _describe(error):
+            fields.setdefault(path, reason)
+    if fields:
+        raise InvalidParamsError(fields)
+    try:
+        return entry.method.params.model_validate_json(json.dumps(raw), strict=True)
+    except ModelError as exc:  # what JSON Schema cannot say (formats, strict floats); pydantic's text stays here
+        raise InvalidParamsError({_path(e["loc"]): f"invalid ({e['type']})" for e in exc.errors()}) from None
+
+
+def _describe(error: SchemaError) -> list[tuple[str, str]]:
+    """Field paths and short reasons for one JSON Schema error."""
+    base = _path(error.absolute_path)
+    instance: Any = error.instance
+    if error.validator == "required" and isinstance(instance, dict):
+        required: list[str] = list(error.validator_value)
+        return [(f"{base}.{name}", "required") for name in required if name not in instance]
+    if error.validator == "additionalProperties" and isinstance(instance, dict) and isinstance(error.schema, dict):
+        known: dict[str, Any] = error.schema.get("properties", {})
+        return [(f"{base}.{name}", "unknown field") for name in instance if name not in known]
+    text = repr(instance)
+    message = error.message.replace(text, text[:_MAX_REPR] + "...") if len(text) > _MAX_REPR else error.message
+    return [(base, f"{error.validator}: {message[: 2 * _MAX_REPR]}")]
+
+
+def _path(parts: Iterable[str | int]) -> str:
+    return ".".join(["params", *map(str, parts)])
+
+
+def _jsonable(result: Any) -> Any:
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    return to_jsonable_python(result)  # lists or dicts of models, datetimes, enums
+
+
+def _error_reply(request_id: Any, error: dict[str, Any]) -> str:
+    return _dumps({"jsonrpc": "2.0", "id": request_id, "error": error})
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _encode(text: str) -> bytes:
+    # A lone surrogate (legal as "\ud800" in JSON input) can only sit inside a JSON string, where
+    # backslashreplace writes it back as that same JSON escape.
+    return text.encode("utf-8", "backslashreplace")
+
+
+def _build_openrpc(methods: Sequence[Method], title: str, version: str) -> dict[str, Any]:
+    """An OpenRPC 1.3 document; every `$defs` moves into components.schemas."""
+    schemas: dict[str, Any] = {}
+    described: list[dict[str, Any]] = []
+    for method in methods:
+        params_schema = method.params.model_json_schema(ref_template=_REF_TEMPLATE)
+        result_schema = TypeAdapter(method.result).json_schema(ref_template=_REF_TEMPLATE)
+        schemas.update(params_schema.pop("$defs", {}))
+        schemas.update(result_schema.pop("$defs", {}))
+        required = set(params_schema.get("required", ()))
+        properties: dict[str, dict[str, Any]] = params_schema.get("properties", {})
+        params = [_content_descriptor(name, schema, name in required) for name, schema in properties.items()]
+        described.append(
+            {
+                "name": method.name,
+                "summary": method.summary,
+                "paramStructure": "either",
+                "params": params,
+                "result": {"name": "result", "schema": result_schema},
+            }
+        )
+    return {
+        "openrpc": "1.3.2",
+        "info": {"title": title, "version": version},
+        "methods": described,
+        "components": {"schemas": schemas},
+    }
+
+
+def _content_descriptor(name: str, schema: dict[str, Any], required: bool) -> dict[str, Any]:
+    descriptor: dict[str, Any] = {"name": name, "required": required, "schema": schema}
+    if "description" in schema:
+        descriptor["description"] = schema["description"]
+    return descriptor

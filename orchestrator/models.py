@@ -1,0 +1,149 @@
+"""Wire models: JSON-RPC params and results, and the task record as clients see it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+JsonObject = dict[str, Any]
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+
+FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+Priority = Annotated[int, Field(ge=0, le=10, description="0 (bulk) .. 10 (urgent, preempts)")]
+ToolName = Annotated[str, Field(min_length=1, max_length=128, description="a tool from `status`/`rpc.discover`")]
+IdempotencyKey = Annotated[
+    str, Field(min_length=1, max_length=256, description="a repeated submit with the same key returns the same task")
+]
+Agent = Annotated[str, Field(min_length=1, max_length=128, description="the submitting agent or tenant")]
+WaitSeconds = Annotated[
+    float, Field(ge=0, le=3600, description="block up to this many seconds for the result (capped by the server)")
+]
+
+
+class RunTaskParams(Params):
+    """v1 `run_task`: a prompt plus a free-form context; the tool reads the context keys it knows."""
+
+    tool: ToolName
+    prompt: str = Field(description="the task's text input")
+    priority: Priority = 5
+    context: JsonObject = Field(default_factory=dict, description="free-form; keys the tool's input schema names are its options")
+    wait: WaitSeconds | None = None
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
+
+
+class RunTaskParamsV2(Params):
+    """v2 `run_task`: a structured `input` validated against the tool's own input schema, and a deadline."""
+
+    tool: ToolName
+    input: JsonObject = Field(description="validated against the tool's input schema (see rpc.discover / status)")
+    priority: Priority = 5
+    deadline: AwareDatetime | None = Field(default=None, description="RFC 3339; the task fails if not finished by then")
+    context: JsonObject = Field(default_factory=dict)
+    wait: WaitSeconds | None = None
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
+
+
+class TaskIdParams(Params):
+    task_id: str = Field(min_length=1, max_length=64)
+
+
+class StatusParams(Params):
+    pass
+
+
+class TaskError(BaseModel):
+    code: int
+    message: str
+    retryable: bool = False
+
+
+class TaskRecord(BaseModel):
+    task_id: str
+    status: TaskStatus
+    tool: str
+    worker_type: str
+    priority: int
+    prompt: str | None = None
+    input: JsonObject = Field(default_factory=dict)
+    context: JsonObject = Field(default_factory=dict)
+    agent: str | None = None
+    result: Any = None
+    error: TaskError | None = None
+    attempts: int = 0
+    worker: str | None = None
+    progress: Any = None
+    idempotency_key: str | None = None
+    deadline: float | None = Field(default=None, description="unix seconds")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_ms: float | None = None
+    run_ms: float | None = None
+
+
+class RunTaskResult(BaseModel):
+    task_id: str
+    status: TaskStatus
+    duplicate: bool = Field(default=False, description="true when the idempotency key matched an earlier task")
+
+
+class CancelTaskResult(BaseModel):
+    task_id: str
+    status: TaskStatus
+
+
+class WorkerStatus(BaseModel):
+    name: str
+    worker_type: str
+    slots: int
+    running: int
+    queued: int
+    alive: bool = True
+
+
+class PoolStatus(BaseModel):
+    worker_type: str
+    workers: int
+    slots: int
+    running: int
+    queued: int
+
+
+class ToolInfo(BaseModel):
+    name: str
+    kind: str
+    worker_type: str
+    description: str
+    preemptible: bool
+    input_schema: JsonObject
+
+
+class StatusResult(BaseModel):
+    pools: list[PoolStatus]
+    workers: list[WorkerStatus]
+    tools: list[ToolInfo]
+    stream_length: int
+    stream_pending: int
+    active_tasks: int

@@ -1,0 +1,186 @@
+"""The one settings object: everything tunable, from env (`ORCH_`), a config file, or code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+WorkerType = str
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    # Every key the orchestrator writes starts with this, so instances (and tests) can share a server.
+    prefix: str = "orch"
+    stream_trim_interval_s: float = 5.0
+    retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="finished task records expire after this")
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+
+
+class HttpSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+
+
+class PoolSettings(BaseModel):
+    workers: int = Field(default=1, ge=0)
+    slots: int = Field(default=8, ge=1, description="tasks one worker runs at once")
+    prefetch: int = Field(default=0, ge=0, description="queued tasks a worker may hold beyond its slots")
+    num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per worker actor")
+
+
+OPENAI_PRESETS: dict[str, dict[str, str]] = {
+    # Real public endpoints; the key is read from the named environment variable when settings load.
+    "deepseek": {"base_url": "https://api.deepseek.com", "model": "deepseek-chat", "api_key_env": "DEEPSEEK_API_KEY"},
+    "deepseek-reasoner": {
+        "base_url": "https://api.deepseek.com",
+        "model": "deepseek-reasoner",
+        "api_key_env": "DEEPSEEK_API_KEY",
+    },
+    "perplexity": {"base_url": "https://api.perplexity.ai", "model": "sonar", "api_key_env": "PERPLEXITY_API_KEY"},
+}
+
+
+class ToolSettings(BaseModel):
+    kind: Literal["echo", "openai"]
+    worker_type: WorkerType = "reasoning"
+    description: str = ""
+    preemptible: bool = True
+    # openai kind: a preset fills what is not given explicitly.
+    preset: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    api_key: SecretStr | None = None
+    timeout_s: float = Field(default=120.0, gt=0)
+    stream: bool = True
+    max_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _apply_preset(self) -> ToolSettings:
+        if self.preset is not None:
+            if self.preset not in OPENAI_PRESETS:
+                raise ValueError(f"unknown preset {self.preset!r}; known: {sorted(OPENAI_PRESETS)}")
+            for key, value in OPENAI_PRESETS[self.preset].items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        if self.kind == "openai":
+            if not self.base_url or not self.model:
+                raise ValueError("an openai tool needs base_url and model (or a preset)")
+            if self.api_key is None and self.api_key_env:
+                # Resolved once here: actors on other nodes must not read their own environment.
+                key = os.environ.get(self.api_key_env)
+                if key:
+                    self.api_key = SecretStr(key)
+        return self
+
+
+def _default_pools() -> dict[str, PoolSettings]:
+    return {
+        "reasoning": PoolSettings(workers=1, slots=16),
+        "codegen": PoolSettings(workers=1, slots=16),
+        "ml": PoolSettings(workers=1, slots=2),
+    }
+
+
+def _default_tools() -> dict[str, ToolSettings]:
+    return {
+        "echo": ToolSettings(kind="echo", worker_type="reasoning", description="Returns its prompt; the null tool."),
+        "deepseek": ToolSettings(kind="openai", preset="deepseek", worker_type="reasoning",
+                                 description="DeepSeek chat (OpenAI-compatible)."),
+        "deepseek-reasoner": ToolSettings(kind="openai", preset="deepseek-reasoner", worker_type="reasoning",
+                                          description="DeepSeek reasoning model."),
+        "deepseek-coder": ToolSettings(kind="openai", preset="deepseek", worker_type="codegen",
+                                       description="DeepSeek chat on the codegen pool."),
+        "perplexity": ToolSettings(kind="openai", preset="perplexity", worker_type="reasoning",
+                                   description="Perplexity Sonar (OpenAI-compatible)."),
+    }
+
+
+class LimitSettings(BaseModel):
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch: int = Field(default=100, ge=1)
+    max_prompt_chars: int = Field(default=100_000, ge=1)
+    max_context_bytes: int = Field(default=262_144, ge=2)
+    max_wait_s: float = Field(default=60.0, ge=0)
+    max_active_tasks: int = Field(default=100_000, ge=1, description="queued + running; beyond it submits are refused")
+    queue_full_retry_after_s: float = Field(default=1.0, ge=0)
+
+
+class RouterSettings(BaseModel):
+    read_count: int = Field(default=256, ge=1, description="entries per XREADGROUP")
+    read_block_ms: int = Field(default=1000, ge=1)
+    call_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="forbid")
+
+    config_file: Path | None = Field(default=None, description="TOML file read before env vars")
+    namespace: str = Field(default="mcp_orchestrator", description="Ray namespace of the actors")
+    redis: RedisSettings = RedisSettings()
+    http: HttpSettings = HttpSettings()
+    pools: dict[WorkerType, PoolSettings] = Field(default_factory=_default_pools)
+    tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
+    limits: LimitSettings = LimitSettings()
+    router: RouterSettings = RouterSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_defaults(cls, data: Any) -> Any:
+        """Pools and tools given in env or file extend and override the defaults, not replace them."""
+        if isinstance(data, dict):
+            for key, defaults in (("pools", _default_pools), ("tools", _default_tools)):
+                given = data.get(key)
+                if isinstance(given, dict):
+                    merged: dict[str, Any] = {n: v.model_dump(exclude_unset=True) for n, v in defaults().items()}
+                    for name, value in given.items():
+                        base = merged.get(name, {})
+                        merged[name] = {**base, **value} if isinstance(value, dict) else value
+                    data = {**data, key: merged}
+        return data
+
+    @model_validator(mode="after")
+    def _tools_have_pools(self) -> Settings:
+        for name, tool in self.tools.items():
+            if tool.worker_type not in self.pools:
+                raise ValueError(f"tool {name!r} needs worker type {tool.worker_type!r}, which has no pool")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _config_file(init_settings, env_settings)
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+
+def _config_file(*sources: PydanticBaseSettingsSource) -> Path | None:
+    """The config file named in code or by ORCH_CONFIG_FILE; a named file that is missing is an error."""
+    for source in sources:
+        value: Any = source().get("config_file")
+        if value:
+            path = Path(value)
+            if not path.is_file():
+                raise FileNotFoundError(f"config file {path} does not exist")
+            return path
+    return None

@@ -1,0 +1,42 @@
+"""An accepted task as it travels: from the stream entry, through the router, to a worker."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+def new_task_id() -> str:
+    """A random, unguessable task id."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    task_id: str
+    tool: str
+    worker_type: str
+    priority: int
+    input: Mapping[str, Any]
+    created_at: float
+    context: Mapping[str, Any] = field(default_factory=dict)
+    prompt: str | None = None
+    agent: str | None = None
+    deadline: float | None = None
+    idempotency_key: str | None = None
+    entry_id: str | None = None  # the stream entry, once written
+
+    def payload(self) -> str:
+        """The JSON carried in the stream entry's `payload` field."""
+        data = asdict(self)
+        data.pop("entry_id")
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> TaskSpec:
+        """Rebuild a task from a `mcp_tasks` stream entry."""
+        data = json.loads(fields["payload"])
+        return cls(**data, entry_id=entry_id)

@@ -1,0 +1,45 @@
+"""What a tool is: an async callable with an input schema, run by a worker for one task attempt."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+JsonValue = Any  # anything json.dumps accepts
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One attempt of one task, as the tool sees it."""
+
+    task_id: str
+    attempt: int
+    input: Mapping[str, JsonValue]  # validated against the tool's input_schema; holds the prompt
+    context: Mapping[str, JsonValue] = field(default_factory=dict)
+    deadline: float | None = None  # unix seconds
+    checkpoint: Mapping[str, JsonValue] | None = None  # the latest one saved by an earlier attempt
+
+
+class ToolContext(Protocol):
+    """What a running tool may report back; the worker persists it."""
+
+    async def progress(self, data: Mapping[str, JsonValue]) -> None: ...
+
+    async def checkpoint(self, state: Mapping[str, JsonValue]) -> None: ...
+
+
+class Tool(abc.ABC):
+    kind: ClassVar[str]
+    input_schema: ClassVar[Mapping[str, JsonValue]]
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @abc.abstractmethod
+    async def run(self, call: ToolCall, ctx: ToolContext) -> JsonValue:
+        """Do the work; raise `ToolError` with a readable message on failure."""
+
+    async def aclose(self) -> None:
+        """Release connections; called when the worker stops."""

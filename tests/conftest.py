@@ -1,0 +1,74 @@
+"""Session fixtures: one redis-server and one Ray instance (with Serve on a free port) for the whole run."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.support import RedisServer, free_port
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[int]:
+    """A local Ray of our own (never the machine's), with Serve's HTTP proxy on a free port; yields the port."""
+    import ray
+    from ray import serve
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=4, include_dashboard=False, namespace="tests", log_to_driver=False,
+             _temp_dir=tempfile.mkdtemp(prefix="orch-ray-"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+    ray.shutdown()
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Any:
+    """Settings isolated per test: their own Redis key prefix and Ray namespace."""
+    from orchestrator.settings import Settings
+
+    unique = uuid.uuid4().hex[:8]
+    base: dict[str, Any] = {
+        "namespace": f"t{unique}",
+        "redis": {"url": redis_url, "prefix": f"t{unique}", "stream_trim_interval_s": 0.5},
+        "pools": {"reasoning": {"workers": 1, "slots": 4}, "codegen": {"workers": 1, "slots": 2},
+                  "ml": {"workers": 0}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    return Settings(**base)
+
+
+class Deployed:
+    """A running orchestrator: its settings and its JSON-RPC base URL."""
+
+    def __init__(self, settings: Any, base_url: str, name: str) -> None:
+        self.settings, self.base_url, self.name = settings, base_url, name
+
+
+@pytest.fixture(scope="module")
+def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    """The whole system deployed once per test module under its own route prefix."""
+    from deployments.app import deploy, teardown
+
+    settings = make_settings(redis_server.url)
+    name = f"app{uuid.uuid4().hex[:8]}"
+    deploy(settings, name=name, route_prefix=f"/{name}")
+    yield Deployed(settings, f"http://127.0.0.1:{ray_session}/{name}", name)
+    teardown(settings, name=name)
