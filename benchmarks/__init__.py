@@ -1,0 +1,1 @@
+"""Benchmarks: load generators that measure a running (or self-started) orchestrator."""

@@ -1,0 +1,49 @@
+"""run_task params → task: tool lookup, tool input schema, limits; v1 and v2."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from orchestrator.errors import InvalidParamsError
+from orchestrator.intake import build_task
+from orchestrator.models import RunTaskParams, RunTaskParamsV2
+from orchestrator.settings import Settings
+
+SETTINGS = Settings(limits={"max_prompt_chars": 10, "max_context_bytes": 64})
+
+
+def test_v1_prompt_and_known_context_keys_become_tool_input() -> None:
+    params = RunTaskParams(tool="echo", prompt="hi", priority=7, context={"delay_ms": 5, "trace": "abc"}, agent="a")
+    task = build_task(params, SETTINGS, now=123.0)
+    assert task.input == {"prompt": "hi", "delay_ms": 5}
+    assert task.context == {"delay_ms": 5, "trace": "abc"}
+    assert (task.priority, task.worker_type, task.agent, task.created_at) == (7, "reasoning", "a", 123.0)
+    assert len(task.task_id) == 32
+
+
+def test_v2_input_and_deadline() -> None:
+    deadline = datetime(2030, 1, 1, tzinfo=UTC)
+    task = build_task(RunTaskParamsV2(tool="echo", input={"prompt": "p", "steps": 3}, deadline=deadline), SETTINGS, 0)
+    assert task.input == {"prompt": "p", "steps": 3} and task.deadline == deadline.timestamp()
+
+
+@pytest.mark.parametrize(
+    ("params", "fields"),
+    [
+        (RunTaskParams(tool="nope", prompt="x"), {"params.tool"}),
+        (RunTaskParams(tool="echo", prompt="x" * 11), {"params.prompt"}),
+        (RunTaskParams(tool="echo", prompt="x", context={"steps": 0}), {"params.context.steps"}),
+        (RunTaskParams(tool="echo", prompt="x", context={"blob": "y" * 100}), {"params.context"}),
+        (RunTaskParamsV2(tool="echo", input={"prompt": "x" * 11}), {"params.input.prompt"}),
+        (RunTaskParamsV2(tool="echo", input={"delay_ms": -1, "x": 1}),
+         {"params.input.prompt", "params.input.delay_ms", "params.input.x"}),
+        (RunTaskParamsV2(tool="deepseek", input={"prompt": "a", "messages": []}),
+         {"params.input", "params.input.messages"}),
+    ],
+)
+def test_invalid_params_name_every_offending_field(params: RunTaskParams | RunTaskParamsV2, fields: set[str]) -> None:
+    with pytest.raises(InvalidParamsError) as caught:
+        build_task(params, SETTINGS, 0)
+    assert set(caught.value.fields) == fields
