@@ -40,15 +40,15 @@ class RouterActor:
         self._store = TaskStore.from_settings(settings.redis)
         self._ready = ReadyQueues()
         self._workers: dict[str, WorkerSlot] = {}
-        self._background: list[asyncio.Task[None]] = []
         self._started = asyncio.Event()
+        # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
+        self._background: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._consume(), name="consume"),
+            asyncio.create_task(self._trim_loop(), name="trim"),
+        ]
 
     async def start(self) -> None:
-        """Create or adopt the worker pools and begin consuming; idempotent (Ray may restart us)."""
-        if self._background:
-            return await self._started.wait()
-        self._background = [asyncio.create_task(self._consume(), name="consume"),
-                            asyncio.create_task(self._trim_loop(), name="trim")]
+        """Wait until the pools are up and consumption has begun."""
         await self._started.wait()
 
     async def ready(self) -> bool:
@@ -94,9 +94,7 @@ class RouterActor:
     async def _consume(self) -> None:
         await self._store.ensure_group()
         self._spawn_workers()
-        # After a restart, entries delivered to us earlier and never acknowledged come first.
-        for task in await self._store.read(CONSUMER, count=1_000_000, block_ms=None, pending=True):
-            self._ready.push(task)
+        await self._recover()
         self._started.set()
         self._dispatch()
         router = self._settings.router
@@ -113,6 +111,24 @@ class RouterActor:
                 self._ready.push(task)
             self._dispatch()
 
+    async def _recover(self) -> None:
+        """After a restart: re-attach to tasks live workers still hold, requeue the rest of our pending entries."""
+        held: dict[str, WorkerSlot] = {}
+        for worker in self._workers.values():
+            try:
+                async with asyncio.timeout(self._settings.router.call_timeout_s):
+                    for task_id in await worker.handle.held.remote():
+                        held[task_id] = worker
+            except (RayActorError, TimeoutError):
+                logger.warning("worker did not report its tasks", extra={"worker": worker.name})
+        for task in await self._store.read(CONSUMER, count=1_000_000, block_ms=None, pending=True):
+            worker = held.get(task.task_id)
+            if worker is None:
+                self._ready.push(task)
+            else:
+                worker.assigned[task.task_id] = task
+                self._background.append(asyncio.create_task(self._run_on(worker, task, adopt=True)))
+
     def _dispatch(self) -> None:
         """Fill free worker capacity from the ready queues, highest priority first."""
         for worker_type in self._settings.pools:
@@ -128,9 +144,12 @@ class RouterActor:
                 self._background.append(asyncio.create_task(self._run_on(worker, task)))
         self._background = [t for t in self._background if not t.done()]
 
-    async def _run_on(self, worker: WorkerSlot, task: TaskSpec) -> None:
+    async def _run_on(self, worker: WorkerSlot, task: TaskSpec, adopt: bool = False) -> None:
         try:
-            await worker.handle.run.remote(task)
+            if adopt:
+                await worker.handle.wait_for.remote(task.task_id)
+            else:
+                await worker.handle.run.remote(task)
         except RayActorError:
             # The worker died mid-task: Ray restarts it; the task goes back to the queue and its next
             # attempt supersedes the lost one (fencing by attempt number).

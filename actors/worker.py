@@ -26,6 +26,7 @@ Mail = tuple[int, float, int, TaskSpec, "asyncio.Future[TaskStatus | None]"]
 @ray.remote
 class WorkerActor:
     def __init__(self, settings: Settings, name: str, worker_type: str) -> None:
+        # Ray runs an async actor's __init__ inside its event loop, so the slots can start here.
         self._name = name
         self._store = TaskStore.from_settings(settings.redis)
         self._tools: dict[str, Tool] = {
@@ -38,24 +39,32 @@ class WorkerActor:
         self._seq = itertools.count()
         self._running = RunningTasks()
         self._busy = 0
-        self._loops: list[asyncio.Task[None]] = []
+        self._held: dict[str, asyncio.Future[TaskStatus | None]] = {}  # in the mailbox or running
+        self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
 
     async def run(self, task: TaskSpec) -> TaskStatus | None:
         """Queue a task in the mailbox (priority, then age) and return its final status once run."""
-        self._start_loops()
-        future: asyncio.Future[TaskStatus | None] = asyncio.get_running_loop().create_future()
-        await self._mailbox.put((-task.priority, task.created_at, next(self._seq), task, future))
-        return await future
+        future = self._held.get(task.task_id)
+        if future is None:  # a redelivery of a task we already hold joins the running attempt
+            future = self._held[task.task_id] = asyncio.get_running_loop().create_future()
+            future.add_done_callback(lambda _: self._held.pop(task.task_id, None))
+            await self._mailbox.put((-task.priority, task.created_at, next(self._seq), task, future))
+        return await asyncio.shield(future)
+
+    async def held(self) -> list[str]:
+        """Ids of the tasks queued in the mailbox or running: a restarted router adopts them."""
+        return list(self._held)
+
+    async def wait_for(self, task_id: str) -> TaskStatus | None:
+        """Wait for a task this worker holds (a restarted router re-attaching to it)."""
+        future = self._held.get(task_id)
+        return None if future is None else await asyncio.shield(future)
 
     async def cancel(self, task_id: str) -> bool:
         return self._running.cancel(task_id)
 
     async def load(self) -> dict[str, Any]:
         return {"name": self._name, "slots": self._slots, "running": self._busy, "queued": self._mailbox.qsize()}
-
-    def _start_loops(self) -> None:
-        if not self._loops:
-            self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
 
     async def _slot_loop(self) -> None:
         while True:

@@ -141,3 +141,19 @@ def test_healthz_and_docs(orchestrator: Deployed) -> None:
     spec = httpx.get(f"{orchestrator.base_url}/openapi.json", timeout=10).json()
     assert {"/v1/rpc", "/v2/rpc", "/v1/run_task", "/v1/status", "/healthz"} <= set(spec["paths"])
     assert httpx.get(f"{orchestrator.base_url}/docs", timeout=10).status_code == 200
+
+
+def test_cancel_a_queued_task_while_every_slot_is_busy(orchestrator: Deployed) -> None:
+    slots = orchestrator.settings.pools["reasoning"].slots
+    long_params = {"tool": "echo", "prompt": "hold", "context": {"delay_ms": 60_000, "steps": 600}}
+    holders = [result(orchestrator.base_url, "run_task", long_params)["task_id"] for _ in range(slots)]
+    queued = result(orchestrator.base_url, "run_task", {"tool": "echo", "prompt": "waiting"})["task_id"]
+    wait_until(lambda: all(result(orchestrator.base_url, "get_task", {"task_id": t})["status"] == "running"
+                           for t in holders), 20, "every slot to be busy")
+    assert result(orchestrator.base_url, "get_task", {"task_id": queued})["status"] == "queued"
+    assert result(orchestrator.base_url, "cancel_task", {"task_id": queued})["status"] == "cancelled"
+    for task_id in holders:
+        result(orchestrator.base_url, "cancel_task", {"task_id": task_id})
+    assert all(finished(orchestrator.base_url, t)["status"] == "cancelled" for t in holders)
+    record = finished(orchestrator.base_url, queued)
+    assert record["status"] == "cancelled" and record["attempts"] == 0 and record["started_at"] is None
