@@ -1,10 +1,11 @@
-"""Router actor: the consumer-group reader of `mcp_tasks`; queues tasks by priority and fills worker slots."""
+"""Router actor: the consumer-group reader of `mcp_tasks`; holds the priority matrix, fills worker slots, preempts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,9 +14,9 @@ from ray.exceptions import RayActorError
 
 from actors.worker import WorkerActor
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.models import PoolStatus, WorkerStatus
+from orchestrator.models import PoolStatus, RouterOverview, RunningTask, TaskStatus, WorkerStatus
 from orchestrator.naming import worker_name
-from orchestrator.routing import ReadyQueues, WorkerLoad, choose_worker
+from orchestrator.routing import Aging, ReadyQueues, Running, WorkerLoad, choose_victim, choose_worker
 from orchestrator.settings import Settings
 from orchestrator.tasks import TaskSpec
 
@@ -24,13 +25,20 @@ logger = logging.getLogger(__name__)
 CONSUMER = "router-0"  # one router; a restarted router re-reads the same consumer's pending entries
 
 
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    task: TaskSpec
+    since: float
+
+
 @dataclass
 class WorkerSlot:
     name: str
     worker_type: str
     handle: Any
-    capacity: int
-    assigned: dict[str, TaskSpec] = field(default_factory=dict)
+    slots: int
+    capacity: int  # slots + prefetch
+    assigned: dict[str, Assignment] = field(default_factory=dict)
 
 
 @ray.remote
@@ -38,8 +46,11 @@ class RouterActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._store = TaskStore.from_settings(settings.redis)
-        self._ready = ReadyQueues()
+        self._ready = ReadyQueues(Aging(settings.router.aging_interval_s))
         self._workers: dict[str, WorkerSlot] = {}
+        self._preemptions: dict[str, int] = {}  # task id → times preempted (bounds cascades)
+        self._preempting: set[str] = set()  # victims told to stop, not yet returned
+        self._clock = time.time
         self._started = asyncio.Event()
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
         self._background: list[asyncio.Task[None]] = [
@@ -55,10 +66,10 @@ class RouterActor:
         await self._started.wait()
         return True
 
-    async def pools(self) -> tuple[list[PoolStatus], list[WorkerStatus]]:
+    async def overview(self) -> RouterOverview:
         workers = [
-            WorkerStatus(name=w.name, worker_type=w.worker_type, slots=self._settings.pools[w.worker_type].slots,
-                         running=len(w.assigned), queued=0)
+            WorkerStatus(name=w.name, worker_type=w.worker_type, slots=w.slots,
+                         running=min(len(w.assigned), w.slots), queued=max(len(w.assigned) - w.slots, 0))
             for w in self._workers.values()
         ]
         pools = [
@@ -71,7 +82,13 @@ class RouterActor:
             )
             for worker_type in self._settings.pools
         ]
-        return pools, workers
+        running = [
+            RunningTask(task_id=a.task.task_id, tool=a.task.tool, priority=a.task.priority, worker=w.name,
+                        agent=a.task.agent, since=a.since, preemptions=self._preemptions.get(a.task.task_id, 0))
+            for w in self._workers.values() for a in w.assigned.values()
+        ]
+        matrix = {t: {str(p): n for p, n in self._ready.depth_by_priority(t).items()} for t in self._settings.pools}
+        return RouterOverview(pools=pools, workers=workers, matrix=matrix, running=running)
 
     async def cancel_running(self, task_id: str) -> None:
         for worker in self._workers.values():
@@ -89,7 +106,7 @@ class RouterActor:
                     name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
                     max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
                 ).remote(self._settings, name, worker_type)
-                self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots + pool.prefetch)
+                self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch)
 
     async def _consume(self) -> None:
         await self._store.ensure_group()
@@ -126,30 +143,56 @@ class RouterActor:
             if worker is None:
                 self._ready.push(task)
             else:
-                worker.assigned[task.task_id] = task
-                self._background.append(asyncio.create_task(self._run_on(worker, task, adopt=True)))
+                self._assign(worker, task, adopt=True)
 
     def _dispatch(self) -> None:
-        """Fill free worker capacity from the ready queues, highest priority first."""
+        """Fill free worker capacity from the ready queues; urgent tasks preempt when no slot is free."""
+        now = self._clock()
         for worker_type in self._settings.pools:
-            while self._ready.depth(worker_type):
-                pool = [w for w in self._workers.values() if w.worker_type == worker_type]
+            pool = [w for w in self._workers.values() if w.worker_type == worker_type]
+            while (task := self._ready.peek(worker_type, now)) is not None:
                 name = choose_worker(WorkerLoad(w.name, w.capacity, len(w.assigned)) for w in pool)
+                if name is None and task.priority >= self._settings.router.preempt_threshold:
+                    name = self._preempt_for(task, pool)
                 if name is None:
                     break
-                task = self._ready.pop(worker_type)
-                assert task is not None
-                worker = self._workers[name]
-                worker.assigned[task.task_id] = task
-                self._background.append(asyncio.create_task(self._run_on(worker, task)))
+                self._ready.pop(worker_type, now)
+                self._assign(self._workers[name], task)
         self._background = [t for t in self._background if not t.done()]
 
-    async def _run_on(self, worker: WorkerSlot, task: TaskSpec, adopt: bool = False) -> None:
+    def _preempt_for(self, urgent: TaskSpec, pool: list[WorkerSlot]) -> str | None:
+        """Tell the chosen victim's worker to preempt it; the urgent task takes its slot (worker name)."""
+        tools = self._settings.tools
+        running = [
+            Running(task_id=a.task.task_id, worker=w.name, priority=a.task.priority,
+                    preemptible=a.task.tool in tools and tools[a.task.tool].preemptible,
+                    preemptions=self._preemptions.get(a.task.task_id, 0), dispatched_at=a.since)
+            for w in pool for a in w.assigned.values() if a.task.task_id not in self._preempting
+        ]
+        victim = choose_victim(running, urgent.priority, self._settings.router.max_preemptions)
+        if victim is None:
+            return None
+        self._preempting.add(victim.task_id)
+        worker = self._workers[victim.worker]
+        logger.info("preempting", extra={"victim": victim.task_id, "for": urgent.task_id, "worker": worker.name})
+        self._background.append(asyncio.create_task(self._preempt(worker, victim.task_id)))
+        return worker.name
+
+    async def _preempt(self, worker: WorkerSlot, task_id: str) -> None:
+        with contextlib.suppress(RayActorError):
+            await worker.handle.preempt.remote(task_id)
+
+    def _assign(self, worker: WorkerSlot, task: TaskSpec, adopt: bool = False) -> None:
+        worker.assigned[task.task_id] = Assignment(task, self._clock())
+        self._background.append(asyncio.create_task(self._run_on(worker, task, adopt)))
+
+    async def _run_on(self, worker: WorkerSlot, task: TaskSpec, adopt: bool) -> None:
+        status: TaskStatus | None = None
         try:
             if adopt:
-                await worker.handle.wait_for.remote(task.task_id)
+                status = await worker.handle.wait_for.remote(task.task_id)
             else:
-                await worker.handle.run.remote(task)
+                status = await worker.handle.run.remote(task)
         except RayActorError:
             # The worker died mid-task: Ray restarts it; the task goes back to the queue and its next
             # attempt supersedes the lost one (fencing by attempt number).
@@ -161,7 +204,13 @@ class RouterActor:
             self._ready.push(task)
         finally:
             worker.assigned.pop(task.task_id, None)
-            self._dispatch()
+            self._preempting.discard(task.task_id)
+        if status is TaskStatus.PREEMPTED:
+            self._preemptions[task.task_id] = self._preemptions.get(task.task_id, 0) + 1
+            self._ready.push(task)  # keeps its place by age; resumes from its checkpoint
+        else:
+            self._preemptions.pop(task.task_id, None)
+        self._dispatch()
 
     async def _trim_loop(self) -> None:
         while True:

@@ -61,7 +61,11 @@ class WorkerActor:
         return None if future is None else await asyncio.shield(future)
 
     async def cancel(self, task_id: str) -> bool:
-        return self._running.cancel(task_id)
+        return task_id in self._held and self._running.interrupt(task_id, TaskStatus.CANCELLED)
+
+    async def preempt(self, task_id: str) -> bool:
+        """Interrupt a task for urgent work: its tool stops, its checkpoint stays, it returns `preempted`."""
+        return task_id in self._held and self._running.interrupt(task_id, TaskStatus.PREEMPTED)
 
     async def load(self) -> dict[str, Any]:
         return {"name": self._name, "slots": self._slots, "running": self._busy, "queued": self._mailbox.qsize()}

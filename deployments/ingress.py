@@ -16,7 +16,7 @@ from orchestrator import api
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.jsonrpc import Dispatcher, RequestContext
-from orchestrator.models import PoolStatus, WorkerStatus
+from orchestrator.models import RouterOverview
 from orchestrator.naming import ROUTER_NAME
 from orchestrator.settings import Settings
 
@@ -59,9 +59,9 @@ class ActorRouterClient:
             self._handle = ray.get_actor(ROUTER_NAME, namespace=self._namespace)
         return self._handle
 
-    async def pools(self) -> tuple[list[PoolStatus], list[WorkerStatus]]:
+    async def overview(self) -> RouterOverview:
         async with asyncio.timeout(self._timeout_s):
-            return await self._router().pools.remote()  # type: ignore[no-any-return]
+            return await self._router().overview.remote()  # type: ignore[no-any-return]
 
     async def cancel_running(self, task_id: str) -> None:
         async with asyncio.timeout(self._timeout_s):

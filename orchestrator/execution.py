@@ -17,27 +17,30 @@ logger = logging.getLogger(__name__)
 
 
 class RunningTasks:
-    """The tool calls running in one worker, so cancel_task can interrupt them (even one about to start)."""
+    """The tool calls running in one worker, so they can be interrupted (even one about to start).
+
+    An interruption is either a cancel (the task ends `cancelled`) or a preemption (it is requeued).
+    """
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Future[Any]] = {}
-        self._cancel_early: set[str] = set()
+        self._interrupts: dict[str, TaskStatus] = {}
 
     def register(self, task_id: str, inner: asyncio.Future[Any]) -> None:
         self._tasks[task_id] = inner
-        if task_id in self._cancel_early:
-            self._cancel_early.discard(task_id)
+        if task_id in self._interrupts:  # interrupted before it started
             inner.cancel()
 
-    def unregister(self, task_id: str) -> None:
+    def unregister(self, task_id: str) -> TaskStatus | None:
+        """Forget the task; returns why it was interrupted, if it was."""
         self._tasks.pop(task_id, None)
-        self._cancel_early.discard(task_id)
+        return self._interrupts.pop(task_id, None)
 
-    def cancel(self, task_id: str) -> bool:
-        """Interrupt the task's tool; True if it was running here."""
+    def interrupt(self, task_id: str, why: TaskStatus) -> bool:
+        """Cancel or preempt the task's tool; True if it was running here."""
+        self._interrupts.setdefault(task_id, why)  # a cancel that came first wins over a later preemption
         inner = self._tasks.get(task_id)
         if inner is None:
-            self._cancel_early.add(task_id)  # dispatched here but not started yet: cancel on register
             return False
         inner.cancel()
         return True
@@ -68,14 +71,18 @@ async def execute(
     running: RunningTasks,
 ) -> TaskStatus | None:
     """Run one attempt of `task`; returns its final status, or None if it was not ours to run or finish."""
-    started = await store.start(task.task_id, worker, clock())
+    started = await store.start(task.task_id, worker, clock(), resumable=tool is not None and tool.resumable)
     if started is None:
+        running.unregister(task.task_id)
         return None
     attempt = started.attempt
     call = ToolCall(task_id=task.task_id, attempt=attempt, input=task.input, context=task.context,
                     deadline=task.deadline, checkpoint=started.checkpoint)
     status, fields = await _run(task, tool, call, AttemptContext(store, task.task_id, attempt), clock, running)
-    stored = await store.finish(task.task_id, attempt, status, clock(), **fields)
+    if status is TaskStatus.PREEMPTED:
+        stored = await store.preempt(task.task_id, attempt, clock())
+    else:
+        stored = await store.finish(task.task_id, attempt, status, clock(), **fields)
     if not stored:
         logger.warning("stale attempt's result refused", extra={"task_id": task.task_id, "attempt": attempt})
         return None
@@ -92,8 +99,10 @@ async def _run(
 ) -> tuple[TaskStatus, dict[str, Any]]:
     """Run the tool as its own asyncio task, registered in `running` so cancel_task can interrupt it."""
     if tool is None:
+        running.unregister(task.task_id)
         return _failed(ToolError(f"tool {task.tool!r} is not configured on this worker"))
     if task.deadline is not None and clock() >= task.deadline:
+        running.unregister(task.task_id)
         return _failed(ToolError("deadline passed before the task could start"))
     inner = asyncio.ensure_future(tool.run(call, ctx))
     running.register(task.task_id, inner)
@@ -105,10 +114,11 @@ async def _run(
         return _failed(ToolError("deadline exceeded while running"))
     except asyncio.CancelledError:
         current = asyncio.current_task()
-        if current is not None and current.cancelling():  # we are shutting down, not cancel_task
+        if current is not None and current.cancelling():  # we are shutting down, not interrupted
             inner.cancel()
             raise
-        return TaskStatus.CANCELLED, {}
+        why = running.unregister(task.task_id) or TaskStatus.CANCELLED
+        return why, {}
     except OrchestratorError as exc:
         return _failed(exc)
     except Exception as exc:

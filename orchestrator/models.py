@@ -13,6 +13,7 @@ JsonObject = dict[str, Any]
 class TaskStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
+    PREEMPTED = "preempted"  # interrupted for urgent work; queued again to resume from its checkpoint
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -92,6 +93,9 @@ class TaskRecord(BaseModel):
     result: Any = None
     error: TaskError | None = None
     attempts: int = 0
+    preemptions: int = 0
+    restarts: int = Field(default=0, description="resumptions that started from zero: the tool cannot resume")
+    resumed_from: JsonObject | None = Field(default=None, description="the checkpoint the latest attempt resumed from")
     worker: str | None = None
     progress: Any = None
     idempotency_key: str | None = None
@@ -99,8 +103,8 @@ class TaskRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    queue_wait_ms: float | None = None
-    run_ms: float | None = None
+    queue_wait_ms: float | None = Field(default=None, description="acceptance to first start")
+    run_ms: float | None = Field(default=None, description="the latest attempt's run time")
 
 
 class RunTaskResult(BaseModel):
@@ -131,6 +135,25 @@ class PoolStatus(BaseModel):
     queued: int
 
 
+class RunningTask(BaseModel):
+    task_id: str
+    tool: str
+    priority: int
+    worker: str
+    agent: str | None = None
+    since: float = Field(description="unix seconds it was dispatched")
+    preemptions: int = 0
+
+
+class RouterOverview(BaseModel):
+    """What the router knows: pools, workers, the priority matrix and every running task."""
+
+    pools: list[PoolStatus]
+    workers: list[WorkerStatus]
+    matrix: dict[str, dict[str, int]] = Field(description="queued tasks per worker type × priority")
+    running: list[RunningTask]
+
+
 class ToolInfo(BaseModel):
     name: str
     kind: str
@@ -140,9 +163,7 @@ class ToolInfo(BaseModel):
     input_schema: JsonObject
 
 
-class StatusResult(BaseModel):
-    pools: list[PoolStatus]
-    workers: list[WorkerStatus]
+class StatusResult(RouterOverview):
     tools: list[ToolInfo]
     stream_length: int
     stream_pending: int

@@ -1,52 +1,113 @@
-"""Routing policy: ready queues per worker type ordered by priority then age, and worker choice."""
+"""Routing policy: the priority matrix (ready queues with tenant fairness and aging), worker and victim choice."""
 
 from __future__ import annotations
 
-import heapq
-import itertools
+import bisect
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.tasks import TaskSpec
 
+MAX_PRIORITY = 10
 
-class ReadyQueues:
-    """Tasks waiting for a slot, one heap per worker type: highest priority first, then oldest."""
+
+@dataclass(frozen=True, slots=True)
+class Aging:
+    """Waiting `interval_s` raises a queued task's effective priority by one, up to `cap`.
+
+    The cap stays below the preemption threshold so aged work never overtakes or preempts like urgent work.
+    """
+
+    interval_s: float = 30.0
+    cap: int = MAX_PRIORITY - 1
+
+    def effective(self, priority: int, waited_s: float) -> int:
+        if priority >= self.cap or self.interval_s <= 0:
+            return priority
+        return min(self.cap, priority + int(max(waited_s, 0.0) // self.interval_s))
+
+
+class _Level:
+    """The tasks of one priority in one worker type: a FIFO per tenant, tenants served round-robin."""
 
     def __init__(self) -> None:
-        self._heaps: dict[str, list[tuple[int, float, int, TaskSpec]]] = {}
+        self.tenants: OrderedDict[str, list[TaskSpec]] = OrderedDict()
+        self.size = 0
+
+    def push(self, task: TaskSpec) -> None:
+        queue = self.tenants.setdefault(task.agent or "", [])
+        bisect.insort(queue, task, key=lambda t: t.created_at)  # a requeued task keeps its place by age
+        self.size += 1
+
+    def oldest(self) -> float:
+        return min(queue[0].created_at for queue in self.tenants.values())
+
+    def peek(self) -> TaskSpec:
+        return next(iter(self.tenants.values()))[0]
+
+    def pop(self) -> TaskSpec:
+        tenant, queue = next(iter(self.tenants.items()))
+        task = queue.pop(0)
+        del self.tenants[tenant]
+        if queue:  # the tenant goes to the back of the rotation
+            self.tenants[tenant] = queue
+        self.size -= 1
+        return task
+
+
+class ReadyQueues:
+    """Tasks waiting for a slot, per worker type: highest (aged) priority first, tenants fair, then oldest."""
+
+    def __init__(self, aging: Aging | None = None) -> None:
+        self._aging = aging or Aging(interval_s=0)
+        self._levels: dict[str, dict[int, _Level]] = {}
         self._ids: set[str] = set()
-        self._seq = itertools.count()
 
     def push(self, task: TaskSpec) -> bool:
         """Queue a task; False if it is already queued (a redelivered entry)."""
         if task.task_id in self._ids:
             return False
         self._ids.add(task.task_id)
-        heap = self._heaps.setdefault(task.worker_type, [])
-        heapq.heappush(heap, (-task.priority, task.created_at, next(self._seq), task))
+        levels = self._levels.setdefault(task.worker_type, {})
+        levels.setdefault(task.priority, _Level()).push(task)
         return True
 
-    def pop(self, worker_type: str) -> TaskSpec | None:
-        heap = self._heaps.get(worker_type)
-        if not heap:
+    def peek(self, worker_type: str, now: float = 0.0) -> TaskSpec | None:
+        """The task `pop` would return next."""
+        priority = self._next_level(worker_type, now)
+        return None if priority is None else self._levels[worker_type][priority].peek()
+
+    def pop(self, worker_type: str, now: float = 0.0) -> TaskSpec | None:
+        priority = self._next_level(worker_type, now)
+        if priority is None:
             return None
-        task = heapq.heappop(heap)[-1]
+        levels = self._levels[worker_type]
+        task = levels[priority].pop()
+        if not levels[priority].size:
+            del levels[priority]
         self._ids.discard(task.task_id)
         return task
+
+    def _next_level(self, worker_type: str, now: float) -> int | None:
+        """The level with the highest effective priority; on a tie (only possible through aging) the older."""
+        best: tuple[int, float, int] | None = None
+        for priority, level in self._levels.get(worker_type, {}).items():
+            oldest = level.oldest()
+            rank = (self._aging.effective(priority, now - oldest), -oldest, priority)
+            if best is None or rank > best:
+                best = rank
+        return None if best is None else best[2]
 
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._ids
 
     def depth(self, worker_type: str) -> int:
-        return len(self._heaps.get(worker_type, ()))
+        return sum(level.size for level in self._levels.get(worker_type, {}).values())
 
     def depth_by_priority(self, worker_type: str) -> dict[int, int]:
         """The row of the priority matrix for one worker type."""
-        counts: dict[int, int] = {}
-        for neg_priority, *_ in self._heaps.get(worker_type, ()):
-            counts[-neg_priority] = counts.get(-neg_priority, 0) + 1
-        return counts
+        return {p: level.size for p, level in sorted(self._levels.get(worker_type, {}).items())}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +126,26 @@ def choose_worker(workers: Iterable[WorkerLoad]) -> str | None:
         if worker.accepting and free > 0 and (best is None or free > best.capacity - best.assigned):
             best = worker
     return best.name if best else None
+
+
+@dataclass(frozen=True, slots=True)
+class Running:
+    """A task on a worker, as the preemption policy sees it."""
+
+    task_id: str
+    worker: str
+    priority: int
+    preemptible: bool
+    preemptions: int
+    dispatched_at: float
+
+
+def choose_victim(running: Iterable[Running], urgent_priority: int, max_preemptions: int) -> Running | None:
+    """The running task to preempt for an urgent one: lowest priority below it, then the latest started
+    (least work lost). Non-preemptible tasks, and tasks already preempted `max_preemptions` times
+    (bounding cascades), are never chosen."""
+    candidates = [
+        r for r in running
+        if r.preemptible and r.priority < urgent_priority and r.preemptions < max_preemptions
+    ]
+    return min(candidates, key=lambda r: (r.priority, -r.dispatched_at), default=None)

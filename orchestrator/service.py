@@ -9,14 +9,13 @@ from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.models import (
     CancelTaskResult,
-    PoolStatus,
     RunTaskParams,
     RunTaskParamsV2,
+    RouterOverview,
     RunTaskResult,
     StatusResult,
     TaskRecord,
     TaskStatus,
-    WorkerStatus,
 )
 from orchestrator.intake import build_task
 from orchestrator.settings import Settings
@@ -26,7 +25,7 @@ from orchestrator.tools import registry
 class RouterClient(Protocol):
     """What the API needs from the router; the deployment implements it with actor calls."""
 
-    async def pools(self) -> tuple[list[PoolStatus], list[WorkerStatus]]: ...
+    async def overview(self) -> RouterOverview: ...
 
     async def cancel_running(self, task_id: str) -> None: ...
 
@@ -71,9 +70,9 @@ class TaskService:
         return CancelTaskResult(task_id=task_id, status=status)
 
     async def status(self) -> StatusResult:
-        pools, workers = await self._router.pools()
+        overview = await self._router.overview()
         counts = await self._store.counts()
-        return StatusResult(pools=pools, workers=workers, tools=registry.describe(self._settings.tools), **counts)
+        return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts)
 
     async def _wait(self, task_id: str, timeout_s: float) -> TaskRecord:
         record: TaskRecord | None = None

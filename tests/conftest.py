@@ -6,6 +6,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -62,13 +63,21 @@ class Deployed:
         self.settings, self.base_url, self.name = settings, base_url, name
 
 
-@pytest.fixture(scope="module")
-def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
-    """The whole system deployed once per test module under its own route prefix."""
+@contextmanager
+def deployed(settings: Any, serve_port: int) -> Iterator[Deployed]:
+    """The whole system deployed under its own route prefix, torn down afterwards."""
     from deployments.app import deploy, teardown
 
-    settings = make_settings(redis_server.url)
     name = f"app{uuid.uuid4().hex[:8]}"
     deploy(settings, name=name, route_prefix=f"/{name}")
-    yield Deployed(settings, f"http://127.0.0.1:{ray_session}/{name}", name)
-    teardown(settings, name=name)
+    try:
+        yield Deployed(settings, f"http://127.0.0.1:{serve_port}/{name}", name)
+    finally:
+        teardown(settings, name=name)
+
+
+@pytest.fixture(scope="module")
+def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    """The default test system, deployed once per test module."""
+    with deployed(make_settings(redis_server.url), ray_session) as system:
+        yield system

@@ -23,8 +23,9 @@ from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-JSON_FIELDS = ("input", "context", "result", "error", "progress", "checkpoint")
-FLOAT_FIELDS = ("created_at", "started_at", "finished_at", "deadline")
+JSON_FIELDS = ("input", "context", "result", "error", "progress", "checkpoint", "resumed_from")
+FLOAT_FIELDS = ("created_at", "started_at", "first_started_at", "finished_at", "deadline", "preempted_at")
+INT_FIELDS = ("priority", "attempts", "preemptions", "restarts")
 
 # Accept a task: idempotency check, backpressure, record, stream entry — all or nothing.
 # KEYS: stream, record, active, idempotency  ARGV: task_id, max_active, idem_ttl (0 = no key),
@@ -48,19 +49,40 @@ return {ARGV[1], 0}
 """
 
 # Start an attempt. Returns {attempt, checkpoint} or {0, status} when the task must not run
-# (finished or cancelled meanwhile) — then its entry is acknowledged here.
-# KEYS: record, stream  ARGV: worker, now, group
+# (finished or cancelled meanwhile) — then its entry is acknowledged here. A tool that cannot resume
+# gets no checkpoint, and the record counts the restart.
+# KEYS: record, stream  ARGV: worker, now, group, resumable (1/0)
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, 'missing'} end
-if status ~= 'queued' and status ~= 'running' then
+if status ~= 'queued' and status ~= 'running' and status ~= 'preempted' then
   local entry = redis.call('HGET', KEYS[1], 'entry_id')
   if entry then redis.call('XACK', KEYS[2], ARGV[3], entry) end
   return {0, status}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
-return {attempt, redis.call('HGET', KEYS[1], 'checkpoint') or ''}
+if not redis.call('HGET', KEYS[1], 'first_started_at') then redis.call('HSET', KEYS[1], 'first_started_at', ARGV[2]) end
+local checkpoint = redis.call('HGET', KEYS[1], 'checkpoint')
+if not checkpoint then return {attempt, ''} end
+if ARGV[4] == '1' then
+  redis.call('HSET', KEYS[1], 'resumed_from', checkpoint)
+  return {attempt, checkpoint}
+end
+redis.call('HINCRBY', KEYS[1], 'restarts', 1)
+redis.call('HDEL', KEYS[1], 'checkpoint', 'resumed_from')
+return {attempt, ''}
+"""
+
+# Preempted: the attempt ends without a result; the task waits to resume (its entry stays pending).
+# KEYS: record  ARGV: attempt, now
+_PREEMPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', 'preempted', 'preempted_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'preemptions', 1)
+return 1
 """
 
 # Store a final state, fenced by attempt: a stale attempt's late result is refused.
@@ -88,12 +110,12 @@ redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
-# Cancel: a queued task is cancelled at once; a running one is flagged for its worker.
+# Cancel: a queued (or preempted, waiting) task is cancelled at once; a running one is flagged for its worker.
 # KEYS: record, stream, active, finished-channel  ARGV: now, retention_s, group
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
-if status == 'queued' then
+if status == 'queued' or status == 'preempted' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   local entry = redis.call('HGET', KEYS[1], 'entry_id')
@@ -135,6 +157,7 @@ class TaskStore:
         self._finish = client.register_script(_FINISH)
         self._update = client.register_script(_UPDATE)
         self._cancel = client.register_script(_CANCEL)
+        self._preempt = client.register_script(_PREEMPT)
 
     @classmethod
     def from_settings(cls, settings: RedisSettings) -> TaskStore:
@@ -183,7 +206,7 @@ class TaskStore:
         )
         if status is None:
             raise TaskNotFoundError(task_id)
-        if status not in (TaskStatus.CANCELLED, TaskStatus.RUNNING):
+        if status not in (TaskStatus.CANCELLED, TaskStatus.RUNNING):  # only finished ones remain
             raise TaskNotCancellableError(task_id, status)
         return TaskStatus(status)
 
@@ -236,10 +259,10 @@ class TaskStore:
 
     # --- worker side ----------------------------------------------------------------------------
 
-    async def start(self, task_id: str, worker: str, now: float) -> Started | None:
+    async def start(self, task_id: str, worker: str, now: float, resumable: bool) -> Started | None:
         """Begin a new attempt (its number is the fencing token); None when the task must not run."""
         attempt, extra = await self._start(
-            keys=[self.keys.task(task_id), self.keys.tasks], args=[worker, repr(now), ROUTER_GROUP]
+            keys=[self.keys.task(task_id), self.keys.tasks], args=[worker, repr(now), ROUTER_GROUP, int(resumable)]
         )
         if not attempt:
             logger.info("task not started", extra={"task_id": task_id, "status": extra})
@@ -261,8 +284,9 @@ class TaskStore:
             )
         )
 
-    async def cancel_requested(self, task_id: str) -> bool:
-        return await self.redis.hget(self.keys.task(task_id), "cancel_requested") == "1"
+    async def preempt(self, task_id: str, attempt: int, now: float) -> bool:
+        """End a running attempt as preempted (fenced); the router requeues the task."""
+        return bool(await self._preempt(keys=[self.keys.task(task_id)], args=[attempt, repr(now)]))
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -292,11 +316,13 @@ def _decode_record(raw: Mapping[str, str]) -> TaskRecord:
     for name in FLOAT_FIELDS:
         if name in raw:
             data[name] = float(raw[name])
-    data["priority"] = int(raw["priority"])
-    data["attempts"] = int(raw.get("attempts", 0))
-    if "started_at" in data:
-        data["queue_wait_ms"] = round((data["started_at"] - data["created_at"]) * 1000, 3)
-        if "finished_at" in data:
-            data["run_ms"] = round((data["finished_at"] - data["started_at"]) * 1000, 3)
+    for name in INT_FIELDS:
+        if name in raw:
+            data[name] = int(raw[name])
+    if "first_started_at" in data:
+        data["queue_wait_ms"] = round((data.pop("first_started_at") - data["created_at"]) * 1000, 3)
+    if "finished_at" in data and "started_at" in data:
+        data["run_ms"] = round((data["finished_at"] - data["started_at"]) * 1000, 3)
     data.pop("checkpoint", None)
+    data.pop("preempted_at", None)
     return TaskRecord.model_validate(data)

@@ -33,6 +33,8 @@ class ToolContext(Protocol):
 class Tool(abc.ABC):
     kind: ClassVar[str]
     input_schema: ClassVar[Mapping[str, JsonValue]]
+    # Whether a new attempt can continue from the latest checkpoint; otherwise it restarts from zero.
+    resumable: ClassVar[bool] = False
 
     def __init__(self, name: str) -> None:
         self.name = name

@@ -16,6 +16,7 @@ class EchoTool(Tool):
     """Sleeps `delay_ms` in `steps` equal steps, reporting and checkpointing each, then echoes `prompt`."""
 
     kind: ClassVar[str] = "echo"
+    resumable: ClassVar[bool] = True
     input_schema: ClassVar[Mapping[str, JsonValue]] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",

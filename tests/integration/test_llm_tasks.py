@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from deployments.fake_provider import FakeProviderConfig
-from tests.conftest import Deployed, make_settings
+from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
 from tests.integration.test_spine import result
 from tests.support import RedisServer
@@ -24,15 +23,11 @@ def provider() -> Iterator[RunningFakeProvider]:
 
 @pytest.fixture(scope="module")
 def llm_orchestrator(redis_server: RedisServer, ray_session: int, provider: RunningFakeProvider) -> Iterator[Deployed]:
-    from deployments.app import deploy, teardown
-
     tool = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "api_key": "sk-test-secret",
             "worker_type": "codegen", "timeout_s": 10}
     settings = make_settings(redis_server.url, tools={"fake-llm": tool, "fake-llm-nokey": {**tool, "api_key": None}})
-    name = f"llm{uuid.uuid4().hex[:8]}"
-    deploy(settings, name=name, route_prefix=f"/{name}")
-    yield Deployed(settings, f"http://127.0.0.1:{ray_session}/{name}", name)
-    teardown(settings, name=name)
+    with deployed(settings, ray_session) as system:
+        yield system
 
 
 def test_streamed_completion_becomes_the_result(llm_orchestrator: Deployed, provider: RunningFakeProvider) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.routing import ReadyQueues, WorkerLoad, choose_worker
+from orchestrator.routing import Aging, ReadyQueues, Running, WorkerLoad, choose_victim, choose_worker
 from orchestrator.tasks import TaskSpec
 
 
@@ -58,3 +58,54 @@ def test_choose_worker_prefers_most_free_capacity() -> None:
 def test_choose_worker_skips_full_and_draining_workers() -> None:
     assert choose_worker([WorkerLoad("a", 2, 2), WorkerLoad("b", 4, 0, accepting=False)]) is None
     assert choose_worker([]) is None
+
+
+def test_tenants_at_one_priority_are_served_round_robin() -> None:
+    queues = ReadyQueues()
+    for i in range(4):
+        queues.push(TaskSpec(task_id=f"a{i}", tool="echo", worker_type="reasoning", priority=5, input={},
+                             created_at=float(i), agent="alice"))
+    queues.push(TaskSpec(task_id="b0", tool="echo", worker_type="reasoning", priority=5, input={},
+                         created_at=10.0, agent="bob"))
+    assert drain(queues) == ["a0", "b0", "a1", "a2", "a3"]
+
+
+def test_a_requeued_task_keeps_its_place_by_age() -> None:
+    queues = ReadyQueues()
+    for t in [task("b", 5, 2.0), task("c", 5, 3.0)]:
+        queues.push(t)
+    queues.push(task("a", 5, 1.0))  # preempted earlier, pushed back
+    assert drain(queues) == ["a", "b", "c"]
+
+
+def test_aging_raises_waiting_work_but_never_to_urgent() -> None:
+    aging = Aging(interval_s=10, cap=9)
+    assert aging.effective(1, 0) == 1 and aging.effective(1, 25) == 3 and aging.effective(1, 10_000) == 9
+    assert aging.effective(10, 10_000) == 10
+    queues = ReadyQueues(aging)
+    queues.push(task("old-low", 1, 0.0))
+    queues.push(task("new-mid", 5, 99.0))
+    assert queues.peek("reasoning", now=30.0).task_id == "new-mid"  # aged 1 → 4, still below 5
+    assert queues.peek("reasoning", now=100.0).task_id == "old-low"  # aged to the cap, 9
+    queues.push(task("urgent", 10, 100.0))
+    assert queues.peek("reasoning", now=100.0).task_id == "urgent"  # aging never overtakes priority 10
+
+
+def test_without_aging_priority_is_strict_however_long_work_waits() -> None:
+    queues = ReadyQueues(Aging(interval_s=0))
+    queues.push(task("old-low", 1, 0.0))
+    queues.push(task("new-mid", 5, 1e6))
+    assert queues.peek("reasoning", now=1e9).task_id == "new-mid"
+
+
+def test_victim_is_the_lowest_priority_then_latest_started() -> None:
+    running = [
+        Running("a", "w0", priority=2, preemptible=True, preemptions=0, dispatched_at=1.0),
+        Running("b", "w0", priority=2, preemptible=True, preemptions=0, dispatched_at=5.0),
+        Running("c", "w1", priority=0, preemptible=False, preemptions=0, dispatched_at=9.0),
+        Running("d", "w1", priority=1, preemptible=True, preemptions=3, dispatched_at=9.0),
+    ]
+    victim = choose_victim(running, urgent_priority=10, max_preemptions=3)
+    assert victim is not None and victim.task_id == "b"
+    assert choose_victim(running, urgent_priority=2, max_preemptions=3) is None  # nothing strictly below
+    assert choose_victim(running[2:], urgent_priority=10, max_preemptions=3) is None
