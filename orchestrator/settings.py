@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import platformdirs
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
@@ -122,6 +123,11 @@ class RouterSettings(BaseModel):
     read_count: int = Field(default=256, ge=1, description="entries per XREADGROUP")
     read_block_ms: int = Field(default=1000, ge=1)
     call_timeout_s: float = Field(default=30.0, gt=0)
+    preempt_threshold: int = Field(default=10, ge=1, le=10, description="tasks at or above it preempt when no slot is free")
+    max_preemptions: int = Field(default=3, ge=0, description="a task preempted this often is left alone (no cascades)")
+    aging_interval_s: float = Field(
+        default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
+    )
 
 
 class Settings(BaseSettings):
@@ -129,6 +135,8 @@ class Settings(BaseSettings):
 
     config_file: Path | None = Field(default=None, description="TOML file read before env vars")
     namespace: str = Field(default="mcp_orchestrator", description="Ray namespace of the actors")
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("mcp-orchestrator")),
+                           description="state, logs and the local Redis's AOF")
     redis: RedisSettings = RedisSettings()
     http: HttpSettings = HttpSettings()
     pools: dict[WorkerType, PoolSettings] = Field(default_factory=_default_pools)
