@@ -1,0 +1,182 @@
+"""The `orchestrator` console script, run as real subprocesses: up, run, status, down, and its error sentences."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def cli_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """This environment without ORCH_* (so no ORCH_REDIS__URL), plus a data dir of the test's own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(ORCH_DATA_DIR=str(data_dir), RAY_USAGE_STATS_ENABLED="0",
+               ORCH_POOLS__CODEGEN__WORKERS="0", ORCH_POOLS__ML__WORKERS="0", **extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout_s, check=False)
+
+
+def ok(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    return done.stdout
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] not in "ZX"  # a zombie has exited
+
+
+def answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/healthz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((data_dir / "state.json").read_text())
+    except FileNotFoundError:
+        return None
+
+
+def kill_what_state_names(state: dict[str, Any]) -> None:
+    """Last resort after a failed `down`: the recorded pids and any process using the recorded Ray temp dir."""
+    pids = [state.get("daemon_pid"), state.get("redis_pid") if state.get("started_redis") else None]
+    temp_dir = state.get("ray_temp_dir")
+    if temp_dir:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if f"{temp_dir}/".encode() in Path(f"/proc/{name}/cmdline").read_bytes():
+                        pids.append(int(name))
+                except OSError:
+                    continue
+    for pid in pids:
+        if pid and alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data dir whose orchestrator is stopped after the test, whatever happened, and then removed.
+
+    Short, so Ray's temp dir fits under it (AF_UNIX socket paths) and goes away with it.
+    """
+    path = Path(tempfile.mkdtemp(prefix="orch-cli-"))
+    yield path
+    state = read_state(path)
+    if state is not None:
+        cli(cli_env(path), "down", timeout_s=120)
+        kill_what_state_names(state)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_up_run_status_down_keeps_redis_data(data_dir: Path) -> None:
+    env = cli_env(data_dir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    started = ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
+    assert f"orchestrator up: {url} (redis redis://127.0.0.1:" in started and "ray local" in started
+    assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+    state = read_state(data_dir)
+    assert state is not None
+    assert state["url"] == url and state["started_redis"] is True and state["redis_url"].startswith("redis://")
+    assert alive(state["daemon_pid"]) and alive(state["redis_pid"])
+    assert state["ray_temp_dir"] == str(data_dir.resolve() / "ray")
+    assert "already running" in ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
+
+    record = json.loads(ok(cli(env, "run", "--tool", "echo", "hello", "--wait")))
+    assert record["status"] == "succeeded" and record["result"]["text"] == "hello"
+    status = json.loads(ok(cli(env, "status", "--json")))
+    assert {p["worker_type"] for p in status["pools"]} == {"reasoning", "codegen", "ml"}
+    table = ok(cli(env, "status"))
+    assert "worker:reasoning:0" in table and "echo" in table
+
+    # Submitted, then stopped at once: Redis must still have it after the next `up`.
+    accepted = json.loads(ok(cli(env, "run", "--tool", "echo", "kept", "--no-wait", "--priority", "2")))
+    assert accepted["status"] == "queued"
+    stopped = ok(cli(env, "down"))
+    assert f"pid {state['daemon_pid']}" in stopped and f"pid {state['redis_pid']}" in stopped
+    wait_until(lambda: not alive(state["daemon_pid"]), 10, "the daemon to be gone")
+    wait_until(lambda: not alive(state["redis_pid"]), 10, "redis-server to be gone")
+    wait_until(lambda: not answers(url), 10, "the port to stop answering")
+    assert read_state(data_dir) is None
+    assert list((data_dir / "redis").rglob("*.aof")), "no AOF file under the data dir"
+    assert "nothing is running" in ok(cli(env, "down"))
+
+    ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
+    again = read_state(data_dir)
+    assert again is not None and again["redis_url"] == state["redis_url"]  # same port, same data
+    reply = httpx.post(f"{url}/v1/rpc", timeout=30, json={
+        "jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": accepted["task_id"]}}).json()
+    assert reply["result"]["prompt"] == "kept" and reply["result"]["priority"] == 2
+    ok(cli(env, "down"))
+    wait_until(lambda: not alive(again["daemon_pid"]) and not alive(again["redis_pid"]), 10, "all stopped")
+
+
+def test_up_without_redis_server_on_path(data_dir: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    done = cli(cli_env(data_dir, PATH=str(empty)), "up", "--port", str(free_port()))
+    assert done.returncode == 1
+    assert ("redis-server was not found on PATH: install Redis 7 (for example `apt-get install redis-server`) "
+            "or pass --redis-url redis://HOST:PORT/0 to use a running server.") in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert read_state(data_dir) is None
+
+
+def test_up_with_unreachable_redis_url(data_dir: Path) -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"
+    done = cli(cli_env(data_dir), "up", "--port", str(free_port()), "--redis-url", redis_url)
+    assert done.returncode == 1
+    assert f"cannot reach Redis at {redis_url}: start it, or fix --redis-url / ORCH_REDIS__URL." in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert read_state(data_dir) is None
+
+
+def test_run_and_status_against_closed_port(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    env = cli_env(tmp_path / "data")
+    for args in (("run", "--tool", "echo", "hi", "--url", url), ("status", "--url", url)):
+        done = cli(env, *args)
+        assert done.returncode == 1
+        assert f"no orchestrator answers at {url}: start it with `orchestrator up`." in done.stderr
+        assert "Traceback" not in done.stdout + done.stderr
+    assert "nothing is running" in ok(cli(env, "down"))
+
+
+def test_long_data_dir_gets_a_short_ray_temp_dir() -> None:
+    """Ray's socket paths must fit AF_UNIX: a long data dir gets a fixed short temp dir of its own instead."""
+    from orchestrator.cli import RAY_TEMP_DIR_MAX_CHARS, Layout
+
+    long = Path(tempfile.gettempdir()) / ("d" * 80)
+    assert len(str(Layout(long).ray_temp_dir)) <= RAY_TEMP_DIR_MAX_CHARS
+    assert Layout(long).ray_temp_dir == Layout(long).ray_temp_dir != Layout(long / "other").ray_temp_dir
+    assert Layout(Path("/tmp/orch")).ray_temp_dir == Path("/tmp/orch/ray")
