@@ -56,10 +56,11 @@ class AttemptContext:
         self._store, self._task_id, self._attempt = store, task_id, attempt
 
     async def progress(self, data: Mapping[str, Any]) -> None:
-        await self._store.update(self._task_id, self._attempt, "progress", dict(data))
+        await self._store.update(self._task_id, self._attempt, progress=dict(data))
 
-    async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        await self._store.update(self._task_id, self._attempt, "checkpoint", dict(state))
+    async def checkpoint(self, state: Mapping[str, Any], progress: Mapping[str, Any] | None = None) -> None:
+        fields = {"checkpoint": dict(state)} | ({"progress": dict(progress)} if progress is not None else {})
+        await self._store.update(self._task_id, self._attempt, **fields)
 
 
 async def execute(

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.adapters.waiter import CompletionWaiter
+from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.models import (
     CancelTaskResult,
     RunTaskParams,
@@ -49,13 +49,21 @@ class TaskService:
         """Accept a task (durably, before answering); with `wait`, answer with the record once finished."""
         task = build_task(params, self._settings, self._clock())
         limits = self._settings.limits
-        task_id, duplicate = await self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s)
-        if params.wait:
-            record = await self._wait(task_id, min(params.wait, limits.max_wait_s))
-            if record.status.finished:
-                return record
-            return RunTaskResult(task_id=task_id, status=record.status, duplicate=duplicate)
-        status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
+        if not params.wait:
+            task_id, duplicate = await self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s)
+            status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
+            return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
+        timeout_s = min(params.wait, limits.max_wait_s)
+        with self._waiter.watch(task.task_id) as watch:  # watching before submit: no finish slips by
+            task_id, duplicate = await self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s)
+            if not duplicate:
+                record = await self._wait(watch, timeout_s, check_first=False)
+        if duplicate:  # an earlier task with this idempotency key: it may have finished long ago
+            with self._waiter.watch(task_id) as watch:
+                record = await self._wait(watch, timeout_s, check_first=True)
+        if record is not None and record.status.finished:
+            return record
+        status = record.status if record is not None else TaskStatus.QUEUED
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
 
     async def get_task(self, task_id: str) -> TaskRecord:
@@ -74,14 +82,14 @@ class TaskService:
         counts = await self._store.counts()
         return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts)
 
-    async def _wait(self, task_id: str, timeout_s: float) -> TaskRecord:
+    async def _wait(self, watch: Watch, timeout_s: float, *, check_first: bool) -> TaskRecord | None:
+        """The record once finished, or the latest one read when `timeout_s` ran out (None if never read)."""
         record: TaskRecord | None = None
 
         async def finished() -> bool:
             nonlocal record
-            record = await self._store.get(task_id)
+            record = await self._store.get(watch.task_id)
             return record.status.finished
 
-        await self._waiter.wait(task_id, timeout_s, finished)
-        assert record is not None
+        await watch.wait(timeout_s, finished, check_first=check_first)
         return record

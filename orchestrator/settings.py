@@ -25,6 +25,8 @@ class RedisSettings(BaseModel):
     stream_trim_interval_s: float = 5.0
     retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="finished task records expire after this")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+    max_connections: int = Field(default=64, ge=2, description="per process; callers queue for a free one")
+    pool_timeout_s: float = Field(default=20.0, gt=0, description="how long a caller waits for a free connection")
 
 
 class HttpSettings(BaseModel):

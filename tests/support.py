@@ -8,8 +8,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -74,3 +75,19 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RecordingContext:
+    """A ToolContext that remembers what a tool reported."""
+
+    def __init__(self) -> None:
+        self.progress_calls: list[dict[str, Any]] = []
+        self.checkpoints: list[dict[str, Any]] = []
+
+    async def progress(self, data: Mapping[str, Any]) -> None:
+        self.progress_calls.append(dict(data))
+
+    async def checkpoint(self, state: Mapping[str, Any], progress: Mapping[str, Any] | None = None) -> None:
+        self.checkpoints.append(dict(state))
+        if progress is not None:
+            self.progress_calls.append(dict(progress))

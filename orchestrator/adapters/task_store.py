@@ -101,12 +101,14 @@ redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
 return 1
 """
 
-# Fenced update of a running attempt's progress or checkpoint.  KEYS: record  ARGV: attempt, field, value
+# Fenced update of a running attempt's progress and/or checkpoint.  KEYS: record  ARGV: attempt, field/value pairs
 _UPDATE = """
 if redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+local fields = {}
+for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
 return 1
 """
 
@@ -136,15 +138,22 @@ class Started:
 
 
 def connect(settings: RedisSettings) -> aioredis.Redis:
-    """A client that retries transient connection errors with backoff instead of failing the caller."""
-    return aioredis.from_url(  # type: ignore[no-any-return]
+    """A client that retries transient connection errors with backoff instead of failing the caller.
+
+    The pool blocks when all connections are busy (redis-py's default pool raises instead), so a
+    burst of concurrent requests queues for a connection rather than failing.
+    """
+    pool = aioredis.BlockingConnectionPool.from_url(
         settings.url,
+        max_connections=settings.max_connections,
+        timeout=settings.pool_timeout_s,
         decode_responses=True,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=15,
         socket_connect_timeout=5,
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class TaskStore:
@@ -269,9 +278,9 @@ class TaskStore:
             return None
         return Started(int(attempt), json.loads(extra) if extra else None)
 
-    async def update(self, task_id: str, attempt: int, field: str, value: Any) -> bool:
-        """Record progress or a checkpoint, only while `attempt` is the current one."""
-        return bool(await self._update(keys=[self.keys.task(task_id)], args=[attempt, field, _dumps(value)]))
+    async def update(self, task_id: str, attempt: int, **fields: Any) -> bool:
+        """Record progress and/or a checkpoint, only while `attempt` is the current one."""
+        return bool(await self._update(keys=[self.keys.task(task_id)], args=[attempt, *_encode_record(fields)]))
 
     async def finish(self, task_id: str, attempt: int, status: TaskStatus, now: float, **fields: Any) -> bool:
         """Store the final state once; False when `attempt` is stale or the task already finished."""

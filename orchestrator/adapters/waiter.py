@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 
 import redis.asyncio as aioredis
 
@@ -16,6 +17,42 @@ logger = logging.getLogger(__name__)
 RECHECK_INTERVAL_S = 1.0
 
 
+class Watch:
+    """Interest in one task's completion, registered before the task can finish (e.g. before submit)."""
+
+    def __init__(self, waiter: CompletionWaiter, task_id: str) -> None:
+        self._waiter, self.task_id = waiter, task_id
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Before the subscription is live, an announcement could be missed: check the record first.
+        self._live = waiter.subscribed
+        waiter.register(task_id, self._future)
+
+    async def wait(self, timeout_s: float, finished: Callable[[], Awaitable[bool]], *, check_first: bool) -> bool:
+        """True once `finished()` holds, False if `timeout_s` passes first.
+
+        Args:
+            check_first: read the record before waiting; needless right after submitting a new task.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        if (check_first or not self._live) and await finished():
+            return True
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._future), timeout=min(remaining, RECHECK_INTERVAL_S))
+            if await finished():
+                return True
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+        self._waiter.unregister(self.task_id, self._future)
+
+
 class CompletionWaiter:
     def __init__(self, client: aioredis.Redis, channel: str) -> None:
         self._client = client
@@ -24,34 +61,25 @@ class CompletionWaiter:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
-    async def wait(self, task_id: str, timeout_s: float, finished: Callable[[], Awaitable[bool]]) -> bool:
-        """True once `finished()` holds for the task, False if `timeout_s` passes first."""
-        self._ensure_listener()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        future: asyncio.Future[None] = loop.create_future()
-        self._waiters.setdefault(task_id, set()).add(future)
-        try:
-            with contextlib.suppress(TimeoutError):  # subscribe before the first check, so no finish slips by
-                await asyncio.wait_for(self._subscribed.wait(), timeout=min(timeout_s, RECHECK_INTERVAL_S))
-            while True:
-                if await finished():
-                    return True
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), timeout=min(remaining, RECHECK_INTERVAL_S))
-        finally:
-            waiters = self._waiters.get(task_id)
-            if waiters is not None:
-                waiters.discard(future)
-                if not waiters:
-                    del self._waiters[task_id]
+    @property
+    def subscribed(self) -> bool:
+        return self._subscribed.is_set()
 
-    def _ensure_listener(self) -> None:
+    def watch(self, task_id: str) -> Watch:
+        """Start watching a task; use as a context manager so the registration is always removed."""
         if self._listener is None or self._listener.done():
             self._listener = asyncio.create_task(self._listen(), name="completion-waiter")
+        return Watch(self, task_id)
+
+    def register(self, task_id: str, future: asyncio.Future[None]) -> None:
+        self._waiters.setdefault(task_id, set()).add(future)
+
+    def unregister(self, task_id: str, future: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(task_id)
+        if waiters is not None:
+            waiters.discard(future)
+            if not waiters:
+                del self._waiters[task_id]
 
     async def _listen(self) -> None:
         backoff_s = 0.1

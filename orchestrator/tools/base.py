@@ -27,7 +27,11 @@ class ToolContext(Protocol):
 
     async def progress(self, data: Mapping[str, JsonValue]) -> None: ...
 
-    async def checkpoint(self, state: Mapping[str, JsonValue]) -> None: ...
+    async def checkpoint(
+        self, state: Mapping[str, JsonValue], progress: Mapping[str, JsonValue] | None = None
+    ) -> None:
+        """Save resumable state (and, in the same write, progress)."""
+        ...
 
 
 class Tool(abc.ABC):

@@ -41,8 +41,11 @@ class EchoTool(Tool):
         step_s = delay_ms / 1000 / steps
         for step in range(done + 1, steps + 1):
             await asyncio.sleep(step_s)  # the work itself; also where preemption cancels us
-            await ctx.progress({"step": step, "steps": steps})
-            await ctx.checkpoint({"step": step})
+            progress = {"step": step, "steps": steps}
+            if step < steps:
+                await ctx.checkpoint({"step": step}, progress)
+            else:  # nothing is left to resume after the last step
+                await ctx.progress(progress)
         return {"text": prompt, "steps": steps}
 
 

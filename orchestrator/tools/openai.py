@@ -194,8 +194,7 @@ def chat_completions_url(base_url: str) -> str:
 
 
 async def _report(ctx: ToolContext, pending: list[str], chars: int, text: list[str]) -> None:
-    await ctx.progress({"delta": "".join(pending), "chars": chars})
-    await ctx.checkpoint({"partial": "".join(text)})
+    await ctx.checkpoint({"partial": "".join(text)}, {"delta": "".join(pending), "chars": chars})
 
 
 def _is_local(base_url: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,22 +18,11 @@ from orchestrator.settings import ToolSettings
 from orchestrator.tools.base import ToolCall
 from orchestrator.tools.openai import PROGRESS_CHARS, PROGRESS_INTERVAL_S, OpenAITool, chat_completions_url
 from tests.fakeprovider import RunningFakeProvider, fake_provider
+from tests.support import RecordingContext
 
 pytestmark = pytest.mark.integration
 
 KEY_ENV = "FAKE_PROVIDER_API_KEY"
-
-
-class RecordingContext:
-    def __init__(self) -> None:
-        self.progress_calls: list[dict[str, Any]] = []
-        self.checkpoints: list[dict[str, Any]] = []
-
-    async def progress(self, data: Mapping[str, Any]) -> None:
-        self.progress_calls.append(dict(data))
-
-    async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        self.checkpoints.append(dict(state))
 
 
 def call(deadline: float | None = None, **tool_input: Any) -> ToolCall:

@@ -10,18 +10,7 @@ import pytest
 
 from orchestrator.tools.base import ToolCall
 from orchestrator.tools.echo import EchoTool, resumed_step
-
-
-class RecordingContext:
-    def __init__(self) -> None:
-        self.progress_calls: list[dict[str, Any]] = []
-        self.checkpoints: list[dict[str, Any]] = []
-
-    async def progress(self, data: Mapping[str, Any]) -> None:
-        self.progress_calls.append(dict(data))
-
-    async def checkpoint(self, state: Mapping[str, Any]) -> None:
-        self.checkpoints.append(dict(state))
+from tests.support import RecordingContext
 
 
 def call(checkpoint: Mapping[str, Any] | None = None, **tool_input: Any) -> ToolCall:
@@ -32,7 +21,7 @@ async def test_returns_prompt_with_one_step_by_default() -> None:
     ctx = RecordingContext()
     assert await EchoTool("echo").run(call(prompt="hello"), ctx) == {"text": "hello", "steps": 1}
     assert ctx.progress_calls == [{"step": 1, "steps": 1}]
-    assert ctx.checkpoints == [{"step": 1}]
+    assert ctx.checkpoints == []  # nothing to resume after the last step
 
 
 async def test_reports_progress_and_checkpoints_every_step() -> None:
@@ -40,7 +29,7 @@ async def test_reports_progress_and_checkpoints_every_step() -> None:
     result = await EchoTool("echo").run(call(prompt="p", steps=4, delay_ms=4), ctx)
     assert result == {"text": "p", "steps": 4}
     assert ctx.progress_calls == [{"step": i, "steps": 4} for i in (1, 2, 3, 4)]
-    assert ctx.checkpoints == [{"step": i} for i in (1, 2, 3, 4)]
+    assert ctx.checkpoints == [{"step": i} for i in (1, 2, 3)]
 
 
 async def test_resumes_after_checkpointed_step() -> None:
@@ -48,7 +37,7 @@ async def test_resumes_after_checkpointed_step() -> None:
     result = await EchoTool("echo").run(call({"step": 3}, prompt="p", steps=5), ctx)
     assert result == {"text": "p", "steps": 5}
     assert ctx.progress_calls == [{"step": 4, "steps": 5}, {"step": 5, "steps": 5}]
-    assert ctx.checkpoints == [{"step": 4}, {"step": 5}]
+    assert ctx.checkpoints == [{"step": 4}]
 
 
 async def test_checkpoint_of_finished_run_does_no_more_steps() -> None:

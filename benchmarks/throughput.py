@@ -1,0 +1,565 @@
+"""Throughput benchmark: echo tasks as JSON-RPC batches against a running or a self-started orchestrator.
+
+    python benchmarks/throughput.py [--url URL] [-n 2000] [--batch 50] [--concurrency 4] [--delay-ms 0]
+                                    [--priority 5] [--no-wait] [--processes 2] [--json]
+
+Without --url it starts its own redis-server, Ray, Serve and the orchestrator for the run and tears them
+down afterwards, also on error or Ctrl-C. Every task is checked (succeeded, right text); any lost or
+failed task makes the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import queue
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: make `tests.support` importable from a checkout
+    sys.path.insert(0, str(ROOT))
+
+RPC_PATH = "/v1/rpc"
+MAX_RPC_BATCH = 100  # the server's default limits.max_batch; get_task polls stay within it
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+POLL_INTERVAL_S = 0.1  # pause after a get_task round that found some task still unfinished
+# Polling is the instrument, not the load: one get_task batch at a time, for the oldest unfinished
+# tasks (they finish roughly in submission order); the next batch follows at once only when this one
+# was all finished. A get_task batch of k ids makes the ingress issue k concurrent Redis reads, and
+# its Redis pool (100 connections) refuses rather than queues beyond that, so k stays small while
+# submits are in flight too.
+POLL_BATCH = 20
+POLL_BATCH_AFTER_SENDING = 60
+TASK_NOT_FOUND = -32001
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    base_url: str
+    run_id: str
+    batch: int
+    delay_ms: int
+    priority: int
+    wait_s: float  # 0: submit only, then poll get_task
+    timeout_s: float  # for the whole run, after which unfinished tasks count as lost
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One task as the client saw it; times are wall-clock (time.time), comparable across processes."""
+
+    index: int
+    sent_at: float
+    accepted_at: float | None = None
+    known_at: float | None = None  # when the client learned the final state
+    task_id: str | None = None
+    status: str | None = None
+    error: str | None = None
+    text_ok: bool = False
+    created_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.status == "succeeded" and self.text_ok
+
+
+def prompt(run_id: str, index: int) -> str:
+    return f"bench-{run_id}-{index}"
+
+
+# --- the client ---------------------------------------------------------------------------------
+
+
+def _absorb(outcome: Outcome, result: Any, now: float, run_id: str) -> None:
+    """Take a `run_task` or `get_task` result: a record once finished, else just the id and status."""
+    if not isinstance(result, dict):
+        outcome.error = f"unexpected result {result!r:.200}"
+        return
+    outcome.task_id = result.get("task_id", outcome.task_id)
+    outcome.status = result.get("status")
+    if outcome.status in FINISHED and "created_at" in result:
+        outcome.known_at = now
+        outcome.text_ok = (result.get("result") or {}).get("text") == prompt(run_id, outcome.index)
+        outcome.created_at = result.get("created_at")
+        outcome.started_at = result.get("started_at")
+        outcome.finished_at = result.get("finished_at")
+        if outcome.status != "succeeded":
+            outcome.error = f"task {outcome.status}: {result.get('error')}"
+
+
+async def _post(client: httpx.AsyncClient, body: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    """One JSON-RPC batch; the replies by id."""
+    reply = await client.post(RPC_PATH, content=json.dumps(body), headers={"content-type": "application/json"})
+    reply.raise_for_status()
+    replies = reply.json()
+    if not isinstance(replies, list):  # a batch-level error (e.g. batch too large) comes back as one object
+        raise ValueError(f"batch rejected: {replies!r:.300}")
+    return {r.get("id"): r for r in replies}
+
+
+async def _submit(client: httpx.AsyncClient, load: Load, batch: Sequence[int], outcomes: dict[int, Outcome]) -> None:
+    params: dict[str, Any] = {"tool": "echo", "priority": load.priority, "context": {"delay_ms": load.delay_ms}}
+    if load.wait_s:
+        params["wait"] = load.wait_s
+    body = [{"jsonrpc": "2.0", "id": i, "method": "run_task", "params": {**params, "prompt": prompt(load.run_id, i)}}
+            for i in batch]
+    sent_at = time.time()
+    try:
+        replies = await _post(client, body)
+    except (httpx.HTTPError, ValueError) as exc:
+        for i in batch:
+            outcomes[i] = Outcome(i, sent_at, error=f"submit failed: {exc!r:.300}")
+        return
+    now = time.time()
+    for i in batch:
+        outcome = outcomes[i] = Outcome(i, sent_at, accepted_at=now)
+        reply = replies.get(i)
+        if reply is None:
+            outcome.error = "no reply for this request in the batch"
+        elif "error" in reply:
+            outcome.error = f"rpc error {reply['error'].get('code')}: {reply['error'].get('message')}"
+        else:
+            _absorb(outcome, reply.get("result"), now, load.run_id)
+
+
+async def _poll(client: httpx.AsyncClient, load: Load, outcomes: dict[int, Outcome], sent: asyncio.Event,
+                deadline: float) -> int:
+    """Alongside the senders, get_task the accepted, unfinished tasks until all are finished (or the
+    deadline passes); returns how many get_task answers were transient errors (asked again)."""
+    transient = 0
+
+    async def check(batch: list[Outcome]) -> bool:
+        """True when every task in the batch is now settled."""
+        nonlocal transient
+        body = [{"jsonrpc": "2.0", "id": o.task_id, "method": "get_task", "params": {"task_id": o.task_id}}
+                for o in batch]
+        try:
+            replies = await _post(client, body)
+        except (httpx.HTTPError, ValueError):
+            transient += len(batch)
+            return False
+        now = time.time()
+        for outcome in batch:
+            reply = replies.get(outcome.task_id)
+            if reply is None or ("error" in reply and reply["error"].get("code") != TASK_NOT_FOUND):
+                transient += 1  # e.g. an internal error: the task's fate is unknown, not failed; ask again
+            elif "error" in reply:
+                outcome.error = f"lost: get_task says {reply['error'].get('message')}"
+            else:
+                _absorb(outcome, reply.get("result"), now, load.run_id)
+        return all(o.error is not None or o.known_at is not None for o in batch)
+
+    while True:
+        sending_done = sent.is_set()  # read before scanning, so no task accepted afterwards is missed
+        pending = [o for o in outcomes.values() if o.error is None and o.known_at is None and o.task_id]
+        if not pending:
+            if sending_done:
+                return transient
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sent.wait(), POLL_INTERVAL_S)
+            continue
+        if time.time() > deadline:
+            for outcome in pending:
+                outcome.error = f"not finished after {load.timeout_s:.0f}s (last status {outcome.status})"
+            return transient
+        if not await check(pending[:POLL_BATCH_AFTER_SENDING if sending_done else POLL_BATCH]):
+            await asyncio.sleep(POLL_INTERVAL_S)  # a poll period, not synchronisation
+
+
+async def run_client(load: Load, batches: Sequence[Sequence[int]], concurrency: int,
+                     ready: Callable[[], None]) -> tuple[list[Outcome], int]:
+    """Send `batches` over `concurrency` connections, polling (on one more) what replies left unfinished."""
+    limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
+    timeout = httpx.Timeout(load.wait_s + 30, connect=10)
+    async with httpx.AsyncClient(base_url=load.base_url, timeout=timeout, limits=limits) as client:
+        # Open every connection before the clock starts.
+        await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency + 1)))
+        ready()
+        deadline = time.time() + load.timeout_s
+        queue = deque(batches)
+        outcomes: dict[int, Outcome] = {}
+        sent = asyncio.Event()
+        poller = asyncio.create_task(_poll(client, load, outcomes, sent, deadline))
+
+        async def sender() -> None:
+            while queue:
+                await _submit(client, load, queue.popleft(), outcomes)
+
+        try:
+            await asyncio.gather(*(sender() for _ in range(concurrency)))
+        finally:
+            sent.set()
+        poll_errors = await poller
+    return sorted(outcomes.values(), key=lambda o: o.index), poll_errors
+
+
+def _client_process(load: Load, batches: list[list[int]], concurrency: int, barrier: Any, results: Any) -> None:
+    """Entry point of one client process: its share of the batches; results go back as plain tuples."""
+    try:
+        outcomes, poll_errors = asyncio.run(run_client(load, batches, concurrency, lambda: barrier.wait(timeout=120)))
+        results.put(("ok", ([astuple(o) for o in outcomes], poll_errors)))
+    except BaseException as exc:  # report anything, the parent decides
+        results.put(("error", repr(exc)))
+
+
+def drive(load: Load, n: int, concurrency: int, processes: int) -> tuple[list[Outcome], int]:
+    """Run the load over `processes` client processes (in this process when 1)."""
+    batches = [list(range(k, min(k + load.batch, n))) for k in range(0, n, load.batch)]
+    if processes == 1:
+        return asyncio.run(run_client(load, batches, concurrency, lambda: None))
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    shares = [concurrency // processes + (1 if p < concurrency % processes else 0) for p in range(processes)]
+    children = [ctx.Process(target=_client_process, args=(load, batches[p::processes], shares[p], barrier, results),
+                            daemon=True) for p in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        outcomes: list[Outcome] = []
+        poll_errors = 0
+        for _ in children:
+            while True:
+                try:
+                    kind, payload = results.get(timeout=1.0)
+                    break
+                except queue.Empty:
+                    if any(child.exitcode not in (None, 0) for child in children):
+                        raise RuntimeError("a client process died without reporting") from None
+            if kind != "ok":
+                raise RuntimeError(f"a client process failed: {payload}")
+            outcomes += [Outcome(*row) for row in payload[0]]
+            poll_errors += payload[1]
+        return sorted(outcomes, key=lambda o: o.index), poll_errors
+    finally:
+        for child in children:  # only the processes this run started
+            child.join(timeout=5)
+            if child.is_alive():
+                child.terminate()
+                child.join()
+
+
+async def warm_up(base_url: str, size: int, wait_s: float) -> None:
+    """One small waited batch, not counted: the first tasks pay for connections and lazy starts."""
+    load = Load(base_url, f"warmup{uuid.uuid4().hex[:6]}", size, 0, 5, wait_s, wait_s + 60)
+    outcomes, _ = await run_client(load, [list(range(size))], 1, lambda: None)
+    bad = [o for o in outcomes if not o.ok]
+    if bad:
+        raise RuntimeError(f"warm-up failed: {len(bad)}/{size} tasks, e.g. {bad[0].error or bad[0].status}")
+
+
+def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base_url}/healthz not ready after {timeout_s}s")
+        time.sleep(0.2)  # poll interval
+
+
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM handler: unwind through the same cleanup as Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+# --- a system of our own ------------------------------------------------------------------------
+
+
+def _redis_server_class() -> Any:
+    """tests.support.RedisServer from a checkout; else a minimal equivalent (an installed package has no tests)."""
+    try:
+        from tests.support import RedisServer
+
+        return RedisServer
+    except ImportError:
+        pass
+
+    import socket
+    import subprocess
+
+    import redis
+
+    class MiniRedisServer:
+        def __init__(self) -> None:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.port = int(sock.getsockname()[1])
+            self.dir = Path(tempfile.mkdtemp(prefix="orch-bench-redis-"))
+            self.proc: subprocess.Popen[bytes] | None = None
+
+        @property
+        def url(self) -> str:
+            return f"redis://127.0.0.1:{self.port}/0"
+
+        def start(self) -> MiniRedisServer:
+            self.proc = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            client, deadline = redis.Redis(port=self.port), time.monotonic() + 10
+            while True:
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("redis-server did not answer PING")
+                time.sleep(0.02)  # poll interval
+            client.close()
+            return self
+
+        def stop(self) -> None:
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+                self.proc = None
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    return MiniRedisServer
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def own_system(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]:
+    """redis-server, Ray, Serve and the orchestrator, all ours and all stopped on the way out."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    from deployments.app import deploy, teardown
+    from orchestrator.settings import Settings
+
+    redis_server = _redis_server_class()().start()
+    ray_dir = tempfile.mkdtemp(prefix="orch-bench-ray-")
+    settings: Any = None
+    try:
+        ray.init(include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False, namespace="bench")
+        # ray.init replaced our SIGTERM handler with one that kills the node's processes and exits
+        # without running our cleanup (the redis-server, Ray's agents and the temp dir stay behind).
+        signal.signal(signal.SIGTERM, raise_interrupt)
+        port = _free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        unique = uuid.uuid4().hex[:8]
+        reasoning = {k: v for k, v in (("workers", args.workers), ("slots", args.slots)) if v is not None}
+        settings = Settings(
+            namespace=f"bench{unique}",
+            redis={"url": redis_server.url, "prefix": f"bench{unique}"},
+            limits={"max_wait_s": max(args.wait, 60.0)},
+            **({"pools": {"reasoning": reasoning}} if reasoning else {}),
+        )
+        deploy(settings)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_healthy(base_url)
+        pool = settings.pools["reasoning"]
+        yield base_url, {"workers": pool.workers, "slots": pool.slots}
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        try:
+            if settings is not None:
+                with contextlib.suppress(Exception):
+                    teardown(settings)
+            if ray.is_initialized():
+                with contextlib.suppress(Exception):
+                    serve.shutdown()
+                ray.shutdown()
+        finally:
+            redis_server.stop()
+            if args.keep_logs:
+                print(f"Ray logs kept in {ray_dir}", file=sys.stderr)
+            else:
+                shutil.rmtree(ray_dir, ignore_errors=True)
+            signal.signal(signal.SIGINT, previous)
+
+
+# --- the report ---------------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def _ms(values: Sequence[float], q: float) -> float | None:
+    value = percentile(values, q)
+    return None if value is None else round(value * 1000, 2)
+
+
+def _rate(count: int, seconds: float | None) -> float | None:
+    return round(count / seconds, 1) if seconds else None
+
+
+def summarize(outcomes: Sequence[Outcome], n: int, wait_mode: bool) -> dict[str, Any]:
+    ok = [o for o in outcomes if o.ok]
+    known = [o for o in outcomes if o.known_at is not None]
+    first_sent = min((o.sent_at for o in outcomes), default=None)
+    last_known = max((o.known_at for o in known), default=None)  # type: ignore[type-var]
+    seconds = last_known - first_sent if first_sent is not None and last_known is not None else None
+    queue_wait = [o.started_at - o.created_at for o in ok if o.started_at is not None and o.created_at is not None]
+    server_e2e = [o.finished_at - o.created_at for o in ok if o.finished_at is not None and o.created_at is not None]
+    run = [o.finished_at - o.started_at for o in ok if o.finished_at is not None and o.started_at is not None]
+    created = [o.created_at for o in ok if o.created_at is not None]
+    finished = [o.finished_at for o in ok if o.finished_at is not None]
+    server_span = max(finished) - min(created) if created and finished else None
+    e2e = [o.known_at - o.sent_at for o in ok if o.known_at is not None]
+    report: dict[str, Any] = {
+        "tasks": n,
+        "succeeded": len(ok),
+        "failures": n - len(ok),
+        "seconds": round(seconds, 3) if seconds else None,
+        "tasks_per_s": _rate(len(ok), seconds),
+        "e2e_p50_ms": _ms(e2e, 50),
+        "e2e_p99_ms": _ms(e2e, 99),
+        "queue_wait_p50_ms": _ms(queue_wait, 50),
+        "queue_wait_p99_ms": _ms(queue_wait, 99),
+        "run_p50_ms": _ms(run, 50),
+        "run_p99_ms": _ms(run, 99),
+        "server_e2e_p50_ms": _ms(server_e2e, 50),
+        "server_e2e_p99_ms": _ms(server_e2e, 99),
+        "server_seconds": round(server_span, 3) if server_span else None,
+        "server_tasks_per_s": _rate(len(ok), server_span),
+    }
+    if not wait_mode:
+        accepted = [o for o in outcomes if o.accepted_at is not None and o.task_id]
+        last_accept = max((o.accepted_at for o in accepted), default=None)  # type: ignore[type-var]
+        accept_s = last_accept - first_sent if first_sent is not None and last_accept is not None else None
+        report |= {
+            "accepted": len(accepted),
+            "accept_seconds": round(accept_s, 3) if accept_s else None,
+            "accept_tasks_per_s": _rate(len(accepted), accept_s),
+            "completion_seconds": report["seconds"],
+            "completion_tasks_per_s": report["tasks_per_s"],
+        }
+    errors: dict[str, int] = {}
+    for o in outcomes:
+        if not o.ok:
+            reason = o.error or f"status {o.status}, text ok {o.text_ok}"
+            errors[reason[:120]] = errors.get(reason[:120], 0) + 1
+    report["failure_reasons"] = dict(sorted(errors.items(), key=lambda kv: -kv[1])[:5])
+    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    def fmt(key: str) -> str:
+        value = report.get(key)
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    print(f"target        {report['url'] or 'self-hosted'} ({report['mode']}; batch {report['batch']}, "
+          f"concurrency {report['concurrency']} over {report['processes']} process(es), delay {report['delay_ms']} ms, "
+          f"reasoning workers {fmt('workers')} x slots {fmt('slots')})")
+    print(f"tasks         {report['tasks']}  succeeded {report['succeeded']}  failures {report['failures']}")
+    if report["mode"] == "no-wait":
+        print(f"accept        {fmt('accept_seconds')} s  ->  {fmt('accept_tasks_per_s')} tasks/s accepted durably")
+        print(f"completion    {fmt('completion_seconds')} s  ->  {fmt('completion_tasks_per_s')} tasks/s "
+              f"(client-observed, poll period {POLL_INTERVAL_S}s)")
+    else:
+        print(f"throughput    {fmt('seconds')} s  ->  {fmt('tasks_per_s')} tasks/s")
+    print(f"server span   {fmt('server_seconds')} s  ->  {fmt('server_tasks_per_s')} tasks/s "
+          "(first created_at to last finished_at)")
+    print(f"client e2e    p50 {fmt('e2e_p50_ms')} ms  p99 {fmt('e2e_p99_ms')} ms")
+    print(f"queue wait    p50 {fmt('queue_wait_p50_ms')} ms  p99 {fmt('queue_wait_p99_ms')} ms  (started_at - created_at)")
+    print(f"run           p50 {fmt('run_p50_ms')} ms  p99 {fmt('run_p99_ms')} ms  (finished_at - started_at)")
+    print(f"server e2e    p50 {fmt('server_e2e_p50_ms')} ms  p99 {fmt('server_e2e_p99_ms')} ms  "
+          "(finished_at - created_at)")
+    if report["poll_errors"]:
+        print(f"poll errors   {report['poll_errors']} get_task answers were errors and were asked again")
+    for reason, count in report["failure_reasons"].items():
+        print(f"failure       {count} x {reason}")
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="base URL of a running orchestrator (default: start one for the run)")
+    parser.add_argument("-n", type=int, default=2000, help="tasks to run (default 2000)")
+    parser.add_argument("--batch", type=int, default=50, help="run_task requests per JSON-RPC batch (default 50)")
+    parser.add_argument("--concurrency", type=int, default=4, help="batches in flight (default 4)")
+    parser.add_argument("--processes", type=int,
+                        help="client processes sharing the concurrency (default min(2, concurrency); see README)")
+    parser.add_argument("--delay-ms", type=int, default=0, help="echo's delay_ms per task (default 0)")
+    parser.add_argument("--priority", type=int, default=5, help="task priority 0..10 (default 5)")
+    parser.add_argument("--wait", type=float, default=120.0,
+                        help="run_task `wait` seconds (the server caps it; unfinished tasks are then polled)")
+    parser.add_argument("--no-wait", action="store_true",
+                        help="submit only (measures the durable accept rate), then poll get_task until done")
+    parser.add_argument("--timeout-s", type=float, default=600.0, help="give up on unfinished tasks after this")
+    parser.add_argument("--warmup", type=int, default=20, help="tasks in the uncounted warm-up batch (0: none)")
+    parser.add_argument("--slots", type=int, help="self-hosted: slots per reasoning worker")
+    parser.add_argument("--workers", type=int, help="self-hosted: reasoning workers")
+    parser.add_argument("--keep-logs", action="store_true", help="self-hosted: keep Ray's temp dir (its logs)")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    if args.processes is None:
+        args.processes = min(2, args.concurrency)
+    if args.n < 1 or args.batch < 1 or args.concurrency < 1 or not 1 <= args.processes <= args.concurrency:
+        parser.error("need n, batch, concurrency >= 1 and 1 <= processes <= concurrency")
+    if args.url and (args.slots is not None or args.workers is not None):
+        parser.error("--slots/--workers size a self-hosted system; they do not apply with --url")
+    return args
+
+
+def run(args: argparse.Namespace, base_url: str, pool: dict[str, Any]) -> dict[str, Any]:
+    wait_s = 0.0 if args.no_wait else args.wait
+    if args.warmup:
+        asyncio.run(warm_up(base_url, min(args.warmup, MAX_RPC_BATCH), max(args.wait, 30.0)))
+    load = Load(base_url, uuid.uuid4().hex[:8], args.batch, args.delay_ms, args.priority, wait_s, args.timeout_s)
+    outcomes, poll_errors = drive(load, args.n, args.concurrency, args.processes)
+    report = summarize(outcomes, args.n, wait_mode=not args.no_wait) | {"poll_errors": poll_errors}
+    params = {"url": args.url, "mode": "no-wait" if args.no_wait else "wait", "n": args.n, "batch": args.batch,
+              "concurrency": args.concurrency, "processes": args.processes, "delay_ms": args.delay_ms,
+              "priority": args.priority, "wait_s": wait_s, **pool}
+    return params | report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    try:
+        if args.url:
+            base_url = args.url.rstrip("/")
+            wait_healthy(base_url, 10)
+            report = run(args, base_url, {"workers": None, "slots": None})
+        else:
+            with own_system(args) as (base_url, pool):
+                report = run(args, base_url, pool)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print_report(report)
+    if args.json:
+        print(json.dumps(report, separators=(",", ":")))
+    return 0 if report["failures"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
