@@ -14,27 +14,22 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import multiprocessing
-import os
 import queue
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `tests.support` importable from a checkout
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
+from harness import own_system, percentile, raise_interrupt, wait_healthy  # noqa: E402
 
 RPC_PATH = "/v1/rpc"
 MAX_RPC_BATCH = 100  # the server's default limits.max_batch; get_task polls stay within it
@@ -266,147 +261,6 @@ async def warm_up(base_url: str, size: int, wait_s: float) -> None:
         raise RuntimeError(f"warm-up failed: {len(bad)}/{size} tasks, e.g. {bad[0].error or bad[0].status}")
 
 
-def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{base_url}/healthz", timeout=5).status_code == 200:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{base_url}/healthz not ready after {timeout_s}s")
-        time.sleep(0.2)  # poll interval
-
-
-def raise_interrupt(signum: int, frame: Any) -> None:
-    """SIGTERM handler: unwind through the same cleanup as Ctrl-C."""
-    raise KeyboardInterrupt
-
-
-# --- a system of our own ------------------------------------------------------------------------
-
-
-def _redis_server_class() -> Any:
-    """tests.support.RedisServer from a checkout; else a minimal equivalent (an installed package has no tests)."""
-    try:
-        from tests.support import RedisServer
-
-        return RedisServer
-    except ImportError:
-        pass
-
-    import socket
-    import subprocess
-
-    import redis
-
-    class MiniRedisServer:
-        def __init__(self) -> None:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                self.port = int(sock.getsockname()[1])
-            self.dir = Path(tempfile.mkdtemp(prefix="orch-bench-redis-"))
-            self.proc: subprocess.Popen[bytes] | None = None
-
-        @property
-        def url(self) -> str:
-            return f"redis://127.0.0.1:{self.port}/0"
-
-        def start(self) -> MiniRedisServer:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            client, deadline = redis.Redis(port=self.port), time.monotonic() + 10
-            while True:
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("redis-server did not answer PING")
-                time.sleep(0.02)  # poll interval
-            client.close()
-            return self
-
-        def stop(self) -> None:
-            if self.proc is not None:
-                self.proc.kill()
-                self.proc.wait()
-                self.proc = None
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    return MiniRedisServer
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def own_system(args: argparse.Namespace) -> Iterator[tuple[str, dict[str, Any]]]:
-    """redis-server, Ray, Serve and the orchestrator, all ours and all stopped on the way out."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    import ray
-    from ray import serve
-
-    from deployments.app import deploy, teardown
-    from orchestrator.settings import Settings
-
-    redis_server = _redis_server_class()().start()
-    ray_dir = tempfile.mkdtemp(prefix="orch-bench-ray-")
-    settings: Any = None
-    try:
-        ray.init(include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False, namespace="bench")
-        # ray.init replaced our SIGTERM handler with one that kills the node's processes and exits
-        # without running our cleanup (the redis-server, Ray's agents and the temp dir stay behind).
-        signal.signal(signal.SIGTERM, raise_interrupt)
-        port = _free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        unique = uuid.uuid4().hex[:8]
-        reasoning = {k: v for k, v in (("workers", args.workers), ("slots", args.slots)) if v is not None}
-        settings = Settings(
-            namespace=f"bench{unique}",
-            redis={"url": redis_server.url, "prefix": f"bench{unique}"},
-            limits={"max_wait_s": max(args.wait, 60.0)},
-            **({"pools": {"reasoning": reasoning}} if reasoning else {}),
-        )
-        deploy(settings)
-        base_url = f"http://127.0.0.1:{port}"
-        wait_healthy(base_url)
-        pool = settings.pools["reasoning"]
-        yield base_url, {"workers": pool.workers, "slots": pool.slots}
-    finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
-        try:
-            if settings is not None:
-                with contextlib.suppress(Exception):
-                    teardown(settings)
-            if ray.is_initialized():
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
-                ray.shutdown()
-        finally:
-            redis_server.stop()
-            if args.keep_logs:
-                print(f"Ray logs kept in {ray_dir}", file=sys.stderr)
-            else:
-                shutil.rmtree(ray_dir, ignore_errors=True)
-            signal.signal(signal.SIGINT, previous)
-
-
-# --- the report ---------------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
-
-
 def _ms(values: Sequence[float], q: float) -> float | None:
     value = percentile(values, q)
     return None if value is None else round(value * 1000, 2)
@@ -550,8 +404,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             wait_healthy(base_url, 10)
             report = run(args, base_url, {"workers": None, "slots": None})
         else:
-            with own_system(args) as (base_url, pool):
-                report = run(args, base_url, pool)
+            reasoning = {k: v for k, v in (("workers", args.workers), ("slots", args.slots)) if v is not None}
+            overrides: dict[str, Any] = {"limits": {"max_wait_s": max(args.wait, 60.0)}}
+            if reasoning:
+                overrides["pools"] = {"reasoning": reasoning}
+            with own_system(overrides, args.keep_logs) as (base_url, settings):
+                pool = settings.pools["reasoning"]
+                report = run(args, base_url, {"workers": pool.workers, "slots": pool.slots})
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
