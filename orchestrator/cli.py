@@ -578,29 +578,34 @@ def _parse_context(text: str) -> dict[str, Any]:
 
 
 def _print_status(result: dict[str, Any]) -> None:
-    pools = Table(title="pools", title_justify="left")
-    for column in ("type", "workers", "slots", "running", "queued"):
-        pools.add_column(column, justify="left" if column == "type" else "right")
-    for pool in result.get("pools", []):
-        pools.add_row(pool["worker_type"], *(str(pool[k]) for k in ("workers", "slots", "running", "queued")))
-    workers = Table(title="workers", title_justify="left")
-    for column in ("name", "type", "slots", "running", "queued", "alive"):
-        workers.add_column(column, justify="left" if column in ("name", "type") else "right")
-    for worker in result.get("workers", []):
-        workers.add_row(worker["name"], worker["worker_type"],
-                        *(str(worker[k]) for k in ("slots", "running", "queued")),
-                        "yes" if worker.get("alive", True) else "no")
-    tools = Table(title="tools", title_justify="left")
-    for column in ("name", "kind", "worker type"):
-        tools.add_column(column)
-    for tool in result.get("tools", []):
-        tools.add_row(tool["name"], tool["kind"], tool["worker_type"])
-    out.print(pools)
-    out.print(workers)
-    out.print(tools)
+    pools = result.get("pools", [])
+    priorities = [str(p) for p in range(10, -1, -1)]
+    matrix = result.get("matrix", {})
+    out.print(_table("pools", ["type", "workers", "slots", "running", "queued"],
+                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"]] for p in pools]))
+    out.print(_table("queued by priority", ["type", *priorities],
+                     [[t, *(row.get(p, "") for p in priorities)] for t, row in matrix.items() if row]))
+    out.print(_table("workers", ["name", "type", "slots", "running", "queued"],
+                     [[w["name"], w["worker_type"], w["slots"], w["running"], w["queued"]]
+                      for w in result.get("workers", [])]))
+    out.print(_table("running", ["task", "tool", "priority", "worker", "agent", "preemptions"],
+                     [[r["task_id"], r["tool"], r["priority"], r["worker"], r.get("agent") or "", r["preemptions"]]
+                      for r in result.get("running", [])]))
+    out.print(_table("tools", ["name", "kind", "worker type"],
+                     [[t["name"], t["kind"], t["worker_type"]] for t in result.get("tools", [])]))
     length = result.get("stream_length")
     out.print(f"stream: {length} entr{'y' if length == 1 else 'ies'}, {result.get('stream_pending')} pending; "
               f"active tasks: {result.get('active_tasks')}", markup=False)
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
+    """A table whose first column is left-aligned text and the rest right-aligned values."""
+    table = Table(title=title, title_justify="left")
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 or column in ("type", "tool", "worker", "kind", "worker type") else "right")
+    for row in rows:
+        table.add_row(*(str(cell) for cell in row))
+    return table
 
 
 # ---------------------------------------------------------------- settings and state

@@ -124,7 +124,6 @@ class WorkerStatus(BaseModel):
     slots: int
     running: int
     queued: int
-    alive: bool = True
 
 
 class PoolStatus(BaseModel):
