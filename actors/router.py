@@ -90,12 +90,6 @@ class RouterActor:
         matrix = {t: {str(p): n for p, n in self._ready.depth_by_priority(t).items()} for t in self._settings.pools}
         return RouterOverview(pools=pools, workers=workers, matrix=matrix, running=running)
 
-    async def cancel_running(self, task_id: str) -> None:
-        for worker in self._workers.values():
-            if task_id in worker.assigned:
-                with contextlib.suppress(RayActorError):
-                    await worker.handle.cancel.remote(task_id)
-
     # --- internals ------------------------------------------------------------------------------
 
     def _spawn_workers(self) -> None:

@@ -11,10 +11,12 @@ import ray
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import RayActorError
 
 from orchestrator import api
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
+from orchestrator.errors import ActorUnavailableError
 from orchestrator.jsonrpc import Dispatcher, RequestContext
 from orchestrator.models import RouterOverview
 from orchestrator.naming import ROUTER_NAME
@@ -47,29 +49,29 @@ _RPC_BODY: dict[str, Any] = {
 
 
 class ActorRouterClient:
-    """The router, reached by name, every call bounded by a timeout."""
+    """The router and workers, reached by name; every call bounded, failures a retryable error."""
 
     def __init__(self, settings: Settings) -> None:
         self._namespace = settings.namespace
         self._timeout_s = settings.router.call_timeout_s
-        self._handle: Any = None
 
-    def _router(self) -> Any:
-        if self._handle is None:
-            self._handle = ray.get_actor(ROUTER_NAME, namespace=self._namespace)
-        return self._handle
+    async def _call(self, actor: str, method: str, *args: Any) -> Any:
+        try:
+            handle = ray.get_actor(actor, namespace=self._namespace)
+            async with asyncio.timeout(self._timeout_s):
+                return await getattr(handle, method).remote(*args)
+        except (ValueError, TimeoutError, RayActorError) as exc:
+            logger.warning("actor call failed", extra={"actor": actor, "method": method, "error": repr(exc)})
+            raise ActorUnavailableError(actor) from None
 
     async def overview(self) -> RouterOverview:
-        async with asyncio.timeout(self._timeout_s):
-            return await self._router().overview.remote()  # type: ignore[no-any-return]
+        return await self._call(ROUTER_NAME, "overview")  # type: ignore[no-any-return]
 
-    async def cancel_running(self, task_id: str) -> None:
-        async with asyncio.timeout(self._timeout_s):
-            await self._router().cancel_running.remote(task_id)
+    async def interrupt(self, worker: str, task_id: str) -> None:
+        await self._call(worker, "cancel", task_id)
 
     async def ready(self) -> bool:
-        async with asyncio.timeout(self._timeout_s):
-            return bool(await self._router().ready.remote())
+        return bool(await self._call(ROUTER_NAME, "ready"))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:

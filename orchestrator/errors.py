@@ -3,7 +3,7 @@
 Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); application codes:
   -32001 task not found          -32002 queue full (retryable, carries retry_after_s)
   -32003 task not cancellable     -32004 tool failed
-  -32005 storage unavailable (retryable)
+  -32005 storage unavailable (retryable)  -32006 actor unavailable, e.g. the router restarting (retryable)
 """
 
 from __future__ import annotations
@@ -84,6 +84,18 @@ class StorageUnavailableError(OrchestratorError):
 
     def __str__(self) -> str:
         return f"task store unavailable: {self.reason}"
+
+
+class ActorUnavailableError(OrchestratorError):
+    code = -32006
+    retryable = True
+
+    def __init__(self, actor: str) -> None:
+        super().__init__(actor)
+        self.actor = actor
+
+    def __str__(self) -> str:
+        return f"{self.actor} is unavailable (restarting?); retry shortly"
 
 
 class InvalidParamsError(Exception):

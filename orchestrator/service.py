@@ -27,7 +27,9 @@ class RouterClient(Protocol):
 
     async def overview(self) -> RouterOverview: ...
 
-    async def cancel_running(self, task_id: str) -> None: ...
+    async def interrupt(self, worker: str, task_id: str) -> None:
+        """Cancel a task running on `worker` (reached directly: cancelling must not depend on the router)."""
+        ...
 
 
 class TaskService:
@@ -73,7 +75,9 @@ class TaskService:
         """Cancel a queued task at once; ask the router to interrupt a running one."""
         status = await self._store.cancel(task_id, self._clock())
         if status is TaskStatus.RUNNING:
-            await self._router.cancel_running(task_id)
+            record = await self._store.get(task_id)
+            if record.worker:  # if the worker is gone, the flag set above stops the task at its next start
+                await self._router.interrupt(record.worker, task_id)
             status = (await self._store.get(task_id)).status
         return CancelTaskResult(task_id=task_id, status=status)
 

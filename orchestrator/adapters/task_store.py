@@ -48,17 +48,34 @@ if tonumber(ARGV[3]) > 0 then redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[3])
 return {ARGV[1], 0}
 """
 
+# Shared by the scripts that end a task. Their KEYS start with: record, stream, active, finished-channel.
+_FINALIZE = """
+local function finalize(status, now, group, retention_s)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
+  redis.call('EXPIRE', KEYS[1], retention_s)
+  local entry = redis.call('HGET', KEYS[1], 'entry_id')
+  if entry then redis.call('XACK', KEYS[2], group, entry) end
+  redis.call('DECR', KEYS[3])
+  redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
+end
+"""
+
 # Start an attempt. Returns {attempt, checkpoint} or {0, status} when the task must not run
-# (finished or cancelled meanwhile) — then its entry is acknowledged here. A tool that cannot resume
-# gets no checkpoint, and the record counts the restart.
-# KEYS: record, stream  ARGV: worker, now, group, resumable (1/0)
-_START = """
+# (finished, or cancelled meanwhile — a cancel flagged while its worker was lost ends it here);
+# then its entry is acknowledged here. A tool that cannot resume gets no checkpoint, and the record
+# counts the restart.
+# KEYS: record, stream, active, finished-channel  ARGV: worker, now, group, resumable (1/0), retention_s
+_START = _FINALIZE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {0, 'missing'} end
 if status ~= 'queued' and status ~= 'running' and status ~= 'preempted' then
   local entry = redis.call('HGET', KEYS[1], 'entry_id')
   if entry then redis.call('XACK', KEYS[2], ARGV[3], entry) end
   return {0, status}
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  finalize('cancelled', ARGV[2], ARGV[3], ARGV[5])
+  return {0, 'cancelled'}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'started_at', ARGV[2])
@@ -87,17 +104,15 @@ return 1
 
 # Store a final state, fenced by attempt: a stale attempt's late result is refused.
 # KEYS: record, stream, active, finished-channel  ARGV: attempt, status, now, retention_s, group, field/value pairs
-_FINISH = """
+_FINISH = _FINALIZE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[1] then return 0 end
-local fields = {'status', ARGV[2], 'finished_at', ARGV[3]}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-local entry = redis.call('HGET', KEYS[1], 'entry_id')
-if entry then redis.call('XACK', KEYS[2], ARGV[5], entry) end
-redis.call('DECR', KEYS[3])
-redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
+if #ARGV > 5 then
+  local fields = {}
+  for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+  redis.call('HSET', KEYS[1], unpack(fields))
+end
+finalize(ARGV[2], ARGV[3], ARGV[5], ARGV[4])
 return 1
 """
 
@@ -114,16 +129,11 @@ return 1
 
 # Cancel: a queued (or preempted, waiting) task is cancelled at once; a running one is flagged for its worker.
 # KEYS: record, stream, active, finished-channel  ARGV: now, retention_s, group
-_CANCEL = """
+_CANCEL = _FINALIZE + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
 if status == 'queued' or status == 'preempted' then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  local entry = redis.call('HGET', KEYS[1], 'entry_id')
-  if entry then redis.call('XACK', KEYS[2], ARGV[3], entry) end
-  redis.call('DECR', KEYS[3])
-  redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
+  finalize('cancelled', ARGV[1], ARGV[3], ARGV[2])
   return 'cancelled'
 end
 if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
@@ -270,8 +280,10 @@ class TaskStore:
 
     async def start(self, task_id: str, worker: str, now: float, resumable: bool) -> Started | None:
         """Begin a new attempt (its number is the fencing token); None when the task must not run."""
+        k = self.keys
         attempt, extra = await self._start(
-            keys=[self.keys.task(task_id), self.keys.tasks], args=[worker, repr(now), ROUTER_GROUP, int(resumable)]
+            keys=[k.task(task_id), k.tasks, k.active, k.finished],
+            args=[worker, repr(now), ROUTER_GROUP, int(resumable), self._settings.retention_s],
         )
         if not attempt:
             logger.info("task not started", extra={"task_id": task_id, "status": extra})

@@ -9,9 +9,9 @@ import pytest
 import ray
 
 from orchestrator.naming import ROUTER_NAME
-from tests.conftest import Deployed
+from tests.conftest import Deployed, deployed, make_settings
 from tests.integration.test_spine import finished, result
-from tests.support import wait_until
+from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,3 +37,24 @@ def test_router_killed_while_tasks_run_and_queue(orchestrator: Deployed) -> None
     assert all(r["attempts"] == 1 for r in records.values()), "a task was dispatched twice"
     texts = sorted(r["result"]["text"] for r in records.values())
     assert texts == sorted([f"r{i}" for i in range(4)] + [f"q{i}" for i in range(6)] + [f"a{i}" for i in range(4)])
+
+
+def test_queue_order_is_rebuilt_from_redis_after_a_router_kill(redis_server: RedisServer, ray_session: int) -> None:
+    settings = make_settings(redis_server.url, tools={"serial": {"kind": "echo", "worker_type": "codegen"}},
+                             pools={"codegen": {"workers": 1, "slots": 1}}, router={"aging_interval_s": 0})
+    with deployed(settings, ray_session) as system:
+        base = system.base_url
+        blocker = result(base, "run_task", {"tool": "serial", "prompt": "blocker", "priority": 9,
+                                            "context": {"delay_ms": 60_000, "steps": 600}})["task_id"]
+        wait_until(lambda: result(base, "get_task", {"task_id": blocker})["status"] == "running", 20, "blocker")
+        priorities = [2, 8, 5, 0, 8, 3]
+        queued = [result(base, "run_task", {"tool": "serial", "prompt": f"p{p}", "priority": p})["task_id"]
+                  for p in priorities]
+        wait_until(lambda: sum(result(base, "status")["matrix"]["codegen"].values()) == len(priorities), 20,
+                   "the router to have read every queued task")
+        os.kill(actor_pid(ROUTER_NAME, settings.namespace), signal.SIGKILL)
+        result(base, "cancel_task", {"task_id": blocker})
+        records = [finished(base, t, timeout_s=60) for t in queued]
+        order = sorted(records, key=lambda r: r["created_at"] + r["queue_wait_ms"] / 1000)
+        assert [r["priority"] for r in order] == sorted(priorities, reverse=True)
+        assert all(r["attempts"] == 1 for r in records)
