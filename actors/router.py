@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,17 +15,28 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.worker import WorkerActor
+from orchestrator.adapters.keys import ROUTER_CONSUMER as CONSUMER
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.models import PoolStatus, RouterOverview, RunningTask, TaskStatus, WorkerStatus
+from orchestrator.models import (
+    PoolStatus,
+    RouterOverview,
+    RunningTask,
+    TaskStatus,
+    WorkerStatus,
+)
 from orchestrator.naming import worker_name
-from orchestrator.routing import Aging, ReadyQueues, Running, WorkerLoad, choose_victim, choose_worker
+from orchestrator.routing import (
+    Aging,
+    ReadyQueues,
+    Running,
+    WorkerLoad,
+    choose_victim,
+    choose_worker,
+)
 from orchestrator.settings import Settings
 from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
-
-CONSUMER = "router-0"  # one router; a restarted router re-reads the same consumer's pending entries
-
 
 @dataclass(frozen=True, slots=True)
 class Assignment:
@@ -56,6 +69,7 @@ class RouterActor:
         self._background: list[asyncio.Task[None]] = [
             asyncio.create_task(self._consume(), name="consume"),
             asyncio.create_task(self._trim_loop(), name="trim"),
+            asyncio.create_task(self._sweep_loop(), name="sweep"),
         ]
 
     async def start(self) -> None:
@@ -191,11 +205,11 @@ class RouterActor:
             # The worker died mid-task: Ray restarts it; the task goes back to the queue and its next
             # attempt supersedes the lost one (fencing by attempt number).
             logger.warning("worker died; requeueing its task", extra={"worker": worker.name, "task_id": task.task_id})
-            self._ready.push(task)
+            await self._requeue_lost(task, f"worker {worker.name} died or was restarted")
         except Exception:
             logger.warning("task attempt did not complete; requeueing", extra={"task_id": task.task_id},
                            exc_info=True)
-            self._ready.push(task)
+            await self._requeue_lost(task, "the attempt did not complete")
         finally:
             worker.assigned.pop(task.task_id, None)
             self._preempting.discard(task.task_id)
@@ -205,6 +219,49 @@ class RouterActor:
         else:
             self._preemptions.pop(task.task_id, None)
         self._dispatch()
+
+    async def _requeue_lost(self, task: TaskSpec, reason: str) -> None:
+        """Queue a task whose attempt was lost, noting why (named in its dead letter if attempts run out)."""
+        with contextlib.suppress(Exception):  # Redis may be what failed; the task is requeued regardless
+            await self._store.note_failure(task.task_id, reason, self._clock())
+        self._ready.push(task)
+
+    async def _sweep_loop(self) -> None:
+        interval_s = max(self._settings.router.visibility_timeout_s / 3, 0.5)
+        while True:
+            await asyncio.sleep(interval_s)  # a period, not synchronisation
+            try:
+                await self._sweep()
+            except Exception:
+                logger.warning("stuck-task sweep failed", exc_info=True)
+
+    async def _sweep(self) -> None:
+        """Find entries silent past the visibility timeout (XPENDING IDLE): restart a worker that stopped
+        heartbeating (its tasks come back through the worker-died path); requeue orphaned entries."""
+        timeout_s = self._settings.router.visibility_timeout_s
+        idle = await self._store.idle_entries(int(timeout_s * 1000))
+        now = self._clock()
+        # Only assignments older than the timeout count: a fresh one has not had its first heartbeat yet.
+        assigned = {a.task.entry_id: w for w in self._workers.values() for a in w.assigned.values()
+                    if now - a.since > timeout_s}
+        for worker in {assigned[e].name: assigned[e] for e in idle if e in assigned}.values():
+            where = await self._store.worker_location(worker.name)
+            if where is None or now - float(where["time"]) > timeout_s:
+                await self._restart_silent(worker, where)
+        held = {a.task.entry_id for w in self._workers.values() for a in w.assigned.values()}
+        for task in await self._store.claim(CONSUMER, [e for e in idle if e not in held]):  # resets idle time
+            if task.task_id not in self._ready and not any(task.task_id in w.assigned for w in self._workers.values()):
+                await self._requeue_lost(task, "its entry was orphaned (no live worker held it)")
+
+    async def _restart_silent(self, worker: WorkerSlot, where: dict[str, Any] | None) -> None:
+        """Kill a worker that stopped heartbeating; Ray restarts it and its tasks come back through the
+        worker-died path. ray.kill alone waits long for a process that cannot answer (e.g. SIGSTOPped),
+        so a worker on this node is also killed by its pid."""
+        logger.warning("worker silent past the visibility timeout; restarting it", extra={"worker": worker.name})
+        ray.kill(worker.handle, no_restart=False)
+        if where and where.get("node") == ray.get_runtime_context().get_node_id():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(where["pid"]), signal.SIGKILL)
 
     async def _trim_loop(self) -> None:
         while True:

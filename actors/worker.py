@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from typing import Any
 
 import ray
 
+from orchestrator.adapters.keys import ROUTER_CONSUMER
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.execution import RunningTasks, execute
+from orchestrator.execution import Limits, RunningTasks, execute
 from orchestrator.models import TaskStatus
 from orchestrator.settings import Settings
 from orchestrator.tasks import TaskSpec
@@ -35,19 +37,26 @@ class WorkerActor:
             if tool.worker_type == worker_type
         }
         self._slots = settings.pools[worker_type].slots
+        self._limits = Limits(settings.router.max_attempts, settings.redis.max_checkpoint_bytes)
         self._mailbox: asyncio.PriorityQueue[Mail] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._running = RunningTasks()
         self._busy = 0
         self._held: dict[str, asyncio.Future[TaskStatus | None]] = {}  # in the mailbox or running
+        self._entries: dict[str, str] = {}  # task id → stream entry id, for heartbeats
+        self._heartbeat_s = settings.router.heartbeat_interval_s
+        self._node = ray.get_runtime_context().get_node_id()
         self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
+        self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
 
     async def run(self, task: TaskSpec) -> TaskStatus | None:
         """Queue a task in the mailbox (priority, then age) and return its final status once run."""
         future = self._held.get(task.task_id)
         if future is None:  # a redelivery of a task we already hold joins the running attempt
             future = self._held[task.task_id] = asyncio.get_running_loop().create_future()
-            future.add_done_callback(lambda _: self._held.pop(task.task_id, None))
+            if task.entry_id:
+                self._entries[task.task_id] = task.entry_id
+            future.add_done_callback(lambda _: self._forget(task.task_id))
             await self._mailbox.put((-task.priority, task.created_at, next(self._seq), task, future))
         return await asyncio.shield(future)
 
@@ -70,13 +79,27 @@ class WorkerActor:
     async def load(self) -> dict[str, Any]:
         return {"name": self._name, "slots": self._slots, "running": self._busy, "queued": self._mailbox.qsize()}
 
+    def _forget(self, task_id: str) -> None:
+        self._held.pop(task_id, None)
+        self._entries.pop(task_id, None)
+
+    async def _heartbeat_loop(self) -> None:
+        """Keep the stream entries of held tasks fresh; the router's sweep takes back silent ones."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)  # a period, not synchronisation
+            try:
+                where = {"pid": os.getpid(), "node": self._node, "time": time.time()}
+                await self._store.heartbeat(ROUTER_CONSUMER, list(self._entries.values()), self._name, where)
+            except Exception:
+                logger.warning("heartbeat failed", exc_info=True)
+
     async def _slot_loop(self) -> None:
         while True:
             *_, task, future = await self._mailbox.get()
             self._busy += 1
             try:
                 status = await execute(task, self._tools.get(task.tool), self._store, self._name, time.time,
-                                       self._running)
+                                       self._running, self._limits)
                 if not future.done():
                     future.set_result(status)
             except Exception as exc:  # Redis down after retries: the router requeues the task

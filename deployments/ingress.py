@@ -5,19 +5,20 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.exceptions import RayActorError
 
-from orchestrator import api
+from orchestrator import api, events
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
-from orchestrator.errors import ActorUnavailableError
-from orchestrator.jsonrpc import Dispatcher, RequestContext
+from orchestrator.errors import ActorUnavailableError, InvalidParamsError, OrchestratorError, TaskNotFoundError
+from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
 from orchestrator.models import RouterOverview
 from orchestrator.naming import ROUTER_NAME
 from orchestrator.settings import Settings
@@ -89,6 +90,12 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield first
+    async for frame in rest:
+        yield frame
+
+
 # Helpers above this point: serve.deployment snapshots the class (and what it references) here.
 @serve.deployment
 @serve.ingress(app)
@@ -100,6 +107,9 @@ class RpcIngress:
         self._store = TaskStore.from_settings(settings.redis)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
         self._router = ActorRouterClient(settings)
+        # Event followers block on XREAD: they get a pool of their own so they never starve the API.
+        sse_redis = settings.redis.model_copy(update={"max_connections": settings.limits.max_event_streams})
+        self._events = TaskStore.from_settings(sse_redis)
         service = TaskService(settings, self._store, self._waiter, self._router, time.time)
         limits = settings.limits
         self._dispatchers = {
@@ -126,6 +136,24 @@ class RpcIngress:
     @app.post("/v1/status", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `status` only")
     async def status_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "status")
+
+    @app.post("/v1/control", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `control` only")
+    async def control_v1(self, request: Request) -> Response:
+        return await self._rpc(request, 1, "control")
+
+    @app.get("/v1/tasks/{task_id}/events", summary="Server-Sent Events: the task's history, then live, to the end")
+    async def task_events(self, task_id: str, request: Request) -> Response:
+        try:
+            after = events.check_event_id(request.headers.get("last-event-id"))
+            if len(task_id) > 64:
+                raise TaskNotFoundError(task_id[:64])
+            frames = events.follow(self._events, task_id, after)
+            first = await anext(frames)  # surfaces "not found" as a JSON error, not a broken stream
+        except (OrchestratorError, InvalidParamsError) as exc:
+            status = 404 if isinstance(exc, TaskNotFoundError) else 400
+            return JSONResponse({"error": to_jsonrpc_error(exc)}, status_code=status)
+        return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     @app.get("/healthz", summary="Ready when Redis answers and the router is consuming")
     async def healthz(self) -> JSONResponse:
@@ -165,7 +193,7 @@ def _openapi_with_envelope() -> dict[str, Any]:
             "required": ["jsonrpc", "method"],
             "properties": {
                 "jsonrpc": {"const": "2.0"},
-                "method": {"type": "string", "enum": ["run_task", "get_task", "cancel_task", "status", "rpc.discover"]},
+                "method": {"type": "string", "enum": ["run_task", "get_task", "cancel_task", "status", "control", "rpc.discover"]},
                 "params": {"type": ["object", "array"]},
                 "id": {"type": ["string", "number", "null"]},
             },

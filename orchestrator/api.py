@@ -7,6 +7,8 @@ from typing import Any, cast
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.models import (
     CancelTaskResult,
+    ControlParams,
+    ControlResult,
     RunTaskParams,
     RunTaskParamsV2,
     RunTaskResult,
@@ -38,6 +40,9 @@ def methods(service: TaskService, version: int) -> list[Method]:
     async def status(params: Any, ctx: RequestContext) -> StatusResult:
         return await service.status()
 
+    async def control(params: Any, ctx: RequestContext) -> ControlResult:
+        return await service.control(cast(ControlParams, params))
+
     return [
         Method("run_task", RunTaskParams if version == 1 else RunTaskParamsV2, RunTaskResult | TaskRecord,
                RUN_TASK_SUMMARY, run_task),
@@ -46,4 +51,5 @@ def methods(service: TaskService, version: int) -> list[Method]:
         Method("cancel_task", TaskIdParams, CancelTaskResult,
                "Cancel a queued task at once, or interrupt a running one.", cancel_task),
         Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status),
+        Method("control", ControlParams, ControlResult, "Operator actions: list and requeue dead letters.", control),
     ]

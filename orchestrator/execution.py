@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.errors import OrchestratorError, ToolError
+from orchestrator.errors import OrchestratorError, StorageUnavailableError, ToolError
 from orchestrator.models import TaskStatus
 from orchestrator.tasks import TaskSpec
 from orchestrator.tools.base import Tool, ToolCall
@@ -50,17 +52,28 @@ class RunningTasks:
 
 
 class AttemptContext:
-    """A tool's progress and checkpoints, written to the task record while this attempt is current."""
+    """A tool's progress and checkpoints, written to the task while this attempt is current."""
 
-    def __init__(self, store: TaskStore, task_id: str, attempt: int) -> None:
-        self._store, self._task_id, self._attempt = store, task_id, attempt
+    def __init__(self, store: TaskStore, task_id: str, attempt: int, clock: Callable[[], float],
+                 max_checkpoint_bytes: int) -> None:
+        self._store, self._task_id, self._attempt, self._clock = store, task_id, attempt, clock
+        self._max_checkpoint_bytes = max_checkpoint_bytes
 
     async def progress(self, data: Mapping[str, Any]) -> None:
-        await self._store.update(self._task_id, self._attempt, progress=dict(data))
+        await self._store.update(self._task_id, self._attempt, self._clock(), progress=dict(data))
 
     async def checkpoint(self, state: Mapping[str, Any], progress: Mapping[str, Any] | None = None) -> None:
-        fields = {"checkpoint": dict(state)} | ({"progress": dict(progress)} if progress is not None else {})
-        await self._store.update(self._task_id, self._attempt, **fields)
+        size = len(json.dumps(state))
+        if size > self._max_checkpoint_bytes:
+            raise ToolError(f"checkpoint of {size} bytes exceeds the limit of {self._max_checkpoint_bytes}")
+        await self._store.update(self._task_id, self._attempt, self._clock(), checkpoint=dict(state),
+                                 progress=None if progress is None else dict(progress))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_attempts: int
+    max_checkpoint_bytes: int
 
 
 async def execute(
@@ -70,16 +83,19 @@ async def execute(
     worker: str,
     clock: Callable[[], float],
     running: RunningTasks,
+    limits: Limits,
 ) -> TaskStatus | None:
     """Run one attempt of `task`; returns its final status, or None if it was not ours to run or finish."""
-    started = await store.start(task.task_id, worker, clock(), resumable=tool is not None and tool.resumable)
+    resumable = tool is not None and tool.resumable
+    started = await store.start(task.task_id, worker, clock(), resumable, limits.max_attempts)
     if started is None:
         running.unregister(task.task_id)
         return None
     attempt = started.attempt
     call = ToolCall(task_id=task.task_id, attempt=attempt, input=task.input, context=task.context,
                     deadline=task.deadline, checkpoint=started.checkpoint)
-    status, fields = await _run(task, tool, call, AttemptContext(store, task.task_id, attempt), clock, running)
+    ctx = AttemptContext(store, task.task_id, attempt, clock, limits.max_checkpoint_bytes)
+    status, fields = await _run(task, tool, call, ctx, clock, running)
     if status is TaskStatus.PREEMPTED:
         stored = await store.preempt(task.task_id, attempt, clock())
     else:
@@ -120,6 +136,8 @@ async def _run(
             raise
         why = running.unregister(task.task_id) or TaskStatus.CANCELLED
         return why, {}
+    except StorageUnavailableError:
+        raise  # the task store is away, not the tool at fault: the attempt is lost and the task requeued
     except OrchestratorError as exc:
         return _failed(exc)
     except Exception as exc:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -74,6 +74,28 @@ class StatusParams(Params):
     pass
 
 
+class ControlParams(Params):
+    """Operator actions. `dead_letters`: list tasks given up on; `requeue`: put a dead letter back."""
+
+    action: Literal["dead_letters", "requeue"]
+    task_id: str | None = Field(default=None, min_length=1, max_length=64, description="for `requeue`")
+    count: int = Field(default=100, ge=1, le=1000, description="for `dead_letters`")
+
+
+class DeadLetter(BaseModel):
+    id: str
+    task_id: str
+    reason: str
+    attempts: int
+    time: float
+
+
+class ControlResult(BaseModel):
+    action: str
+    dead_letters: list[DeadLetter] | None = None
+    requeued: str | None = None
+
+
 class TaskError(BaseModel):
     code: int
     message: str
@@ -96,6 +118,10 @@ class TaskRecord(BaseModel):
     preemptions: int = 0
     restarts: int = Field(default=0, description="resumptions that started from zero: the tool cannot resume")
     resumed_from: JsonObject | None = Field(default=None, description="the checkpoint the latest attempt resumed from")
+    checkpoints: int = Field(default=0, description="checkpoints saved (the latest few are retained)")
+    checkpoint: JsonObject | None = Field(default=None, description="the latest checkpoint")
+    last_failure: str | None = Field(default=None, description="why an attempt was lost (worker died, went silent)")
+    dead_letter: str | None = Field(default=None, description="its dead-letter entry, when given up on")
     worker: str | None = None
     progress: Any = None
     idempotency_key: str | None = None

@@ -7,17 +7,21 @@ from typing import Protocol
 
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
+from orchestrator.errors import InvalidParamsError
+from orchestrator.intake import build_task
 from orchestrator.models import (
     CancelTaskResult,
+    ControlParams,
+    ControlResult,
+    DeadLetter,
+    RouterOverview,
     RunTaskParams,
     RunTaskParamsV2,
-    RouterOverview,
     RunTaskResult,
     StatusResult,
     TaskRecord,
     TaskStatus,
 )
-from orchestrator.intake import build_task
 from orchestrator.settings import Settings
 from orchestrator.tools import registry
 
@@ -80,6 +84,17 @@ class TaskService:
                 await self._router.interrupt(record.worker, task_id)
             status = (await self._store.get(task_id)).status
         return CancelTaskResult(task_id=task_id, status=status)
+
+    async def control(self, params: ControlParams) -> ControlResult:
+        """Operator actions on dead letters (more arrive with the control issue)."""
+        if params.action == "dead_letters":
+            letters = [DeadLetter(**d) for d in await self._store.dead_letters(params.count)]
+            return ControlResult(action=params.action, dead_letters=letters)
+        if params.task_id is None:
+            raise InvalidParamsError({"params.task_id": "required for action 'requeue'"})
+        if not await self._store.requeue(params.task_id, self._clock()):
+            raise InvalidParamsError({"params.task_id": "not a dead letter"})
+        return ControlResult(action=params.action, requeued=params.task_id)
 
     async def status(self) -> StatusResult:
         overview = await self._router.overview()

@@ -26,6 +26,8 @@ class RedisSettings(BaseModel):
     retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="finished task records expire after this")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     max_connections: int = Field(default=64, ge=2, description="per process; callers queue for a free one")
+    max_checkpoints: int = Field(default=20, ge=1, description="checkpoints retained per task (the stream is capped)")
+    max_checkpoint_bytes: int = Field(default=262_144, ge=64, description="a larger checkpoint is refused")
     pool_timeout_s: float = Field(default=20.0, gt=0, description="how long a caller waits for a free connection")
 
 
@@ -117,6 +119,7 @@ class LimitSettings(BaseModel):
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_context_bytes: int = Field(default=262_144, ge=2)
     max_wait_s: float = Field(default=60.0, ge=0)
+    max_event_streams: int = Field(default=256, ge=1, description="SSE followers per ingress replica")
     max_active_tasks: int = Field(default=100_000, ge=1, description="queued + running; beyond it submits are refused")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
 
@@ -127,6 +130,11 @@ class RouterSettings(BaseModel):
     call_timeout_s: float = Field(default=30.0, gt=0)
     preempt_threshold: int = Field(default=10, ge=1, le=10, description="tasks at or above it preempt when no slot is free")
     max_preemptions: int = Field(default=3, ge=0, description="a task preempted this often is left alone (no cascades)")
+    max_attempts: int = Field(default=3, ge=1, description="attempts lost to crashes before a task is dead-lettered")
+    heartbeat_interval_s: float = Field(default=5.0, gt=0, description="how often workers show running tasks alive")
+    visibility_timeout_s: float = Field(
+        default=30.0, gt=0, description="a running task silent this long is taken back and re-dispatched"
+    )
     aging_interval_s: float = Field(
         default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
     )

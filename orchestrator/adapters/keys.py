@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROUTER_GROUP = "routers"
+ROUTER_CONSUMER = "router-0"  # one router; a restarted router re-reads the same consumer's pending entries
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,5 +30,28 @@ class Keys:
     def task(self, task_id: str) -> str:
         return f"{self.prefix}:task:{task_id}"
 
+    @property
+    def workers(self) -> str:
+        """Hash: worker name → where it runs (pid, node), refreshed by its heartbeats."""
+        return f"{self.prefix}:workers"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of tasks given up on, with the reason."""
+        return f"{self.prefix}:dead_letters"
+
     def idempotency(self, key: str) -> str:
         return f"{self.prefix}:idem:{key}"
+
+    def events(self, task_id: str) -> str:
+        """The task's event stream: every state change and progress report, replayable."""
+        return f"{self.prefix}:events:{task_id}"
+
+    def checkpoints(self, task_id: str) -> str:
+        """The task's checkpoint stream (bounded); the latest is also kept on the record."""
+        return f"{self.prefix}:ckpt:{task_id}"
+
+    def of_task(self, task_id: str) -> list[str]:
+        """The KEYS every task script takes, in this order."""
+        return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),
+                self.checkpoints(task_id), self.dead_letters]

@@ -96,7 +96,7 @@ def test_every_accepted_task_finishes_once_and_is_acked(orchestrator: Deployed) 
     assert len(set(ids)) == 60
     records = [finished(orchestrator.base_url, task_id) for task_id in ids]
     assert [r["result"]["text"] for r in records] == [f"t{i}" for i in range(60)]
-    assert all(r["attempts"] == 1 for r in records)
+    assert all(r["attempts"] == 1 + r["preemptions"] for r in records)  # priority 10 may preempt others
     client = redis.Redis.from_url(orchestrator.settings.redis.url, decode_responses=True)
     keys = Keys(orchestrator.settings.redis.prefix)
     wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 10, "all entries acked")

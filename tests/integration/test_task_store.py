@@ -44,10 +44,10 @@ async def test_queue_full_refuses_without_writing_anything(store: TaskStore) -> 
 async def test_a_stale_attempt_cannot_store_its_result(store: TaskStore) -> None:
     task = spec()
     await store.submit(task, 10, 1)
-    first = await store.start(task.task_id, "w0", time.time(), resumable=True)
-    second = await store.start(task.task_id, "w1", time.time(), resumable=True)  # e.g. after w0 was presumed dead
+    first = await store.start(task.task_id, "w0", time.time(), resumable=True, max_attempts=3)
+    second = await store.start(task.task_id, "w1", time.time(), resumable=True, max_attempts=3)  # e.g. after w0 was presumed dead
     assert first is not None and second is not None and second.attempt == first.attempt + 1
-    assert not await store.update(task.task_id, first.attempt, progress={"step": 1})
+    assert not await store.update(task.task_id, first.attempt, time.time(), progress={"step": 1})
     assert not await store.finish(task.task_id, first.attempt, TaskStatus.SUCCEEDED, time.time(), result="old")
     assert await store.finish(task.task_id, second.attempt, TaskStatus.SUCCEEDED, time.time(), result="new")
     assert not await store.finish(task.task_id, second.attempt, TaskStatus.SUCCEEDED, time.time(), result="again")
@@ -63,7 +63,7 @@ async def test_trimming_keeps_pending_and_undelivered_entries(store: TaskStore) 
     delivered = await store.read("router-0", count=4, block_ms=None)
     assert [t.task_id for t in delivered] == [t.task_id for t in tasks[:4]]
     for task in delivered[:2]:  # finish (and so acknowledge) the first two; the next two stay pending
-        started = await store.start(task.task_id, "w", time.time(), resumable=True)
+        started = await store.start(task.task_id, "w", time.time(), resumable=True, max_attempts=3)
         assert started is not None
         await store.finish(task.task_id, started.attempt, TaskStatus.SUCCEEDED, time.time())
     await store.trim()

@@ -1,0 +1,176 @@
+"""The Lua scripts behind every task state change: each change is one atomic step in Redis.
+
+Every script but SUBMIT takes KEYS = Keys.of_task(id): record, stream, active, finished-channel,
+events, checkpoints, dead-letters; and ARGV starting with now, group, retention_s. Each change also
+appends an event to the task's event stream, so history can be replayed and followed.
+"""
+
+from __future__ import annotations
+
+# Shared helpers, prepended to each script.
+_COMMON = """
+local now, group, retention = ARGV[1], ARGV[2], ARGV[3]
+local function emit(kind, data)
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', 1000, '*', 'type', kind, 'time', now, 'data', data)
+end
+local function finalize(status, data)
+  redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
+  emit(status, data)
+  for _, key in ipairs({KEYS[1], KEYS[5], KEYS[6]}) do redis.call('EXPIRE', key, retention) end
+  local entry = redis.call('HGET', KEYS[1], 'entry_id')
+  if entry then redis.call('XACK', KEYS[2], group, entry) end
+  redis.call('DECR', KEYS[3])
+  redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
+end
+local function num(field) return tonumber(redis.call('HGET', KEYS[1], field) or '0') end
+"""
+
+# Accept a task: idempotency check, backpressure, record, stream entry — all or nothing.
+# KEYS: of_task + idempotency  ARGV: now, group, retention, task_id, max_active, idem_ttl (0 = none),
+#       priority, type, payload, agent, then the record's field/value pairs.
+SUBMIT = _COMMON + """
+if tonumber(ARGV[6]) > 0 then
+  local existing = redis.call('GET', KEYS[8])
+  if existing then return {existing, 1} end
+end
+local active = tonumber(redis.call('GET', KEYS[3]) or '0')
+if active >= tonumber(ARGV[5]) then return {false, active} end
+local record = {}
+for i = 11, #ARGV do record[#record + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(record))
+local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[4], 'priority', ARGV[7], 'type', ARGV[8],
+  'payload', ARGV[9], 'time', now, 'agent', ARGV[10])
+redis.call('HSET', KEYS[1], 'entry_id', entry)
+redis.call('INCR', KEYS[3])
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[8], ARGV[4], 'EX', ARGV[6]) end
+emit('queued', cjson.encode({priority = tonumber(ARGV[7])}))
+return {ARGV[4], 0}
+"""
+
+# Start an attempt. Returns {attempt, checkpoint} or {0, why} when the task must not run: finished,
+# cancelled meanwhile (a cancel flagged while its worker was lost ends it here), or out of attempts
+# (then it goes to the dead letters with the reason). A tool that cannot resume gets no checkpoint,
+# and the record counts the restart. Preemptions do not use up attempts.
+# ARGV: now, group, retention, worker, resumable (1/0), max_attempts
+START = _COMMON + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {0, 'missing'} end
+if status ~= 'queued' and status ~= 'running' and status ~= 'preempted' then
+  local entry = redis.call('HGET', KEYS[1], 'entry_id')
+  if entry then redis.call('XACK', KEYS[2], group, entry) end
+  return {0, status}
+end
+if redis.call('HGET', KEYS[1], 'cancel_requested') == '1' then
+  finalize('cancelled', '{}')
+  return {0, 'cancelled'}
+end
+local used = num('attempts') - num('preemptions') - num('attempts_base')
+if used >= tonumber(ARGV[6]) then
+  local reason = redis.call('HGET', KEYS[1], 'last_failure') or 'attempts exhausted'
+  local message = 'gave up after ' .. used .. ' attempts: ' .. reason
+  local dead = redis.call('XADD', KEYS[7], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'),
+    'reason', message, 'attempts', used, 'time', now)
+  local err = cjson.encode({code = -32007, message = message, retryable = true})
+  redis.call('HSET', KEYS[1], 'error', err, 'dead_letter', dead)
+  finalize('failed', '{"error":' .. err .. '}')
+  return {0, 'dead_letter'}
+end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[4], 'started_at', now)
+if not redis.call('HGET', KEYS[1], 'first_started_at') then redis.call('HSET', KEYS[1], 'first_started_at', now) end
+local checkpoint = redis.call('HGET', KEYS[1], 'checkpoint')
+local resumed = checkpoint and ARGV[5] == '1'
+if checkpoint and not resumed then
+  redis.call('HINCRBY', KEYS[1], 'restarts', 1)
+  redis.call('HDEL', KEYS[1], 'checkpoint', 'resumed_from')
+elseif resumed then
+  redis.call('HSET', KEYS[1], 'resumed_from', checkpoint)
+end
+emit('running', '{"attempt":' .. attempt .. ',"worker":' .. cjson.encode(ARGV[4]) ..
+  ',"resumed_from":' .. (resumed and checkpoint or 'null') .. '}')
+return {attempt, resumed and checkpoint or ''}
+"""
+
+# Fenced: only the current attempt of a running task may report. ARGV: now, group, retention, attempt, ...
+_FENCE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' or redis.call('HGET', KEYS[1], 'attempts') ~= ARGV[4] then
+  return 0
+end
+"""
+
+# Progress and/or a checkpoint (appended to the bounded checkpoint stream, latest kept on the record).
+# ARGV: now, group, retention, attempt, progress JSON or '', checkpoint JSON or '', max checkpoints
+UPDATE = _COMMON + _FENCE + """
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'progress', ARGV[5])
+  emit('progress', ARGV[5])
+end
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'checkpoint', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'checkpoints', 1)
+  redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[7], '*', 'state', ARGV[6], 'attempt', ARGV[4], 'time', now)
+end
+return 1
+"""
+
+# Preempted: the attempt ends without a result; the task waits to resume (its entry stays pending).
+# ARGV: now, group, retention, attempt
+PREEMPT = _COMMON + _FENCE + """
+redis.call('HSET', KEYS[1], 'status', 'preempted', 'preempted_at', now)
+redis.call('HINCRBY', KEYS[1], 'preemptions', 1)
+emit('preempted', '{"attempt":' .. ARGV[4] .. '}')
+return 1
+"""
+
+# Store the final state once, fenced by attempt: a stale attempt's late result is refused.
+# ARGV: now, group, retention, attempt, status, result JSON or '', error JSON or ''
+FINISH = _COMMON + _FENCE + """
+local data = {}
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]); data[#data + 1] = '"result":' .. ARGV[6] end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]); data[#data + 1] = '"error":' .. ARGV[7] end
+finalize(ARGV[5], '{' .. table.concat(data, ',') .. '}')
+return 1
+"""
+
+# Cancel: a queued (or preempted, waiting) task is cancelled at once; a running one is flagged for
+# its worker. Returns the status after, or nil if there is no such task.  ARGV: now, group, retention
+CANCEL = _COMMON + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return false end
+if status == 'queued' or status == 'preempted' then
+  finalize('cancelled', '{}')
+  return 'cancelled'
+end
+if status == 'running' then redis.call('HSET', KEYS[1], 'cancel_requested', '1') end
+return status
+"""
+
+# Why the last attempt was lost (worker died, went silent); named in the dead letter if it comes to that.
+# ARGV: now, group, retention, reason
+NOTE_FAILURE = _COMMON + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'running' or status == 'queued' or status == 'preempted' then
+  redis.call('HSET', KEYS[1], 'last_failure', ARGV[4])
+  emit('attempt_lost', cjson.encode({reason = ARGV[4]}))
+end
+return 1
+"""
+
+# Requeue a dead letter: a fresh stream entry and a fresh allowance of attempts.
+# ARGV: now, group, retention, priority, type, payload, agent
+REQUEUE = _COMMON + """
+local dead = redis.call('HGET', KEYS[1], 'dead_letter')
+if redis.call('HGET', KEYS[1], 'status') ~= 'failed' or not dead then return 0 end
+redis.call('XDEL', KEYS[7], dead)
+redis.call('HDEL', KEYS[1], 'dead_letter', 'error', 'finished_at', 'last_failure')
+redis.call('HSET', KEYS[1], 'attempts_base', num('attempts') - num('preemptions'), 'status', 'queued')
+for _, key in ipairs({KEYS[1], KEYS[5], KEYS[6]}) do redis.call('PERSIST', key) end
+local entry = redis.call('XADD', KEYS[2], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'),
+  'priority', ARGV[4], 'type', ARGV[5], 'payload', ARGV[6], 'time', now, 'agent', ARGV[7])
+redis.call('HSET', KEYS[1], 'entry_id', entry)
+redis.call('INCR', KEYS[3])
+emit('queued', '{"requeued":true}')
+return 1
+"""
+
+NAMES = ("SUBMIT", "START", "UPDATE", "PREEMPT", "FINISH", "CANCEL", "NOTE_FAILURE", "REQUEUE")

@@ -1,0 +1,129 @@
+"""Durability: checkpoints, heartbeats and the stuck-task sweep, dead letters, event streams over SSE."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from tests.conftest import Deployed, deployed, make_settings
+from tests.integration.test_spine import finished, result
+from tests.support import RedisServer, wait_until
+
+pytestmark = pytest.mark.integration
+
+WORKER = "worker:reasoning:0"
+
+
+@pytest.fixture(scope="module")
+def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    settings = make_settings(
+        redis_server.url,
+        pools={"reasoning": {"workers": 1, "slots": 2}},
+        router={"visibility_timeout_s": 2, "heartbeat_interval_s": 0.3, "max_attempts": 2},
+    )
+    with deployed(settings, ray_session) as running:
+        yield running
+
+
+def worker_pid(system: Deployed) -> int:
+    """The worker's pid, once it answers (it may be restarting)."""
+    pids: list[int] = []
+
+    def answered() -> bool:
+        handle = ray.get_actor(WORKER, namespace=system.settings.namespace)
+        try:
+            pids.append(int(ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=10)))
+        except (ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
+            return False
+        return True
+
+    wait_until(answered, 60, f"{WORKER} to answer")
+    return pids[-1]
+
+
+def start_long_task(base: str, steps: int = 10, delay_ms: int = 4000) -> str:
+    task_id = str(result(base, "run_task", {"tool": "echo", "prompt": "long",
+                                            "context": {"delay_ms": delay_ms, "steps": steps}})["task_id"])
+    wait_until(lambda: (result(base, "get_task", {"task_id": task_id}).get("checkpoint") or {}).get("step", 0) >= 1,
+               30, "the task to checkpoint a step")
+    return task_id
+
+
+def sse_events(base: str, task_id: str, last_event_id: str | None = None) -> list[dict[str, Any]]:
+    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+    events: list[dict[str, Any]] = []
+    with httpx.stream("GET", f"{base}/v1/tasks/{task_id}/events", headers=headers, timeout=30) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        event: dict[str, Any] = {}
+        for line in response.iter_lines():
+            if line.startswith(("id", "event", "data")):
+                key, _, value = line.partition(": ")
+                event[key] = value
+            elif not line and event:
+                events.append(event)
+                event = {}
+    return events
+
+
+def test_checkpoints_are_counted_and_the_latest_shown(system: Deployed) -> None:
+    record = result(system.base_url, "run_task",
+                    {"tool": "echo", "prompt": "c", "context": {"delay_ms": 30, "steps": 4}, "wait": 30})
+    assert record["status"] == "succeeded"
+    assert record["checkpoints"] == 3 and record["checkpoint"] == {"step": 3}  # none after the last step
+
+
+def test_sse_replays_history_follows_live_and_resumes(system: Deployed) -> None:
+    base = system.base_url
+    task_id = result(base, "run_task", {"tool": "echo", "prompt": "s", "context": {"delay_ms": 600, "steps": 3}})[
+        "task_id"]
+    events = sse_events(base, task_id)  # connects while the task runs; ends at its final event
+    assert [e["event"] for e in events] == ["queued", "running", "progress", "progress", "progress", "succeeded"]
+    assert '"text":"s"' in events[-1]["data"]
+    resumed = sse_events(base, task_id, last_event_id=events[2]["id"])
+    assert [e["id"] for e in resumed] == [e["id"] for e in events[3:]]
+    assert httpx.get(f"{base}/v1/tasks/nope/events", timeout=10).status_code == 404
+    bad = httpx.get(f"{base}/v1/tasks/{task_id}/events", headers={"Last-Event-ID": "x"}, timeout=10)
+    assert bad.status_code == 400 and "Last-Event-ID" in bad.json()["error"]["data"]["fields"]
+
+
+def test_a_silent_worker_is_replaced_and_its_task_resumes(system: Deployed) -> None:
+    base = system.base_url
+    task_id = start_long_task(base)
+    pid = worker_pid(system)
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: no heartbeats, no progress
+    try:
+        record = finished(base, task_id, timeout_s=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the router had it killed, as it should
+            os.kill(pid, signal.SIGCONT)
+    assert record["status"] == "succeeded" and record["result"] == {"text": "long", "steps": 10}
+    assert record["attempts"] == 2 and WORKER in record["last_failure"]
+    assert record["resumed_from"]["step"] >= 1
+    assert worker_pid(system) != pid
+
+
+def test_exhausted_attempts_go_to_dead_letters_and_can_be_requeued(system: Deployed) -> None:
+    base = system.base_url
+    task_id = start_long_task(base, steps=4, delay_ms=2000)
+    for _ in range(system.settings.router.max_attempts):
+        wait_until(lambda: result(base, "get_task", {"task_id": task_id})["status"] == "running", 30, "running")
+        os.kill(worker_pid(system), signal.SIGKILL)
+    record = finished(base, task_id, timeout_s=60)
+    assert record["status"] == "failed" and record["error"]["code"] == -32007
+    assert "gave up after 2 attempts" in record["error"]["message"] and "died" in record["error"]["message"]
+    letters = result(base, "control", {"action": "dead_letters"}, path="v1/control")["dead_letters"]
+    assert [d["task_id"] for d in letters] == [task_id] and letters[0]["attempts"] == 2
+    assert result(base, "control", {"action": "requeue", "task_id": task_id})["requeued"] == task_id
+    record = finished(base, task_id, timeout_s=60)
+    assert record["status"] == "succeeded" and record["dead_letter"] is None
+    assert result(base, "control", {"action": "dead_letters"})["dead_letters"] == []
+    bad = httpx.post(f"{base}/v1/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "control",
+                                             "params": {"action": "requeue", "task_id": task_id}}, timeout=10).json()
+    assert bad["error"]["data"]["fields"] == {"params.task_id": "not a dead letter"}
