@@ -56,11 +56,12 @@ def _redis_server_class() -> Any:
     import redis
 
     class MiniRedisServer:
-        def __init__(self) -> None:
+        def __init__(self, aof: bool = False, appendfsync: str = "always") -> None:
             with socket.socket() as sock:
                 sock.bind(("127.0.0.1", 0))
                 self.port = int(sock.getsockname()[1])
             self.dir = Path(tempfile.mkdtemp(prefix="orch-bench-redis-"))
+            self.aof, self.appendfsync = aof, appendfsync
             self.proc: subprocess.Popen[bytes] | None = None
 
         @property
@@ -70,7 +71,8 @@ def _redis_server_class() -> Any:
         def start(self) -> MiniRedisServer:
             self.proc = subprocess.Popen(
                 ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                 "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", self.appendfsync],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             client, deadline = redis.Redis(port=self.port), time.monotonic() + 10
             while True:
                 with contextlib.suppress(redis.ConnectionError):
@@ -82,11 +84,14 @@ def _redis_server_class() -> Any:
             client.close()
             return self
 
-        def stop(self) -> None:
+        def kill(self) -> None:
             if self.proc is not None:
                 self.proc.kill()
                 self.proc.wait()
                 self.proc = None
+
+        def stop(self) -> None:
+            self.kill()
             shutil.rmtree(self.dir, ignore_errors=True)
 
     return MiniRedisServer
@@ -106,6 +111,17 @@ def own_system(overrides: dict[str, Any], keep_logs: bool = False) -> Iterator[t
 
     Yields the base URL and the Settings (built from `overrides`) the system runs with.
     """
+    with own_system_with_redis(overrides, keep_logs) as (base_url, settings, _redis_server):
+        yield base_url, settings
+
+
+@contextlib.contextmanager
+def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
+                          aof: bool = False) -> Iterator[tuple[str, Any, Any]]:
+    """own_system, also yielding its redis-server: `kill()` it (SIGKILL) and `start()` it again on the
+    same port and directory. With `aof`, Redis appends every write to its AOF and fsyncs it before
+    answering (appendfsync always), so a restart brings back every write it acknowledged.
+    """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import serve
@@ -113,7 +129,7 @@ def own_system(overrides: dict[str, Any], keep_logs: bool = False) -> Iterator[t
     from deployments.app import deploy, teardown
     from orchestrator.settings import Settings
 
-    redis_server = _redis_server_class()().start()
+    redis_server = _redis_server_class()(aof=aof, appendfsync="always").start()
     ray_dir = tempfile.mkdtemp(prefix="orch-bench-ray-")
     settings: Any = None
     try:
@@ -130,7 +146,7 @@ def own_system(overrides: dict[str, Any], keep_logs: bool = False) -> Iterator[t
         deploy(settings)
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url)
-        yield base_url, settings
+        yield base_url, settings, redis_server
     finally:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
         try:

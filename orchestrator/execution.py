@@ -87,7 +87,7 @@ async def execute(
 ) -> TaskStatus | None:
     """Run one attempt of `task`; returns its final status, or None if it was not ours to run or finish."""
     resumable = tool is not None and tool.resumable
-    started = await store.start(task.task_id, worker, clock(), resumable, limits.max_attempts)
+    started = await store.start(task.task_id, worker, clock(), resumable, limits.max_attempts, task.children)
     if started is None:
         running.unregister(task.task_id)
         return None
@@ -99,7 +99,7 @@ async def execute(
     if status is TaskStatus.PREEMPTED:
         stored = await store.preempt(task.task_id, attempt, clock())
     else:
-        stored = await store.finish(task.task_id, attempt, status, clock(), **fields)
+        stored = await store.finish(task.task_id, attempt, status, clock(), children=task.children, **fields)
     if not stored:
         logger.warning("stale attempt's result refused", extra={"task_id": task.task_id, "attempt": attempt})
         return None

@@ -1,8 +1,9 @@
-"""Turn validated run_task params into a task: check the tool, its input schema and the limits."""
+"""Turn validated run_task params into tasks: check each tool, its input schema and the limits."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import InvalidParamsError
@@ -12,49 +13,74 @@ from orchestrator.tasks import TaskSpec, new_task_id
 from orchestrator.tools import registry
 
 
-def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float) -> TaskSpec:
-    """The task to accept; raises InvalidParamsError naming each offending field."""
-    tool = _tool(settings, params.tool)
-    limits = settings.limits
-    _check_size(params.context, "params.context", limits.max_context_bytes)
-    if isinstance(params, RunTaskParams):
-        prompt, tool_input, deadline = params.prompt, _v1_input(params, tool), None
-        errors = registry.input_errors(tool, tool_input, "params.context")
-        # v1: the prompt is a top-level param, not a context key
-        errors = {("params.prompt" if k == "params.context.prompt" else k): v for k, v in errors.items()}
-    else:
-        prompt, tool_input = None, dict(params.input)
-        deadline = params.deadline.timestamp() if params.deadline else None
-        _check_size(tool_input, "params.input", limits.max_context_bytes)
-        errors = registry.input_errors(tool, tool_input, "params.input")
-    text = tool_input.get("prompt")
-    if isinstance(text, str) and len(text) > limits.max_prompt_chars:
-        field = "params.prompt" if prompt is not None else "params.input.prompt"
-        errors[field] = f"longer than {limits.max_prompt_chars} characters"
-    if errors:
-        raise InvalidParamsError(errors)
-    return TaskSpec(
-        task_id=new_task_id(), tool=params.tool, worker_type=tool.worker_type, priority=params.priority,
-        input=tool_input, context=params.context, prompt=prompt, agent=params.agent, deadline=deadline,
-        idempotency_key=params.idempotency_key, created_at=now,
+def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float) -> tuple[TaskSpec, list[TaskSpec]]:
+    """The task to accept and its fanout children; raises InvalidParamsError naming every offending field."""
+    errors: dict[str, str] = {}
+    if len(params.children) > settings.limits.max_children:
+        errors["params.children"] = f"more than {settings.limits.max_children} children"
+    task_id = new_task_id()
+    children: list[TaskSpec] = []
+    for i, child in enumerate(params.children):
+        where = f"params.children.{i}"
+        if (child.prompt is None) == (child.input is None):
+            errors[where] = "give exactly one of prompt (v1 style) or input (v2 style)"
+            continue
+        spec = _spec(settings, errors, where, child.tool, child.prompt, child.input, child.context, now,
+                     priority=params.priority if child.priority is None else child.priority, agent=params.agent,
+                     parent=task_id)
+        if spec is not None:
+            children.append(spec)
+    v1 = isinstance(params, RunTaskParams)
+    task = _spec(
+        settings, errors, "params", params.tool, params.prompt if v1 else None, None if v1 else params.input,
+        params.context, now, priority=params.priority, agent=params.agent,
+        deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
+        idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
     )
+    if errors or task is None:
+        raise InvalidParamsError(errors)
+    return task, children
 
 
-def _tool(settings: Settings, name: str) -> ToolSettings:
-    tool = settings.tools.get(name)
+def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str, prompt: str | None,
+          tool_input: Mapping[str, Any] | None, context: Mapping[str, Any], now: float, **fields: Any) -> TaskSpec | None:
+    """One task from v1-style (prompt + context options) or v2-style (input) params; errors are collected."""
+    tool = settings.tools.get(tool_name)
     if tool is None:
         known = ", ".join(sorted(settings.tools))
-        raise InvalidParamsError({"params.tool": f"unknown tool {name[:128]!r}; known tools: {known}"})
-    return tool
+        errors[f"{where}.tool"] = f"unknown tool {tool_name[:128]!r}; known tools: {known}"
+        return None
+    limits = settings.limits
+    found: dict[str, str] = {}
+    _check_size(found, context, f"{where}.context", limits.max_context_bytes)
+    if prompt is not None:  # v1: options come from the context; the prompt is its own param
+        tool_input = _v1_input(prompt, context, tool)
+        schema_errors = registry.input_errors(tool, tool_input, f"{where}.context")
+        found |= {(f"{where}.prompt" if k == f"{where}.context.prompt" else k): v for k, v in schema_errors.items()}
+        prompt_field = f"{where}.prompt"
+    else:
+        tool_input = dict(tool_input or {})
+        _check_size(found, tool_input, f"{where}.input", limits.max_context_bytes)
+        found |= registry.input_errors(tool, tool_input, f"{where}.input")
+        prompt_field = f"{where}.input.prompt"
+    text = tool_input.get("prompt")
+    if isinstance(text, str) and len(text) > limits.max_prompt_chars:
+        found[prompt_field] = f"longer than {limits.max_prompt_chars} characters"
+    errors |= found
+    if found:
+        return None
+    fields.setdefault("task_id", new_task_id())
+    return TaskSpec(tool=tool_name, worker_type=tool.worker_type, input=tool_input, context=dict(context),
+                    prompt=prompt, created_at=now, **fields)
 
 
-def _check_size(value: Any, field: str, limit: int) -> None:
+def _check_size(errors: dict[str, str], value: Any, field: str, limit: int) -> None:
     if len(json.dumps(value)) > limit:
-        raise InvalidParamsError({field: f"larger than {limit} bytes"})
+        errors[field] = f"larger than {limit} bytes"
 
 
-def _v1_input(params: RunTaskParams, tool: ToolSettings) -> dict[str, Any]:
+def _v1_input(prompt: str, context: Mapping[str, Any], tool: ToolSettings) -> dict[str, Any]:
     """v1 carries tool options in `context`: take the keys the tool's schema names, plus the prompt."""
     known = registry.input_schema(tool).get("properties", {})
-    options = {k: v for k, v in params.context.items() if k in known and k != "prompt"}
-    return {"prompt": params.prompt, **options}
+    options = {k: v for k, v in context.items() if k in known and k != "prompt"}
+    return {"prompt": prompt, **options}

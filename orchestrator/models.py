@@ -12,6 +12,7 @@ JsonObject = dict[str, Any]
 
 class TaskStatus(StrEnum):
     QUEUED = "queued"
+    WAITING = "waiting"  # a fanout child whose parent has not succeeded yet
     RUNNING = "running"
     PREEMPTED = "preempted"  # interrupted for urgent work; queued again to resume from its checkpoint
     SUCCEEDED = "succeeded"
@@ -41,6 +42,19 @@ WaitSeconds = Annotated[
 ]
 
 
+class ChildTask(Params):
+    """A task that receives its parent's result (in `context.parent_result`) when the parent succeeds."""
+
+    tool: ToolName
+    prompt: str | None = Field(default=None, description="v1 style: the prompt; `context` keys are tool options")
+    input: JsonObject | None = Field(default=None, description="v2 style: the tool's input")
+    priority: Priority | None = Field(default=None, description="defaults to the parent's")
+    context: JsonObject = Field(default_factory=dict)
+
+
+Children = Annotated[list[ChildTask], Field(default_factory=list, description="fanout: run when this task succeeds")]
+
+
 class RunTaskParams(Params):
     """v1 `run_task`: a prompt plus a free-form context; the tool reads the context keys it knows."""
 
@@ -51,6 +65,7 @@ class RunTaskParams(Params):
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    children: Children
 
 
 class RunTaskParamsV2(Params):
@@ -64,6 +79,7 @@ class RunTaskParamsV2(Params):
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    children: Children
 
 
 class TaskIdParams(Params):
@@ -123,6 +139,8 @@ class TaskRecord(BaseModel):
     last_failure: str | None = Field(default=None, description="why an attempt was lost (worker died, went silent)")
     dead_letter: str | None = Field(default=None, description="its dead-letter entry, when given up on")
     worker: str | None = None
+    parent: str | None = Field(default=None, description="the task whose result this one received")
+    children: list[str] = Field(default_factory=list, description="tasks that run when this one succeeds")
     progress: Any = None
     idempotency_key: str | None = None
     deadline: float | None = Field(default=None, description="unix seconds")

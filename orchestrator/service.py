@@ -53,15 +53,16 @@ class TaskService:
 
     async def run_task(self, params: RunTaskParams | RunTaskParamsV2) -> RunTaskResult | TaskRecord:
         """Accept a task (durably, before answering); with `wait`, answer with the record once finished."""
-        task = build_task(params, self._settings, self._clock())
+        task, children = build_task(params, self._settings, self._clock())
         limits = self._settings.limits
+        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children)
         if not params.wait:
-            task_id, duplicate = await self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s)
+            task_id, duplicate = await submit
             status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
             return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
         timeout_s = min(params.wait, limits.max_wait_s)
         with self._waiter.watch(task.task_id) as watch:  # watching before submit: no finish slips by
-            task_id, duplicate = await self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s)
+            task_id, duplicate = await submit
             if not duplicate:
                 record = await self._wait(watch, timeout_s, check_first=False)
         if duplicate:  # an earlier task with this idempotency key: it may have finished long ago
@@ -77,9 +78,10 @@ class TaskService:
 
     async def cancel_task(self, task_id: str) -> CancelTaskResult:
         """Cancel a queued task at once; ask the router to interrupt a running one."""
-        status = await self._store.cancel(task_id, self._clock())
+        record = await self._store.get(task_id)
+        status = await self._store.cancel(task_id, self._clock(), record.children)
         if status is TaskStatus.RUNNING:
-            record = await self._store.get(task_id)
+            record = await self._store.get(task_id)  # it may have started since: find its worker now
             if record.worker:  # if the worker is gone, the flag set above stops the task at its next start
                 await self._router.interrupt(record.worker, task_id)
             status = (await self._store.get(task_id)).status

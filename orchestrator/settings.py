@@ -118,6 +118,7 @@ class LimitSettings(BaseModel):
     max_batch: int = Field(default=100, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
     max_context_bytes: int = Field(default=262_144, ge=2)
+    max_children: int = Field(default=16, ge=0, description="fanout children per task")
     max_wait_s: float = Field(default=60.0, ge=0)
     max_event_streams: int = Field(default=256, ge=1, description="SSE followers per ingress replica")
     max_active_tasks: int = Field(default=100_000, ge=1, description="queued + running; beyond it submits are refused")

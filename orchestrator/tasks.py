@@ -27,6 +27,8 @@ class TaskSpec:
     agent: str | None = None
     deadline: float | None = None
     idempotency_key: str | None = None
+    parent: str | None = None
+    children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
     entry_id: str | None = None  # the stream entry, once written
 
     def payload(self) -> str:
@@ -37,6 +39,9 @@ class TaskSpec:
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> TaskSpec:
-        """Rebuild a task from a `mcp_tasks` stream entry."""
+        """Rebuild a task from a `mcp_tasks` stream entry; a fanout child gets its parent's result."""
         data = json.loads(fields["payload"])
+        data["children"] = tuple(data.get("children", ()))
+        if "parent_result" in fields:
+            data["context"] = {**data["context"], "parent_result": json.loads(fields["parent_result"])}
         return cls(**data, entry_id=entry_id)

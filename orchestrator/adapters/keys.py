@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 ROUTER_GROUP = "routers"
@@ -55,3 +56,7 @@ class Keys:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),
                 self.checkpoints(task_id), self.dead_letters]
+
+    def of_children(self, child_ids: Iterable[str]) -> list[str]:
+        """A (record, events) pair per fanout child, after a script's other KEYS."""
+        return [key for child in child_ids for key in (self.task(child), self.events(child))]

@@ -1,8 +1,10 @@
 """The Lua scripts behind every task state change: each change is one atomic step in Redis.
 
-Every script but SUBMIT takes KEYS = Keys.of_task(id): record, stream, active, finished-channel,
-events, checkpoints, dead-letters; and ARGV starting with now, group, retention_s. Each change also
-appends an event to the task's event stream, so history can be replayed and followed.
+Every script takes KEYS = Keys.of_task(id): record, stream, active, finished-channel, events,
+checkpoints, dead-letters (SUBMIT then the idempotency key), then a (record, events) pair per fanout
+child; and ARGV starting with now, group, retention_s. Each change also appends an event to the
+task's event stream, so history can be replayed and followed. When a task ends, its waiting
+children are queued (with its result) if it succeeded, and cancelled otherwise — in the same step.
 """
 
 from __future__ import annotations
@@ -13,9 +15,36 @@ local now, group, retention = ARGV[1], ARGV[2], ARGV[3]
 local function emit(kind, data)
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', 1000, '*', 'type', kind, 'time', now, 'data', data)
 end
-local function finalize(status, data)
+local child_keys = 8  -- after of_task's seven (SUBMIT, which never finalizes, has one more)
+local function release_children(status, result)
+  local parent = redis.call('HGET', KEYS[1], 'task_id')
+  for i = child_keys, #KEYS, 2 do
+    local record, events = KEYS[i], KEYS[i + 1]
+    if redis.call('HGET', record, 'status') == 'waiting' then
+      local child = redis.call('HMGET', record, 'task_id', 'priority', 'worker_type', 'payload', 'agent')
+      if status == 'succeeded' then
+        local entry = redis.call('XADD', KEYS[2], '*', 'task_id', child[1], 'priority', child[2], 'type', child[3],
+          'payload', child[4], 'time', now, 'agent', child[5] or '', 'parent_result', result)
+        redis.call('HSET', record, 'status', 'queued', 'entry_id', entry)
+        redis.call('XADD', events, 'MAXLEN', '~', 1000, '*', 'type', 'queued', 'time', now, 'data',
+          cjson.encode({parent = parent}))
+      else
+        local err = cjson.encode({code = -32008, message = 'parent ' .. parent .. ' ended ' .. status, retryable = false})
+        redis.call('HSET', record, 'status', 'cancelled', 'finished_at', now, 'error', err)
+        redis.call('XADD', events, 'MAXLEN', '~', 1000, '*', 'type', 'cancelled', 'time', now, 'data',
+          '{"error":' .. err .. '}')
+        redis.call('EXPIRE', record, retention)
+        redis.call('EXPIRE', events, retention)
+        redis.call('DECR', KEYS[3])
+        redis.call('PUBLISH', KEYS[4], child[1])
+      end
+    end
+  end
+end
+local function finalize(status, data, result)
   redis.call('HSET', KEYS[1], 'status', status, 'finished_at', now)
   emit(status, data)
+  release_children(status, result or 'null')
   for _, key in ipairs({KEYS[1], KEYS[5], KEYS[6]}) do redis.call('EXPIRE', key, retention) end
   local entry = redis.call('HGET', KEYS[1], 'entry_id')
   if entry then redis.call('XACK', KEYS[2], group, entry) end
@@ -25,19 +54,29 @@ end
 local function num(field) return tonumber(redis.call('HGET', KEYS[1], field) or '0') end
 """
 
-# Accept a task: idempotency check, backpressure, record, stream entry — all or nothing.
-# KEYS: of_task + idempotency  ARGV: now, group, retention, task_id, max_active, idem_ttl (0 = none),
-#       priority, type, payload, agent, then the record's field/value pairs.
+# Accept a task and its fanout children: idempotency check, backpressure, records, stream entry — all
+# or nothing. A retried call (reply lost) finds the record and answers as the first did.
+# KEYS: of_task + idempotency + child pairs  ARGV: now, group, retention, task_id, max_active,
+#       idem_ttl (0 = none), priority, type, payload, agent, children's records (JSON list of flat
+#       field/value lists), then the task's record field/value pairs.
 SUBMIT = _COMMON + """
 if tonumber(ARGV[6]) > 0 then
   local existing = redis.call('GET', KEYS[8])
   if existing then return {existing, 1} end
 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[4], 0} end
+local children = cjson.decode(ARGV[11])
 local active = tonumber(redis.call('GET', KEYS[3]) or '0')
-if active >= tonumber(ARGV[5]) then return {false, active} end
+if active + 1 + #children > tonumber(ARGV[5]) then return {false, active} end
 local record = {}
-for i = 11, #ARGV do record[#record + 1] = ARGV[i] end
+for i = 12, #ARGV do record[#record + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(record))
+for i, fields in ipairs(children) do
+  redis.call('HSET', KEYS[7 + 2 * i], unpack(fields))
+  redis.call('XADD', KEYS[8 + 2 * i], 'MAXLEN', '~', 1000, '*', 'type', 'waiting', 'time', now, 'data',
+    cjson.encode({parent = ARGV[4]}))
+end
+redis.call('INCRBY', KEYS[3], #children)
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[4], 'priority', ARGV[7], 'type', ARGV[8],
   'payload', ARGV[9], 'time', now, 'agent', ARGV[10])
 redis.call('HSET', KEYS[1], 'entry_id', entry)
@@ -128,16 +167,16 @@ FINISH = _COMMON + _FENCE + """
 local data = {}
 if ARGV[6] ~= '' then redis.call('HSET', KEYS[1], 'result', ARGV[6]); data[#data + 1] = '"result":' .. ARGV[6] end
 if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'error', ARGV[7]); data[#data + 1] = '"error":' .. ARGV[7] end
-finalize(ARGV[5], '{' .. table.concat(data, ',') .. '}')
+finalize(ARGV[5], '{' .. table.concat(data, ',') .. '}', ARGV[6] ~= '' and ARGV[6] or nil)
 return 1
 """
 
-# Cancel: a queued (or preempted, waiting) task is cancelled at once; a running one is flagged for
+# Cancel: a queued, preempted or waiting task is cancelled at once (its children too); a running one is flagged for
 # its worker. Returns the status after, or nil if there is no such task.  ARGV: now, group, retention
 CANCEL = _COMMON + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return false end
-if status == 'queued' or status == 'preempted' then
+if status == 'queued' or status == 'preempted' or status == 'waiting' then
   finalize('cancelled', '{}')
   return 'cancelled'
 end

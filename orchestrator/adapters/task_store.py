@@ -25,11 +25,11 @@ from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
-JSON_FIELDS = ("input", "context", "result", "error", "progress", "checkpoint", "resumed_from")
+JSON_FIELDS = ("input", "context", "result", "error", "progress", "checkpoint", "resumed_from", "children")
 FLOAT_FIELDS = ("created_at", "started_at", "first_started_at", "finished_at", "deadline", "preempted_at")
 INT_FIELDS = ("priority", "attempts", "preemptions", "restarts", "checkpoints")
 TEXT_FIELDS = ("task_id", "status", "tool", "worker_type", "prompt", "agent", "worker", "idempotency_key",
-               "last_failure", "dead_letter")
+               "last_failure", "dead_letter", "parent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,32 +80,29 @@ class TaskStore:
     async def aclose(self) -> None:
         await self.redis.aclose()
 
-    async def _run(self, script: str, task_id: str, now: float, *args: Any, keys: Sequence[str] = ()) -> Any:
+    async def _run(self, script: str, task_id: str, now: float, *args: Any, keys: Sequence[str] = (),
+                   children: Sequence[str] = ()) -> Any:
         """Run a task script with the KEYS and leading ARGV every one of them takes."""
         with storage_errors():
             return await self._scripts[script](
-                keys=[*self.keys.of_task(task_id), *keys],
+                keys=[*self.keys.of_task(task_id), *keys, *self.keys.of_children(children)],
                 args=[repr(now), ROUTER_GROUP, self._settings.retention_s, *args],
             )
 
     # --- ingress side -------------------------------------------------------------------------
 
-    async def submit(self, task: TaskSpec, max_active: int, retry_after_s: float) -> tuple[str, bool]:
-        """Accept a task durably; returns (task_id, duplicate). Raises QueueFullError."""
+    async def submit(self, task: TaskSpec, max_active: int, retry_after_s: float,
+                     children: Sequence[TaskSpec] = ()) -> tuple[str, bool]:
+        """Accept a task (and its fanout children, waiting for it) durably; returns (task_id, duplicate).
+        Raises QueueFullError."""
         key = task.idempotency_key
-        record = _encode_record(
-            {
-                "task_id": task.task_id, "status": TaskStatus.QUEUED.value, "tool": task.tool,
-                "worker_type": task.worker_type, "priority": task.priority, "prompt": task.prompt,
-                "input": task.input, "context": task.context, "agent": task.agent, "attempts": 0,
-                "created_at": task.created_at, "deadline": task.deadline, "idempotency_key": key,
-            }
-        )
+        child_records = [_initial_record(c, TaskStatus.WAITING) + ["payload", c.payload()] for c in children]
         task_id, flag = await self._run(
             "SUBMIT", task.task_id, task.created_at,
             task.task_id, max_active, self._settings.idempotency_ttl_s if key else 0, task.priority,
-            task.worker_type, task.payload(), task.agent or "", *record,
-            keys=[self.keys.idempotency(key or "")],
+            task.worker_type, task.payload(), task.agent or "", json.dumps(child_records),
+            *_initial_record(task, TaskStatus.QUEUED),
+            keys=[self.keys.idempotency(key or "")], children=task.children,
         )
         if task_id is None:
             raise QueueFullError(int(flag), max_active, retry_after_s)
@@ -118,9 +115,9 @@ class TaskStore:
             raise TaskNotFoundError(task_id)
         return _decode_record(raw)
 
-    async def cancel(self, task_id: str, now: float) -> TaskStatus:
-        """Cancel a queued task now, or flag a running one; returns the status after."""
-        status = await self._run("CANCEL", task_id, now)
+    async def cancel(self, task_id: str, now: float, children: Sequence[str] = ()) -> TaskStatus:
+        """Cancel a queued task now (and its waiting children), or flag a running one; returns the status after."""
+        status = await self._run("CANCEL", task_id, now, children=children)
         if status is None:
             raise TaskNotFoundError(task_id)
         if status not in (TaskStatus.CANCELLED, TaskStatus.RUNNING):  # only finished ones remain
@@ -224,9 +221,11 @@ class TaskStore:
 
     # --- worker side ----------------------------------------------------------------------------
 
-    async def start(self, task_id: str, worker: str, now: float, resumable: bool, max_attempts: int) -> Started | None:
+    async def start(self, task_id: str, worker: str, now: float, resumable: bool, max_attempts: int,
+                    children: Sequence[str] = ()) -> Started | None:
         """Begin a new attempt (its number is the fencing token); None when the task must not run."""
-        attempt, extra = await self._run("START", task_id, now, worker, int(resumable), max_attempts)
+        attempt, extra = await self._run("START", task_id, now, worker, int(resumable), max_attempts,
+                                         children=children)
         if not attempt:
             logger.info("task not started", extra={"task_id": task_id, "why": extra})
             return None
@@ -259,12 +258,22 @@ class TaskStore:
         return bool(await self._run("PREEMPT", task_id, now, attempt))
 
     async def finish(self, task_id: str, attempt: int, status: TaskStatus, now: float, *, result: Any = None,
-                     error: Any = None) -> bool:
-        """Store the final state once; False when `attempt` is stale or the task already finished."""
+                     error: Any = None, children: Sequence[str] = ()) -> bool:
+        """Store the final state once (and release or cancel the fanout children); False when `attempt`
+        is stale or the task already finished."""
         return bool(await self._run(
             "FINISH", task_id, now, attempt, status.value, "" if result is None else _dumps(result),
-            "" if error is None else _dumps(error),
+            "" if error is None else _dumps(error), children=children,
         ))
+
+
+def _initial_record(task: TaskSpec, status: TaskStatus) -> list[str]:
+    return _encode_record({
+        "task_id": task.task_id, "status": status.value, "tool": task.tool, "worker_type": task.worker_type,
+        "priority": task.priority, "prompt": task.prompt, "input": task.input, "context": task.context,
+        "agent": task.agent, "attempts": 0, "created_at": task.created_at, "deadline": task.deadline,
+        "idempotency_key": task.idempotency_key, "parent": task.parent, "children": list(task.children) or None,
+    })
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:

@@ -46,6 +46,8 @@ class EchoTool(Tool):
                 await ctx.checkpoint({"step": step}, progress)
             else:  # nothing is left to resume after the last step
                 await ctx.progress(progress)
+        if "parent_result" in call.context:  # a fanout child shows what its parent handed it
+            return {"text": prompt, "steps": steps, "parent_result": call.context["parent_result"]}
         return {"text": prompt, "steps": steps}
 
 

@@ -112,8 +112,12 @@ def test_a_silent_worker_is_replaced_and_its_task_resumes(system: Deployed) -> N
 def test_exhausted_attempts_go_to_dead_letters_and_can_be_requeued(system: Deployed) -> None:
     base = system.base_url
     task_id = start_long_task(base, steps=4, delay_ms=2000)
-    for _ in range(system.settings.router.max_attempts):
-        wait_until(lambda: result(base, "get_task", {"task_id": task_id})["status"] == "running", 30, "running")
+    for attempt in range(1, system.settings.router.max_attempts + 1):
+        def running() -> bool:
+            record = result(base, "get_task", {"task_id": task_id})
+            return bool(record["status"] == "running" and record["attempts"] == attempt)
+
+        wait_until(running, 30, f"attempt {attempt} to run")
         os.kill(worker_pid(system), signal.SIGKILL)
     record = finished(base, task_id, timeout_s=60)
     assert record["status"] == "failed" and record["error"]["code"] == -32007
@@ -127,3 +131,43 @@ def test_exhausted_attempts_go_to_dead_letters_and_can_be_requeued(system: Deplo
     bad = httpx.post(f"{base}/v1/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "control",
                                              "params": {"action": "requeue", "task_id": task_id}}, timeout=10).json()
     assert bad["error"]["data"]["fields"] == {"params.task_id": "not a dead letter"}
+
+
+def test_fanout_children_receive_the_result_and_are_linked(system: Deployed) -> None:
+    base = system.base_url
+    children = [{"tool": "echo", "prompt": "child-a"},
+                {"tool": "echo", "input": {"prompt": "child-b", "steps": 2}, "priority": 9}]
+    parent = result(base, "run_task", {"tool": "echo", "prompt": "parent", "children": children,
+                                       "context": {"delay_ms": 300}, "wait": 30})
+    assert parent["status"] == "succeeded" and len(parent["children"]) == 2
+    kids = [finished(base, child_id) for child_id in parent["children"]]
+    assert [k["result"]["text"] for k in kids] == ["child-a", "child-b"]
+    assert all(k["result"]["parent_result"] == {"text": "parent", "steps": 1} for k in kids)
+    assert all(k["parent"] == parent["task_id"] and k["status"] == "succeeded" for k in kids)
+    assert all(k["context"] == {} for k in kids)  # the record keeps what was asked for
+    assert [k["priority"] for k in kids] == [5, 9]
+    events = sse_events(base, parent["children"][0])
+    assert [e["event"] for e in events][:2] == ["waiting", "queued"]
+
+
+def test_children_of_a_failed_or_cancelled_parent_are_cancelled(system: Deployed) -> None:
+    base = system.base_url
+    past = "2000-01-01T00:00:00+00:00"
+    failed = result(base, "run_task", {"tool": "echo", "input": {"prompt": "p"}, "deadline": past, "wait": 30,
+                                       "children": [{"tool": "echo", "prompt": "never"}]}, path="v2/rpc")
+    assert failed["status"] == "failed"
+    child = finished(base, failed["children"][0])
+    assert child["status"] == "cancelled" and child["error"]["code"] == -32008 and child["attempts"] == 0
+    parent = result(base, "run_task", {"tool": "echo", "prompt": "p", "context": {"delay_ms": 20_000, "steps": 200},
+                                       "children": [{"tool": "echo", "prompt": "never"}]})
+    waiting = result(base, "get_task", {"task_id": parent["task_id"]})["children"][0]
+    assert result(base, "get_task", {"task_id": waiting})["status"] == "waiting"
+    result(base, "cancel_task", {"task_id": parent["task_id"]})
+    assert finished(base, waiting)["status"] == "cancelled"
+
+
+def test_bad_children_name_the_field(system: Deployed) -> None:
+    reply = httpx.post(f"{system.base_url}/v1/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "run_task", "params": {
+        "tool": "echo", "prompt": "p", "children": [{"tool": "nope", "prompt": "x"}, {"tool": "echo"}]}},
+        timeout=10).json()
+    assert set(reply["error"]["data"]["fields"]) == {"params.children.0.tool", "params.children.1"}

@@ -16,7 +16,7 @@ SETTINGS = Settings(limits={"max_prompt_chars": 10, "max_context_bytes": 64})
 
 def test_v1_prompt_and_known_context_keys_become_tool_input() -> None:
     params = RunTaskParams(tool="echo", prompt="hi", priority=7, context={"delay_ms": 5, "trace": "abc"}, agent="a")
-    task = build_task(params, SETTINGS, now=123.0)
+    task, _ = build_task(params, SETTINGS, now=123.0)
     assert task.input == {"prompt": "hi", "delay_ms": 5}
     assert task.context == {"delay_ms": 5, "trace": "abc"}
     assert (task.priority, task.worker_type, task.agent, task.created_at) == (7, "reasoning", "a", 123.0)
@@ -25,7 +25,7 @@ def test_v1_prompt_and_known_context_keys_become_tool_input() -> None:
 
 def test_v2_input_and_deadline() -> None:
     deadline = datetime(2030, 1, 1, tzinfo=UTC)
-    task = build_task(RunTaskParamsV2(tool="echo", input={"prompt": "p", "steps": 3}, deadline=deadline), SETTINGS, 0)
+    task, _ = build_task(RunTaskParamsV2(tool="echo", input={"prompt": "p", "steps": 3}, deadline=deadline), SETTINGS, 0)
     assert task.input == {"prompt": "p", "steps": 3} and task.deadline == deadline.timestamp()
 
 

@@ -1,0 +1,525 @@
+"""Recovery benchmark: kill -9 a worker, the router or redis-server under load; how fast work resumes, what is lost or done twice.
+
+    python benchmarks/recovery.py [--tasks 1000] [--kinds none,worker,router,redis] [--outage-s 2]
+                                  [--workers 2] [--slots 16] [--memory-tasks N] [--json]
+
+For each kind, a fresh self-hosted system (redis-server with AOF, `appendfsync always`; Ray; Serve; the
+orchestrator with `--workers` reasoning workers of `--slots` slots) gets `--tasks` echo tasks: most quick,
+every 5th `{"delay_ms": 500, "steps": 5}` (2.5 s, checkpointing each step). All are submitted first; once
+a checkpointed task is running (on worker:reasoning:0 for `worker`), the component is killed:
+
+    none    no kill: the reference (the same load drained from the same moment)
+    worker  SIGKILL the process of worker:reasoning:0 (Ray restarts the actor)
+    router  SIGKILL the process of the router actor (Ray restarts it; it re-attaches to running tasks)
+    redis   SIGKILL redis-server, restart it on the same port and AOF after --outage-s seconds; that
+            pause is the fault's duration (Redis is down that long), not a wait for anything
+
+then every accepted task is polled until terminal. Figures per kind (times from the kill, wall clock,
+server-side timestamps from the task records):
+
+    resume     when the affected tasks run again --
+                 worker: the first new start (`started_at` of a new attempt) of a task that was running
+                         on the killed worker; `resume_all` is when the last of them had started again
+                 router: the start of a probe task submitted right after the kill at priority 9 (ahead
+                         of the backlog): dispatching resumed (running tasks never needed the router)
+                 redis:  the first task to finish after the kill (nothing can finish while Redis is down)
+    back       worker/router: the actor answers from a new process (router: and is consuming again);
+               redis: the restarted redis-server answers PING
+    total      kill -> the last task terminal (the latest `finished_at`); it includes draining the
+               backlog, so compare it with the `none` row
+    lost       accepted (run_task returned a task id) but never terminal, or missing; must be 0
+    dup        tasks whose id was announced more than once on `<prefix>:finished` (subscribed before
+               the load); must be 0. `dup_stored` counts tasks with more than one terminal event in
+               their event stream (durable, so it also covers announcements missed while the
+               subscriber re-subscribed after a Redis restart); must be 0
+    failed     terminal but not succeeded with the task's own text
+    reruns     tasks that took more than one attempt
+
+Then the Redis memory per queued task: a system whose reasoning pool has 0 workers (so tasks stay queued,
+read by the router into its pending entries) gets `--memory-tasks` echo tasks with a 100-character
+prompt; `used_memory` (INFO memory) before and after, once settled, over the task count.
+
+Every system is torn down afterwards, also on an error, Ctrl-C or SIGTERM. `--json` prints one JSON
+object as the last line. The exit status is 1 if any task was lost, failed or stored twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
+from harness import own_system_with_redis, raise_interrupt  # noqa: E402
+
+KINDS = ("none", "worker", "router", "redis")
+VICTIM_WORKER = "worker:reasoning:0"
+ROUTER = "router"
+SLOW = {"delay_ms": 500, "steps": 5}
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+BATCH = 100  # the server's default limits.max_batch
+TASK_NOT_FOUND = -32001
+POLL_S = 0.1  # pause between polling rounds that found something still unfinished
+MEMORY_PROMPT_CHARS = 100
+
+
+# --- JSON-RPC -----------------------------------------------------------------------------------
+
+
+def rpc(client: httpx.Client, calls: Sequence[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One JSON-RPC batch; the replies (result or error) in call order. HTTP failures raise httpx errors."""
+    body = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)]
+    reply = client.post("/v1/rpc", json=body)
+    reply.raise_for_status()
+    by_id = {r.get("id"): r for r in reply.json()}
+    return [by_id.get(i, {"error": {"code": None, "message": "no reply"}}) for i in range(len(calls))]
+
+
+def submit(client: httpx.Client, params: Sequence[dict[str, Any]]) -> tuple[list[str | None], Counter[str]]:
+    """run_task for each params in batches; the task ids (None where refused) and the refusals by reason."""
+    ids: list[str | None] = []
+    refused: Counter[str] = Counter()
+    for start in range(0, len(params), BATCH):
+        chunk = params[start:start + BATCH]
+        try:
+            replies = rpc(client, [("run_task", p) for p in chunk])
+        except httpx.HTTPError as exc:
+            ids += [None] * len(chunk)
+            refused[type(exc).__name__] += len(chunk)
+            continue
+        for reply in replies:
+            task_id = (reply.get("result") or {}).get("task_id")
+            ids.append(task_id)
+            if task_id is None:
+                refused[f"rpc {reply.get('error', {}).get('code')}"] += 1
+    return ids, refused
+
+
+def await_terminal(client: httpx.Client, ids: Sequence[str], timeout_s: float) -> tuple[dict[str, Any], set[str]]:
+    """Poll get_task until every task is terminal; the final records and the ids found missing.
+
+    Errors other than "not found" (e.g. -32005 while Redis is down, HTTP errors) are transient: asked again.
+    """
+    records: dict[str, Any] = {}
+    missing: set[str] = set()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        pending = [t for t in ids if t not in missing and records.get(t, {}).get("status") not in TERMINAL]
+        if not pending or time.monotonic() > deadline:
+            return records, missing
+        for start in range(0, len(pending), BATCH):
+            chunk = pending[start:start + BATCH]
+            try:
+                replies = rpc(client, [("get_task", {"task_id": t}) for t in chunk])
+            except httpx.HTTPError:
+                continue
+            for task_id, reply in zip(chunk, replies, strict=True):
+                if "result" in reply:
+                    records[task_id] = reply["result"]
+                elif reply["error"].get("code") == TASK_NOT_FOUND:
+                    missing.add(task_id)
+        time.sleep(POLL_S)  # poll interval
+
+
+def running_on(client: httpx.Client, worker: str | None) -> list[str]:
+    """Tasks the router lists as running (on `worker`, if given)."""
+    reply = rpc(client, [("status", {})])[0]
+    return [r["task_id"] for r in (reply.get("result") or {}).get("running", [])
+            if worker is None or r["worker"] == worker]
+
+
+def checkpointed_running(client: httpx.Client, worker: str | None) -> list[str]:
+    """Tasks running right now (on `worker`, if given) that have checkpointed a step and have more to go."""
+    running = running_on(client, worker)
+    replies = rpc(client, [("get_task", {"task_id": t}) for t in running[:BATCH]]) if running else []
+    found = []
+    for reply in replies:
+        record = reply.get("result") or {}
+        step = (record.get("progress") or {}).get("step", 0)
+        if record.get("status") == "running" and 1 <= step < (record.get("context") or {}).get("steps", 1):
+            found.append(record["task_id"])
+    return found
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.02)  # poll interval
+
+
+# --- the finished channel -------------------------------------------------------------------------
+
+
+class Announcements:
+    """Counts the task ids published on the finished channel, re-subscribing after a Redis restart."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        self._url, self._channel = url, channel
+        self.counts: Counter[str] = Counter()
+        self.resubscriptions = 0
+        self._sentinels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._client, self._pubsub = self._subscribe()  # before the load: no announcement slips by
+        self._thread = threading.Thread(target=self._listen, name="announcements", daemon=True)
+        self._thread.start()
+
+    def _subscribe(self) -> tuple[redis.Redis, Any]:
+        client = redis.Redis.from_url(self._url, decode_responses=True, socket_timeout=5)
+        pubsub = client.pubsub()
+        pubsub.subscribe(self._channel)
+        deadline = time.monotonic() + 10
+        while (message := pubsub.get_message(timeout=1.0)) is None or message["type"] != "subscribe":
+            if time.monotonic() > deadline:
+                raise TimeoutError("no subscribe confirmation")
+        return client, pubsub
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                message = self._pubsub.get_message(timeout=0.2)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._reconnect()
+                continue
+            if message is None or message["type"] != "message":
+                continue
+            with self._lock:
+                event = self._sentinels.get(message["data"])
+                if event is not None:
+                    event.set()
+                else:
+                    self.counts[message["data"]] += 1
+
+    def _reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+            self._client.close()
+        while not self._stop.is_set():
+            try:
+                self._client, self._pubsub = self._subscribe()
+                self.resubscriptions += 1
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError, TimeoutError):
+                time.sleep(0.05)  # Redis is down: try again shortly
+
+    def drain(self, timeout_s: float = 30) -> Counter[str]:
+        """Every announcement so far: publish a sentinel and wait until the listener has read up to it."""
+        sentinel, event = f"sentinel-{time.time_ns()}", threading.Event()
+        with self._lock:
+            self._sentinels[sentinel] = event
+        deadline = time.monotonic() + timeout_s
+        publisher = redis.Redis.from_url(self._url, decode_responses=True)
+        try:
+            while not event.wait(1.0):  # re-publish: the listener may have been re-subscribing
+                if time.monotonic() > deadline:
+                    raise TimeoutError("sentinel not received on the finished channel")
+                publisher.publish(self._channel, sentinel)
+        finally:
+            publisher.close()
+        with self._lock:
+            return Counter(self.counts)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        with contextlib.suppress(Exception):
+            self._pubsub.close()
+            self._client.close()
+
+
+def terminal_events(url: str, prefix: str, ids: Sequence[str]) -> Counter[str]:
+    """Per task, the terminal events in its event stream: one per stored final state."""
+    from orchestrator.adapters.keys import Keys
+
+    keys, counts = Keys(prefix), Counter[str]()
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            with client.pipeline(transaction=False) as pipe:
+                for task_id in chunk:
+                    pipe.xrange(keys.events(task_id))
+                streams = pipe.execute()
+            for task_id, entries in zip(chunk, streams, strict=True):
+                counts[task_id] = sum(1 for _id, fields in entries if fields.get("type") in TERMINAL)
+    finally:
+        client.close()
+    return counts
+
+
+# --- actors -------------------------------------------------------------------------------------
+
+
+def actor_pid(name: str, namespace: str, timeout_s: float = 30) -> int:
+    import ray
+
+    handle = ray.get_actor(name, namespace=namespace)
+    return int(ray.get(handle.__ray_call__.remote(lambda _self: os.getpid()), timeout=timeout_s))
+
+
+def wait_restarted(name: str, namespace: str, old_pid: int, timeout_s: float = 120) -> float:
+    """Block until the actor answers from a new process (the router: and consumes again); when that was."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayError
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            # A call to a restarting actor waits for the restart, so this returns as soon as it is back.
+            if actor_pid(name, namespace, timeout_s=10) != old_pid:
+                if name == ROUTER:
+                    ray.get(ray.get_actor(name, namespace=namespace).ready.remote(), timeout=60)
+                return time.time()
+        except (RayError, GetTimeoutError, ValueError):
+            pass
+        time.sleep(0.02)  # poll interval
+    raise TimeoutError(f"{name} not back within {timeout_s}s")
+
+
+# --- one kill -----------------------------------------------------------------------------------
+
+
+def pool_overrides(args: argparse.Namespace, reasoning_workers: int) -> dict[str, Any]:
+    """Only the reasoning pool (echo's): the other pools get no workers, to spare the 2-core machine."""
+    return {"pools": {"reasoning": {"workers": reasoning_workers, "slots": args.slots},
+                      "codegen": {"workers": 0}, "ml": {"workers": 0}}}
+
+
+def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
+    with own_system_with_redis(pool_overrides(args, args.workers), aof=True) as (base, settings, server), \
+            httpx.Client(base_url=base, timeout=60) as client:
+        from orchestrator.adapters.keys import Keys
+
+        namespace, prefix = settings.namespace, settings.redis.prefix
+        listener = Announcements(server.url, Keys(prefix).finished)
+        try:
+            victim = {"worker": VICTIM_WORKER, "router": ROUTER}.get(kind)
+            old_pid = actor_pid(victim, namespace) if victim else None
+            load = [{"tool": "echo", "prompt": f"recovery-{i}", "context": SLOW if i % 5 == 0 else {}}
+                    for i in range(args.tasks)]
+            ids, refused = submit(client, load)
+            prompts = {t: p["prompt"] for t, p in zip(ids, load, strict=True) if t is not None}
+
+            on = VICTIM_WORKER if kind == "worker" else None
+            wait_for(lambda: bool(checkpointed_running(client, on)), 60, "a checkpointed task running")
+            at_kill = set(running_on(client, on))  # worker: the tasks the kill hits; router: they keep running
+            back_at: float | None = None
+            probe: str | None = None
+            if kind in ("worker", "router"):
+                os.kill(old_pid, signal.SIGKILL)  # type: ignore[arg-type]
+                killed_at = time.time()
+                if kind == "router":  # dispatching needs the router: time a fresh, high-priority task's start
+                    [probe], probe_refused = submit(client, [{"tool": "echo", "prompt": "probe", "priority": 9}])
+                    refused += probe_refused
+                    if probe is not None:
+                        prompts[probe] = "probe"
+                back_at = wait_restarted(victim, namespace, old_pid)  # type: ignore[arg-type]
+            elif kind == "redis":
+                server.kill()
+                killed_at = time.time()
+                time.sleep(args.outage_s)  # the fault's duration: Redis stays down this long
+                server.start()  # same port and directory: the AOF brings back every acknowledged write
+                back_at = time.time()
+            else:
+                killed_at = time.time()
+
+            accepted = list(prompts)
+            records, missing = await_terminal(client, accepted, args.timeout_s)
+            published = listener.drain()
+            stored = terminal_events(server.url, prefix, accepted)
+        finally:
+            listener.close()
+
+    finished = [r for r in records.values() if r["status"] in TERMINAL]
+    lost = len(accepted) - len(finished)  # missing, or never terminal before the timeout
+    failed = sum(1 for r in finished if r["status"] != "succeeded" or (r.get("result") or {}).get("text") != prompts[r["task_id"]])
+    resume_s = resume_all_s = None
+    if kind == "worker":
+        restarts = [records[t]["started_at"] for t in at_kill
+                    if t in records and records[t]["attempts"] > 1 and records[t]["started_at"] > killed_at]
+        if restarts:
+            resume_s, resume_all_s = min(restarts) - killed_at, max(restarts) - killed_at
+    elif kind == "router" and probe is not None and records.get(probe, {}).get("started_at"):
+        resume_s = records[probe]["started_at"] - killed_at
+    elif kind == "redis":
+        after = [r["finished_at"] for r in finished if r["finished_at"] > killed_at]
+        resume_s = min(after) - killed_at if after else None
+    last = max((r["finished_at"] for r in finished), default=None)
+    report = {
+        "kind": kind,
+        "accepted": len(accepted),
+        "refused": sum(refused.values()),
+        # worker: running on it at the kill; router: running at the kill (not needing it); redis: unfinished
+        "affected": (len(at_kill) if kind in ("worker", "router")
+                     else sum(1 for r in finished if r["finished_at"] > killed_at) if kind == "redis" else 0),
+        "resume_s": _s(resume_s),
+        "resume_all_s": _s(resume_all_s),
+        "back_s": _s(back_at - killed_at if back_at else None),
+        "total_s": _s(last - killed_at if last else None),
+        "lost": lost,
+        "duplicates_announced": sum(1 for t in accepted if published[t] > 1),
+        "unannounced": sum(1 for t in accepted if published[t] == 0),
+        "duplicates_stored": sum(1 for t in accepted if stored[t] > 1),
+        "failed": failed,
+        "reruns": sum(1 for r in finished if r["attempts"] > 1),
+        "resubscriptions": listener.resubscriptions,
+    }
+    if kind == "worker":
+        report["affected_rerun"] = sum(1 for t in at_kill if records.get(t, {}).get("attempts", 1) > 1)
+    if kind == "router":
+        report["running_at_kill_rerun"] = sum(1 for t in at_kill if records.get(t, {}).get("attempts", 1) > 1)
+    if refused:
+        report["refused_reasons"] = dict(refused)
+    return report
+
+
+def _s(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def settled_memory(client: redis.Redis, timeout_s: float = 10) -> int:
+    """used_memory once two reads 0.2 s apart agree within 0.1 % (client buffers drained)."""
+    deadline, previous = time.monotonic() + timeout_s, used_memory(client)
+    while True:
+        time.sleep(0.2)  # the settle interval compared
+        current = used_memory(client)
+        if abs(current - previous) <= previous * 0.001 or time.monotonic() > deadline:
+            return current
+        previous = current
+
+
+def memory_per_task(args: argparse.Namespace) -> dict[str, Any]:
+    from orchestrator.adapters.keys import ROUTER_GROUP, Keys
+
+    n = args.memory_tasks
+    with own_system_with_redis(pool_overrides(args, 0), aof=True) as (base, settings, server), \
+            httpx.Client(base_url=base, timeout=60) as client:
+        keys = Keys(settings.redis.prefix)
+        store = redis.Redis.from_url(server.url, decode_responses=True)
+        try:
+            before = settled_memory(store)
+            prompts = [f"memory-{i:08d}-".ljust(MEMORY_PROMPT_CHARS, "x") for i in range(n)]
+            ids, refused = submit(client, [{"tool": "echo", "prompt": p} for p in prompts])
+            if refused:
+                raise RuntimeError(f"memory load refused: {dict(refused)}")
+            # Queued for good: no reasoning worker. Settled once the router has read every entry.
+            wait_for(lambda: store.xpending(keys.tasks, ROUTER_GROUP)["pending"] == n, 60, "the router to read all")
+            after = settled_memory(store)
+            sample = ids[n // 2]
+            assert sample is not None
+            parts = {"record_bytes": store.memory_usage(keys.task(sample)),
+                     "events_stream_bytes": store.memory_usage(keys.events(sample)),
+                     "task_stream_bytes_per_task": round((store.memory_usage(keys.tasks, samples=0) or 0) / n)}
+        finally:
+            store.close()
+    return {"memory_tasks": n, "prompt_chars": MEMORY_PROMPT_CHARS, "used_memory_before": before,
+            "used_memory_after": after, "bytes_per_queued_task": round((after - before) / n), **parts}
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+DEFINITIONS = {
+    "worker": "resume: kill -> first new start of a task that was running on the killed worker",
+    "router": "resume: kill -> start of a priority-9 probe submitted right after the kill (dispatching resumed)",
+    "redis": "resume: kill -> first task finished after the kill (includes the outage)",
+}
+
+
+def print_report(report: dict[str, Any]) -> None:
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    print(f"recovery: {report['tasks']} echo tasks (every 5th {SLOW}), reasoning {report['workers']} workers x "
+          f"{report['slots']} slots, Redis AOF appendfsync always; redis outage {report['outage_s']} s")
+    columns = ("kind", "affected", "resume_s", "resume_all_s", "back_s", "total_s", "lost", "duplicates_announced",
+               "duplicates_stored", "failed", "reruns")
+    heads = ("kill", "affected", "resume s", "resume all s", "back s", "total s", "lost", "dup", "dup stored",
+             "failed", "reruns")
+    print("  ".join(f"{h:>12}" for h in heads))
+    for row in report["scenarios"]:
+        print("  ".join(f"{fmt(row.get(c)):>12}" for c in columns))
+    for row in report["scenarios"]:
+        extra = {k: row[k] for k in ("refused", "refused_reasons", "unannounced", "resubscriptions",
+                                     "affected_rerun", "running_at_kill_rerun") if row.get(k)}
+        if extra:
+            print(f"  {row['kind']}: {extra}")
+    for kind, text in DEFINITIONS.items():
+        print(f"  {kind}: {text}")
+    print("  back: the actor answers from a new process (router: consuming again) / redis-server answers PING;"
+          " total: kill -> last task terminal (includes draining the backlog; see the `none` row)")
+    memory = report.get("memory")
+    if memory:
+        print(f"redis memory: {memory['bytes_per_queued_task']} bytes per queued task "
+              f"({memory['memory_tasks']} tasks, {memory['prompt_chars']}-char prompt; used_memory "
+              f"{memory['used_memory_before']} -> {memory['used_memory_after']}); one task's record "
+              f"{memory['record_bytes']} B, its event stream {memory['events_stream_bytes']} B, "
+              f"its share of the task stream {memory['task_stream_bytes_per_task']} B")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=1000, help="echo tasks per kill (default 1000)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--outage-s", type=float, default=2.0, help="how long Redis stays down (default 2)")
+    parser.add_argument("--workers", type=int, default=2, help="reasoning workers (default 2)")
+    parser.add_argument("--slots", type=int, default=16, help="slots per reasoning worker (default 16)")
+    parser.add_argument("--memory-tasks", type=int, help="queued tasks for the memory figure (default --tasks; 0: skip)")
+    parser.add_argument("--timeout-s", type=float, default=300.0, help="give up on unfinished tasks after this")
+    parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
+    args = parser.parse_args(argv)
+    args.kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not set(args.kinds) <= set(KINDS):
+        parser.error(f"--kinds takes {', '.join(KINDS)}")
+    if args.memory_tasks is None:
+        args.memory_tasks = args.tasks
+    if args.tasks < 5 or args.workers < 1 or args.slots < 1 or args.memory_tasks < 0:
+        parser.error("need --tasks >= 5, --workers >= 1, --slots >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    report: dict[str, Any] = {"tasks": args.tasks, "workers": args.workers, "slots": args.slots,
+                              "outage_s": args.outage_s, "scenarios": []}
+    try:
+        for kind in args.kinds:
+            report["scenarios"].append(scenario(kind, args))
+        if args.memory_tasks:
+            report["memory"] = memory_per_task(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    bad = sum(row["lost"] + row["failed"] + row["duplicates_announced"] + row["duplicates_stored"]
+              for row in report["scenarios"])
+    report["ok"] = bad == 0
+    print_report(report)
+    if args.json:
+        print(json.dumps(report, separators=(",", ":")))
+    return 0 if bad == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
