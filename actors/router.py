@@ -25,6 +25,7 @@ from orchestrator.models import (
     WorkerStatus,
 )
 from orchestrator.naming import worker_name
+from orchestrator.recovery import Held, sweep
 from orchestrator.routing import (
     Aging,
     ReadyQueues,
@@ -236,20 +237,18 @@ class RouterActor:
                 logger.warning("stuck-task sweep failed", exc_info=True)
 
     async def _sweep(self) -> None:
-        """Find entries silent past the visibility timeout (XPENDING IDLE): restart a worker that stopped
-        heartbeating (its tasks come back through the worker-died path); requeue orphaned entries."""
+        """Act on entries silent past the visibility timeout (XPENDING IDLE); the policy is `recovery.sweep`."""
         timeout_s = self._settings.router.visibility_timeout_s
         idle = await self._store.idle_entries(int(timeout_s * 1000))
-        now = self._clock()
-        # Only assignments older than the timeout count: a fresh one has not had its first heartbeat yet.
-        assigned = {a.task.entry_id: w for w in self._workers.values() for a in w.assigned.values()
-                    if now - a.since > timeout_s}
-        for worker in {assigned[e].name: assigned[e] for e in idle if e in assigned}.values():
-            where = await self._store.worker_location(worker.name)
-            if where is None or now - float(where["time"]) > timeout_s:
-                await self._restart_silent(worker, where)
-        held = {a.task.entry_id for w in self._workers.values() for a in w.assigned.values()}
-        for task in await self._store.claim(CONSUMER, [e for e in idle if e not in held]):  # resets idle time
+        if not idle:
+            return
+        held = [Held(a.task.entry_id or "", w.name, a.since) for w in self._workers.values() for a in w.assigned.values()]
+        locations = {w: await self._store.worker_location(w) for w in {h.worker for h in held}}
+        beats = {w: float(where["time"]) for w, where in locations.items() if where}
+        decision = sweep(idle, held, beats, self._clock(), timeout_s)
+        for name in decision.restart:
+            await self._restart_silent(self._workers[name], locations.get(name))
+        for task in await self._store.claim(CONSUMER, decision.claim):  # claiming resets their idle time
             if task.task_id not in self._ready and not any(task.task_id in w.assigned for w in self._workers.values()):
                 await self._requeue_lost(task, "its entry was orphaned (no live worker held it)")
 
