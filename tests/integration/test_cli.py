@@ -97,7 +97,13 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_up_run_status_down_keeps_redis_data(data_dir: Path) -> None:
+def rpc(url: str, method: str, params: dict[str, object]) -> dict[str, object]:
+    reply = httpx.post(f"{url}/v1/rpc", timeout=30, json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                                          "params": params}).json()
+    return dict(reply["result"])
+
+
+def test_down_then_up_resumes_unfinished_tasks(data_dir: Path) -> None:
     env = cli_env(data_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -119,7 +125,11 @@ def test_up_run_status_down_keeps_redis_data(data_dir: Path) -> None:
     table = ok(cli(env, "status"))
     assert "worker:reasoning:0" in table and "echo" in table
 
-    # Submitted, then stopped at once: Redis must still have it after the next `up`.
+    # One task mid-run with checkpoints, one just submitted; then everything stops.
+    running = json.loads(ok(cli(env, "run", "--tool", "echo", "long", "--no-wait",
+                                "--context", '{"delay_ms": 6000, "steps": 20}')))
+    wait_until(lambda: (rpc(url, "get_task", {"task_id": running["task_id"]}).get("checkpoint") or {}).get("step", 0)
+               >= 2, 30, "the long task to checkpoint two steps")
     accepted = json.loads(ok(cli(env, "run", "--tool", "echo", "kept", "--no-wait", "--priority", "2")))
     assert accepted["status"] == "queued"
     stopped = ok(cli(env, "down"))
@@ -134,9 +144,16 @@ def test_up_run_status_down_keeps_redis_data(data_dir: Path) -> None:
     ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
     again = read_state(data_dir)
     assert again is not None and again["redis_url"] == state["redis_url"]  # same port, same data
-    reply = httpx.post(f"{url}/v1/rpc", timeout=30, json={
-        "jsonrpc": "2.0", "id": 1, "method": "get_task", "params": {"task_id": accepted["task_id"]}}).json()
-    assert reply["result"]["prompt"] == "kept" and reply["result"]["priority"] == 2
+    # Unfinished work resumes: the interrupted task from its checkpoint, the queued one from the stream.
+    def done(task_id: str) -> bool:
+        return rpc(url, "get_task", {"task_id": task_id})["status"] == "succeeded"
+
+    wait_until(lambda: done(running["task_id"]) and done(accepted["task_id"]), 60, "unfinished tasks to finish")
+    kept = rpc(url, "get_task", {"task_id": accepted["task_id"]})
+    assert kept["prompt"] == "kept" and kept["priority"] == 2 and kept["result"]["text"] == "kept"
+    resumed = rpc(url, "get_task", {"task_id": running["task_id"]})
+    assert resumed["attempts"] == 2 and resumed["resumed_from"]["step"] >= 2
+    assert resumed["result"] == {"text": "long", "steps": 20}
     ok(cli(env, "down"))
     wait_until(lambda: not alive(again["daemon_pid"]) and not alive(again["redis_pid"]), 10, "all stopped")
 
