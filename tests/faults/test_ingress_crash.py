@@ -19,7 +19,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from tests.conftest import deployed, make_settings
-from tests.faults.test_worker_crash import all_terminal, announcements
+from tests.faults.load import all_terminal, announcements
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -155,7 +155,6 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
         failed = [c for c in calls if c.failure]
         accepted = [c for c in calls if c.task_id]
         assert len(failed) + len(accepted) == len(calls)
-        # What the clients saw around the kill (printed on failure, and with -s).
 
         # A task id that was returned names a task in Redis, created by that very call.
         for call in accepted:

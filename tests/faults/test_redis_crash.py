@@ -15,7 +15,7 @@ import redis
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from orchestrator.naming import ROUTER_NAME, worker_name
 from tests.conftest import deployed, make_settings
-from tests.faults.test_worker_crash import (
+from tests.faults.load import (
     actor_pid,
     all_terminal,
     checkpointed,
