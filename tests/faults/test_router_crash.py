@@ -10,10 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
-from orchestrator.naming import ROUTER_NAME
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
+from orchestrator.naming import ROUTER_NAME
 from tests.conftest import deployed, make_settings
-from tests.faults.load import actor_pid, all_terminal, announcements, checkpointed, submit
+from tests.faults.load import (
+    actor_pid,
+    all_terminal,
+    announcements,
+    checkpointed,
+    rpc_batch,
+    submit,
+)
 from tests.integration.test_spine import finished, result
 from tests.support import RedisServer, wait_until
 
@@ -46,6 +53,8 @@ def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisSe
         assert published == Counter(ids), {t: n for t, n in published.items() if n != 1}
         wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
+        dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]
+        assert dead == [], "nothing here was meant to fail"
     pubsub.close()
     client.close()
 

@@ -19,6 +19,7 @@ from tests.faults.load import (
     announcements,
     checkpointed,
     restarted_pid,
+    rpc_batch,
     submit,
 )
 from tests.support import RedisServer, wait_until
@@ -99,5 +100,7 @@ def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
         assert published == Counter(ids + after), {t: n for t, n in published.items() if n != 1}
         wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
+        dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]
+        assert dead == [], "nothing here was meant to fail"
     pubsub.close()
     client.close()

@@ -16,7 +16,12 @@ from deployments.fake_provider import FakeProviderConfig
 from orchestrator.errors import ToolError
 from orchestrator.settings import ToolSettings
 from orchestrator.tools.base import ToolCall
-from orchestrator.tools.openai import PROGRESS_CHARS, PROGRESS_INTERVAL_S, OpenAITool, chat_completions_url
+from orchestrator.tools.openai import (
+    PROGRESS_CHARS,
+    PROGRESS_INTERVAL_S,
+    OpenAITool,
+    chat_completions_url,
+)
 from tests.fakeprovider import RunningFakeProvider, fake_provider
 from tests.support import RecordingContext
 

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from orchestrator.routing import Aging, ReadyQueues, Running, WorkerLoad, choose_victim, choose_worker
+from orchestrator.routing import (
+    Aging,
+    ReadyQueues,
+    Running,
+    WorkerLoad,
+    choose_victim,
+    choose_worker,
+)
 from orchestrator.tasks import TaskSpec
 
 
