@@ -191,7 +191,7 @@ def test_run_and_status_against_closed_port(tmp_path: Path) -> None:
 
 def test_long_data_dir_gets_a_short_ray_temp_dir() -> None:
     """Ray's socket paths must fit AF_UNIX: a long data dir gets a fixed short temp dir of its own instead."""
-    from orchestrator.cli import RAY_TEMP_DIR_MAX_CHARS, Layout
+    from orchestrator.local import RAY_TEMP_DIR_MAX_CHARS, Layout
 
     long = Path(tempfile.gettempdir()) / ("d" * 80)
     assert len(str(Layout(long).ray_temp_dir)) <= RAY_TEMP_DIR_MAX_CHARS
