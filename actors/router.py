@@ -39,6 +39,7 @@ from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class Assignment:
     task: TaskSpec
@@ -118,9 +119,17 @@ class RouterActor:
                 self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch)
 
     async def _consume(self) -> None:
-        await self._store.ensure_group()
         self._spawn_workers()
-        await self._recover()
+        backoff_s = 0.2
+        while True:  # Redis may be away when we (re)start: wait for it rather than crash-loop
+            try:
+                await self._store.ensure_group()
+                await self._recover()
+                break
+            except Exception:
+                logger.warning("cannot reach the task store yet; retrying", exc_info=True)
+                await asyncio.sleep(backoff_s)  # backoff, not synchronisation
+                backoff_s = min(backoff_s * 2, 5.0)
         self._started.set()
         self._dispatch()
         router = self._settings.router
