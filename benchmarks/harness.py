@@ -18,8 +18,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `tests.support` and the packages importable
+if str(ROOT) not in sys.path:  # run from a checkout as a script: make `tests.support` importable
     sys.path.insert(0, str(ROOT))
+
+from tests.support import RedisServer  # noqa: E402  (benchmarks run from a checkout, like the tests)
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
@@ -39,62 +41,6 @@ def raise_interrupt(signum: int, frame: Any) -> None:
 
 
 # --- a system of our own ------------------------------------------------------------------------
-
-
-def _redis_server_class() -> Any:
-    """tests.support.RedisServer from a checkout; else a minimal equivalent (an installed package has no tests)."""
-    try:
-        from tests.support import RedisServer
-
-        return RedisServer
-    except ImportError:
-        pass
-
-    import socket
-    import subprocess
-
-    import redis
-
-    class MiniRedisServer:
-        def __init__(self, aof: bool = False, appendfsync: str = "always") -> None:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                self.port = int(sock.getsockname()[1])
-            self.dir = Path(tempfile.mkdtemp(prefix="orch-bench-redis-"))
-            self.aof, self.appendfsync = aof, appendfsync
-            self.proc: subprocess.Popen[bytes] | None = None
-
-        @property
-        def url(self) -> str:
-            return f"redis://127.0.0.1:{self.port}/0"
-
-        def start(self) -> MiniRedisServer:
-            self.proc = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                 "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", self.appendfsync],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            client, deadline = redis.Redis(port=self.port), time.monotonic() + 10
-            while True:
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("redis-server did not answer PING")
-                time.sleep(0.02)  # poll interval
-            client.close()
-            return self
-
-        def kill(self) -> None:
-            if self.proc is not None:
-                self.proc.kill()
-                self.proc.wait()
-                self.proc = None
-
-        def stop(self) -> None:
-            self.kill()
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    return MiniRedisServer
 
 
 def _free_port() -> int:
@@ -129,7 +75,8 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
     from deployments.app import deploy, teardown
     from orchestrator.settings import Settings
 
-    redis_server = _redis_server_class()(aof=aof, appendfsync="always").start()
+    caller_sigterm = signal.getsignal(signal.SIGTERM)
+    redis_server = RedisServer(aof=aof, appendfsync="always").start()
     ray_dir = tempfile.mkdtemp(prefix="orch-bench-ray-")
     settings: Any = None
     try:
@@ -158,6 +105,10 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
                     serve.shutdown()
                 ray.shutdown()
         finally:
+            # ray.shutdown leaves SIGTERM at its default action below Python (getsignal still names our
+            # handler): a SIGTERM now, or while the next system starts, would kill us without cleanup.
+            if caller_sigterm is not None:
+                signal.signal(signal.SIGTERM, caller_sigterm)
             redis_server.stop()
             if keep_logs:
                 print(f"Ray logs kept in {ray_dir}", file=sys.stderr)

@@ -17,13 +17,18 @@ a checkpointed task is running (on worker:reasoning:0 for `worker`), the compone
 then every accepted task is polled until terminal. Figures per kind (times from the kill, wall clock,
 server-side timestamps from the task records):
 
+    affected   worker: tasks running on the killed worker at the kill; router: tasks running at the kill
+               (they keep running on their workers: none should run again); redis: tasks that finished
+               after the kill. Tasks that finished between the snapshot and the kill are left out.
     resume     when the affected tasks run again --
                  worker: the first new start (`started_at` of a new attempt) of a task that was running
                          on the killed worker; `resume_all` is when the last of them had started again
                  router: the start of a probe task submitted right after the kill at priority 9 (ahead
                          of the backlog): dispatching resumed (running tasks never needed the router)
                  redis:  the first task to finish after the kill (nothing can finish while Redis is down)
-    back       worker/router: the actor answers from a new process (router: and is consuming again);
+    back       worker/router: the benchmark's first call the actor answered from a new process (router:
+               and consuming again). An upper bound: a call made at the kill fails only once Ray reports
+               the death (1-2 s here), so the actor may have been back earlier (see router's resume).
                redis: the restarted redis-server answers PING
     total      kill -> the last task terminal (the latest `finished_at`); it includes draining the
                backlog, so compare it with the `none` row
@@ -37,7 +42,9 @@ server-side timestamps from the task records):
 
 Then the Redis memory per queued task: a system whose reasoning pool has 0 workers (so tasks stay queued,
 read by the router into its pending entries) gets `--memory-tasks` echo tasks with a 100-character
-prompt; `used_memory` (INFO memory) before and after, once settled, over the task count.
+prompt; `used_memory` (INFO memory) before and after, once settled, over the task count. Also given:
+the same for `used_memory_dataset` (without client buffers and other overhead, so steadier), and
+MEMORY USAGE of one task's record, of its event stream, and the task stream's size per entry.
 
 Every system is torn down afterwards, also on an error, Ctrl-C or SIGTERM. `--json` prints one JSON
 object as the last line. The exit status is 1 if any task was lost, failed or stored twice.
@@ -316,7 +323,7 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
 
             on = VICTIM_WORKER if kind == "worker" else None
             wait_for(lambda: bool(checkpointed_running(client, on)), 60, "a checkpointed task running")
-            at_kill = set(running_on(client, on))  # worker: the tasks the kill hits; router: they keep running
+            at_kill = set(running_on(client, on))  # just before the kill: worker: the tasks it hits
             back_at: float | None = None
             probe: str | None = None
             if kind in ("worker", "router"):
@@ -345,8 +352,12 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             listener.close()
 
     finished = [r for r in records.values() if r["status"] in TERMINAL]
+    # Leave out tasks that finished in the instant between the snapshot and the kill.
+    at_kill = {t for t in at_kill if not (t in records and records[t]["attempts"] == 1
+                                          and (records[t].get("finished_at") or 0) <= killed_at)}
     lost = len(accepted) - len(finished)  # missing, or never terminal before the timeout
-    failed = sum(1 for r in finished if r["status"] != "succeeded" or (r.get("result") or {}).get("text") != prompts[r["task_id"]])
+    failed = sum(1 for r in finished
+                 if r["status"] != "succeeded" or (r.get("result") or {}).get("text") != prompts[r["task_id"]])
     resume_s = resume_all_s = None
     if kind == "worker":
         restarts = [records[t]["started_at"] for t in at_kill
@@ -371,6 +382,7 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "back_s": _s(back_at - killed_at if back_at else None),
         "total_s": _s(last - killed_at if last else None),
         "lost": lost,
+        "missing": len(missing),  # of the lost: get_task says "not found"
         "duplicates_announced": sum(1 for t in accepted if published[t] > 1),
         "unannounced": sum(1 for t in accepted if published[t] == 0),
         "duplicates_stored": sum(1 for t in accepted if stored[t] > 1),
@@ -394,17 +406,18 @@ def _s(value: float | None) -> float | None:
 # --- memory -------------------------------------------------------------------------------------
 
 
-def used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
+def used_memory(client: redis.Redis) -> tuple[int, int]:
+    info = client.info("memory")
+    return int(info["used_memory"]), int(info["used_memory_dataset"])
 
 
-def settled_memory(client: redis.Redis, timeout_s: float = 10) -> int:
-    """used_memory once two reads 0.2 s apart agree within 0.1 % (client buffers drained)."""
+def settled_memory(client: redis.Redis, timeout_s: float = 10) -> tuple[int, int]:
+    """(used_memory, used_memory_dataset) once two reads 0.2 s apart agree within 0.1 % (buffers drained)."""
     deadline, previous = time.monotonic() + timeout_s, used_memory(client)
     while True:
         time.sleep(0.2)  # the settle interval compared
         current = used_memory(client)
-        if abs(current - previous) <= previous * 0.001 or time.monotonic() > deadline:
+        if abs(current[0] - previous[0]) <= previous[0] * 0.001 or time.monotonic() > deadline:
             return current
         previous = current
 
@@ -433,8 +446,9 @@ def memory_per_task(args: argparse.Namespace) -> dict[str, Any]:
                      "task_stream_bytes_per_task": round((store.memory_usage(keys.tasks, samples=0) or 0) / n)}
         finally:
             store.close()
-    return {"memory_tasks": n, "prompt_chars": MEMORY_PROMPT_CHARS, "used_memory_before": before,
-            "used_memory_after": after, "bytes_per_queued_task": round((after - before) / n), **parts}
+    return {"memory_tasks": n, "prompt_chars": MEMORY_PROMPT_CHARS, "used_memory_before": before[0],
+            "used_memory_after": after[0], "bytes_per_queued_task": round((after[0] - before[0]) / n),
+            "dataset_bytes_per_queued_task": round((after[1] - before[1]) / n), **parts}
 
 
 # --- main ---------------------------------------------------------------------------------------
@@ -461,19 +475,22 @@ def print_report(report: dict[str, Any]) -> None:
     for row in report["scenarios"]:
         print("  ".join(f"{fmt(row.get(c)):>12}" for c in columns))
     for row in report["scenarios"]:
-        extra = {k: row[k] for k in ("refused", "refused_reasons", "unannounced", "resubscriptions",
+        extra = {k: row[k] for k in ("missing", "refused", "refused_reasons", "unannounced", "resubscriptions",
                                      "affected_rerun", "running_at_kill_rerun") if row.get(k)}
         if extra:
             print(f"  {row['kind']}: {extra}")
     for kind, text in DEFINITIONS.items():
         print(f"  {kind}: {text}")
-    print("  back: the actor answers from a new process (router: consuming again) / redis-server answers PING;"
-          " total: kill -> last task terminal (includes draining the backlog; see the `none` row)")
+    print("  back: first call the actor answered from a new process (an upper bound; router: consuming again)"
+          " / redis-server answers PING")
+    print("  total: kill -> last task terminal (includes draining the backlog; compare the `none` row);"
+          " dup: announced twice on the finished channel; dup stored: two terminal events")
     memory = report.get("memory")
     if memory:
         print(f"redis memory: {memory['bytes_per_queued_task']} bytes per queued task "
               f"({memory['memory_tasks']} tasks, {memory['prompt_chars']}-char prompt; used_memory "
-              f"{memory['used_memory_before']} -> {memory['used_memory_after']}); one task's record "
+              f"{memory['used_memory_before']} -> {memory['used_memory_after']}; used_memory_dataset: "
+              f"{memory['dataset_bytes_per_queued_task']} bytes per task); one task's record "
               f"{memory['record_bytes']} B, its event stream {memory['events_stream_bytes']} B, "
               f"its share of the task stream {memory['task_stream_bytes_per_task']} B")
 
