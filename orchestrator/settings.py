@@ -62,6 +62,8 @@ class ToolSettings(BaseModel):
     worker_type: WorkerType = "reasoning"
     description: str = ""
     preemptible: bool = True
+    # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)
+    effect_dir: Path | None = None
     # openai kind: a preset fills what is not given explicitly.
     preset: str | None = None
     base_url: str | None = None

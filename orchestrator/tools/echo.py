@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import ClassVar
 
 from orchestrator.tools.base import JsonValue, Tool, ToolCall, ToolContext
@@ -13,7 +15,11 @@ logger = logging.getLogger(__name__)
 
 
 class EchoTool(Tool):
-    """Sleeps `delay_ms` in `steps` equal steps, reporting and checkpointing each, then echoes `prompt`."""
+    """Sleeps `delay_ms` in `steps` equal steps, reporting and checkpointing each, then echoes `prompt`.
+
+    With an effect directory (operator setting, never client input) it also performs a side effect the
+    way a real tool should: once per task, keyed by the task id, whatever the number of attempts.
+    """
 
     kind: ClassVar[str] = "echo"
     resumable: ClassVar[bool] = True
@@ -29,8 +35,9 @@ class EchoTool(Tool):
         "additionalProperties": False,
     }
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, effect_dir: Path | None = None) -> None:
         super().__init__(name)
+        self._effects = EffectLog(effect_dir) if effect_dir is not None else None
 
     async def run(self, call: ToolCall, ctx: ToolContext) -> JsonValue:
         """Run the remaining steps, starting after the checkpointed one."""
@@ -46,9 +53,32 @@ class EchoTool(Tool):
                 await ctx.checkpoint({"step": step}, progress)
             else:  # nothing is left to resume after the last step
                 await ctx.progress(progress)
+        if self._effects is not None:
+            await asyncio.to_thread(self._effects.perform, call.task_id, call.attempt)
         if "parent_result" in call.context:  # a fanout child shows what its parent handed it
             return {"text": prompt, "steps": steps, "parent_result": call.context["parent_result"]}
         return {"text": prompt, "steps": steps}
+
+
+class EffectLog:
+    """A side effect made idempotent by the task id: a marker file created exclusively (O_EXCL) decides
+    whether this attempt performs it; each performed effect is appended to `effects.log`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def perform(self, task_id: str, attempt: int) -> bool:
+        """Do the effect unless an earlier attempt of this task already did; True if done now."""
+        try:
+            fd = os.open(self.directory / f"{task_id}.done", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            logger.info("effect already performed", extra={"task_id": task_id, "attempt": attempt})
+            return False
+        os.close(fd)
+        with (self.directory / "effects.log").open("a") as log:  # O_APPEND: one whole line per write
+            log.write(f"{task_id} {attempt}\n")
+        return True
 
 
 def resumed_step(checkpoint: Mapping[str, JsonValue] | None, steps: int) -> int:

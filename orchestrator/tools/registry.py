@@ -21,7 +21,7 @@ def build_tool(name: str, settings: ToolSettings) -> Tool:
     """Instantiate the tool a worker runs."""
     if settings.kind == "openai":
         return OpenAITool(name, settings)
-    return TOOL_KINDS[settings.kind](name)
+    return EchoTool(name, settings.effect_dir)
 
 
 def input_schema(settings: ToolSettings) -> Mapping[str, Any]:

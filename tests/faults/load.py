@@ -6,6 +6,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,3 +108,10 @@ def announcements(pubsub: Any, client: redis.Redis, channel: str, timeout_s: flo
             return seen
         seen[message["data"]] += 1
     raise AssertionError(f"sentinel not received on {channel} within {timeout_s}s")
+
+
+def effects(directory: Path) -> Counter[str]:
+    """Task ids in the echo tool's side-effect log, with how often each effect was performed."""
+    log = directory / "effects.log"
+    lines = log.read_text().splitlines() if log.exists() else []
+    return Counter(line.split()[0] for line in lines)

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,7 +20,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from tests.conftest import deployed, make_settings
-from tests.faults.load import all_terminal, announcements
+from tests.faults.load import all_terminal, announcements, effects, submit
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -103,9 +104,10 @@ def keep_calling(base: str, run: str, client_no: int, stop: threading.Event, cal
 
 
 def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_twice(
-    redis_server: RedisServer, ray_session: int
+    redis_server: RedisServer, ray_session: int, tmp_path: Path
 ) -> None:
-    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 1, "slots": 16}})
+    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 1, "slots": 16}},
+                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
     keys = Keys(settings.redis.prefix)
     store = redis.Redis.from_url(redis_server.url, decode_responses=True)
     pubsub = store.pubsub(ignore_subscribe_messages=True)
@@ -121,6 +123,9 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
         assert old_pid is not None
         clients = [threading.Thread(target=keep_calling, args=(base, run, n, stop, calls), daemon=True)
                    for n in range(CLIENTS)]
+        # A backlog of 1,000 tasks keeps the system under load while the replica dies.
+        backlog = submit(base, [{"tool": "echo", "prompt": f"b{i}", "idempotency_key": f"{run}-b{i}",
+                                 "context": {"delay_ms": 20}} for i in range(1000)])
         try:
             for thread in clients:
                 thread.start()
@@ -185,19 +190,21 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
                 assert (again.task_id, again.duplicate) == (call.task_id, True), (call, again)
 
         # One task per key: as many distinct tasks in Redis as distinct keys, each key's task the one we hold.
-        task_of = {c.key: c.task_id for c in accepted} | retried
-        assert len(task_of) == len({c.key for c in calls})
+        task_of = {c.key: c.task_id for c in accepted} | retried | {f"{run}-b{i}": t for i, t in enumerate(backlog)}
+        assert len(task_of) == len({c.key for c in calls}) + len(backlog)
         stored = {k.rsplit(":", 1)[1] for k in store.scan_iter(keys.task("*"), count=1000)}
         assert stored == set(task_of.values()), (len(stored), len(set(task_of.values())))
         assert len(set(task_of.values())) == len(task_of)
 
         # Every task finishes once, with its own prompt; each result stored (announced) exactly once.
-        records = all_terminal(base, list(task_of.values()), timeout_s=30)
+        records = all_terminal(base, list(task_of.values()), timeout_s=60)
+        prompt_of = {k: k.removeprefix(f"{run}-") if k.startswith(f"{run}-b") else k for k in task_of}
         bad = {k: records[t] for k, t in task_of.items()
-               if records[t]["status"] != "succeeded" or records[t]["result"]["text"] != k}
+               if records[t]["status"] != "succeeded" or records[t]["result"]["text"] != prompt_of[k]}
         assert not bad, list(bad.items())[:3]
         published = announcements(pubsub, store, keys.finished, timeout_s=15)
         assert published == Counter(task_of.values()), {t: n for t, n in published.items() if n != 1}
+        assert effects(tmp_path) == Counter(task_of.values()), "the tool's side-effect log shows an effect twice"
         wait_until(lambda: store.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(store.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
     pubsub.close()

@@ -6,6 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ from tests.faults.load import (
     actor_pid,
     all_terminal,
     checkpointed,
+    effects,
     get_tasks,
     rpc_batch,
     submit,
@@ -95,10 +97,11 @@ def check_probes(outcomes: dict[str, dict[str, Any]], restarting_at: float) -> N
 
 @pytest.mark.parametrize("outage_s", [SHORT_OUTAGE_S, LONG_OUTAGE_S], ids=["2s-outage", "6s-outage"])
 def test_redis_killed_mid_load_loses_nothing_and_recovers(
-    dedicated_redis: RedisServer, ray_session: int, outage_s: float
+    dedicated_redis: RedisServer, ray_session: int, outage_s: float, tmp_path: Path
 ) -> None:
     server = dedicated_redis
-    settings = make_settings(server.url, pools={"reasoning": {"workers": 2, "slots": 8}})
+    settings = make_settings(server.url, pools={"reasoning": {"workers": 2, "slots": 8}},
+                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
     keys = Keys(settings.redis.prefix)
     slow = {"delay_ms": 1000, "steps": 4}
     load = [{"tool": "echo", "prompt": f"r{i}", "context": slow if i % 10 == 0 else {}} for i in range(1000)]
@@ -140,6 +143,8 @@ def test_redis_killed_mid_load_loses_nothing_and_recovers(
             assert record["created_at"] <= record["started_at"] <= record["finished_at"], record
             if record["resumed_from"] is not None:
                 assert record["attempts"] > 1 and 1 <= record["resumed_from"]["step"] < record["result"]["steps"]
+
+        assert effects(tmp_path) == Counter({*prompts, fresh["result"]["task_id"]}), "an effect twice or missing"
 
         # Stored once: every entry acknowledged, and the active counter (one DECR per final state) back at 0.
         client = redis.Redis.from_url(server.url, decode_responses=True)

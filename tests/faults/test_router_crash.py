@@ -6,6 +6,7 @@ import os
 import signal
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from tests.faults.load import (
     all_terminal,
     announcements,
     checkpointed,
+    effects,
     rpc_batch,
     submit,
 )
@@ -27,8 +29,10 @@ from tests.support import RedisServer, wait_until
 pytestmark = pytest.mark.integration
 
 
-def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisServer, ray_session: int) -> None:
-    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}})
+def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisServer, ray_session: int,
+                                                           tmp_path: Path) -> None:
+    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}},
+                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
     keys = Keys(settings.redis.prefix)
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -51,6 +55,7 @@ def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisSe
         assert actor_pid(ROUTER_NAME, settings.namespace) != old_pid
         published = announcements(pubsub, client, keys.finished, timeout_s=30)
         assert published == Counter(ids), {t: n for t, n in published.items() if n != 1}
+        assert effects(tmp_path) == Counter(ids), "the tool's side-effect log shows an effect twice or missing"
         wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
         dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]

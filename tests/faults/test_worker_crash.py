@@ -7,6 +7,7 @@ import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import redis
@@ -18,6 +19,7 @@ from tests.faults.load import (
     all_terminal,
     announcements,
     checkpointed,
+    effects,
     restarted_pid,
     rpc_batch,
     submit,
@@ -29,9 +31,10 @@ pytestmark = pytest.mark.integration
 VICTIM = "worker:reasoning:0"
 
 def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
-    redis_server: RedisServer, ray_session: int
+    redis_server: RedisServer, ray_session: int, tmp_path: Path
 ) -> None:
-    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}})
+    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}},
+                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
     keys = Keys(settings.redis.prefix)
     client = redis.Redis.from_url(redis_server.url, decode_responses=True)
     pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -98,6 +101,7 @@ def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
         # Each result stored once: one finish announcement per task, nothing left pending or counted.
         published = announcements(pubsub, client, keys.finished, timeout_s=30)
         assert published == Counter(ids + after), {t: n for t, n in published.items() if n != 1}
+        assert effects(tmp_path) == Counter(ids + after), "the tool's side-effect log shows an effect twice or missing"
         wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
         dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]

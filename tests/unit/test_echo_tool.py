@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
 from orchestrator.tools.base import ToolCall
-from orchestrator.tools.echo import EchoTool, resumed_step
+from orchestrator.tools.echo import EchoTool, EffectLog, resumed_step
 from tests.support import RecordingContext
 
 
@@ -71,3 +72,18 @@ def test_input_schema(tool_input: dict[str, Any], valid: bool) -> None:
     validator = jsonschema.Draft202012Validator(EchoTool.input_schema)
     validator.check_schema(EchoTool.input_schema)
     assert validator.is_valid(tool_input) is valid
+
+
+def test_the_side_effect_happens_once_per_task_whatever_the_attempts(tmp_path: Path) -> None:
+    log = EffectLog(tmp_path)
+    assert log.perform("t1", attempt=1) is True
+    assert log.perform("t1", attempt=2) is False  # a retry after a crash: already done
+    assert log.perform("t2", attempt=1) is True
+    assert (tmp_path / "effects.log").read_text().splitlines() == ["t1 1", "t2 1"]
+
+
+async def test_echo_performs_its_effect_when_configured(tmp_path: Path) -> None:
+    tool = EchoTool("echo", effect_dir=tmp_path)
+    for attempt in (1, 2):
+        await tool.run(ToolCall(task_id="t9", attempt=attempt, input={"prompt": "x"}), RecordingContext())
+    assert (tmp_path / "effects.log").read_text() == "t9 1\n"
