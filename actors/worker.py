@@ -7,7 +7,6 @@ import itertools
 import logging
 import os
 import time
-from typing import Any
 
 import ray
 
@@ -41,7 +40,6 @@ class WorkerActor:
         self._mailbox: asyncio.PriorityQueue[Mail] = asyncio.PriorityQueue()
         self._seq = itertools.count()
         self._running = RunningTasks()
-        self._busy = 0
         self._held: dict[str, asyncio.Future[TaskStatus | None]] = {}  # in the mailbox or running
         self._entries: dict[str, str] = {}  # task id → stream entry id, for heartbeats
         self._heartbeat_s = settings.router.heartbeat_interval_s
@@ -76,9 +74,6 @@ class WorkerActor:
         """Interrupt a task for urgent work: its tool stops, its checkpoint stays, it returns `preempted`."""
         return task_id in self._held and self._running.interrupt(task_id, TaskStatus.PREEMPTED)
 
-    async def load(self) -> dict[str, Any]:
-        return {"name": self._name, "slots": self._slots, "running": self._busy, "queued": self._mailbox.qsize()}
-
     def _forget(self, task_id: str) -> None:
         self._held.pop(task_id, None)
         self._entries.pop(task_id, None)
@@ -96,7 +91,6 @@ class WorkerActor:
     async def _slot_loop(self) -> None:
         while True:
             *_, task, future = await self._mailbox.get()
-            self._busy += 1
             try:
                 status = await execute(task, self._tools.get(task.tool), self._store, self._name, time.time,
                                        self._running, self._limits)
@@ -106,5 +100,3 @@ class WorkerActor:
                 logger.warning("task attempt failed to complete", extra={"task_id": task.task_id}, exc_info=True)
                 if not future.done():
                     future.set_exception(exc)
-            finally:
-                self._busy -= 1

@@ -144,12 +144,6 @@ class TaskStore:
             reply = await self.redis.xread({self.keys.events(task_id): after}, count=500, block=block_ms)
         return [(entry_id, fields) for _stream, entries in reply or [] for entry_id, fields in entries]
 
-    async def checkpoints(self, task_id: str, count: int = 100) -> list[dict[str, Any]]:
-        """The task's retained checkpoints, newest first."""
-        entries = await self.redis.xrevrange(self.keys.checkpoints(task_id), count=count)
-        return [{"id": i, "attempt": int(f["attempt"]), "time": float(f["time"]), "state": json.loads(f["state"])}
-                for i, f in entries]
-
     # --- dead letters -----------------------------------------------------------------------------
 
     async def dead_letters(self, count: int) -> list[dict[str, Any]]:
