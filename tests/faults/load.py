@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,22 @@ def effects(directory: Path) -> Counter[str]:
     log = directory / "effects.log"
     lines = log.read_text().splitlines() if log.exists() else []
     return Counter(line.split()[0] for line in lines)
+
+
+def echo_effects(effect_dir: Path) -> dict[str, Any]:
+    """Settings override: the echo tool writes its side-effect log (one line per performed effect) here."""
+    return {"echo": {"kind": "echo", "effect_dir": str(effect_dir)}}
+
+
+@contextmanager
+def announcement_feed(redis_url: str, channel: str) -> Iterator[tuple[redis.Redis, Any]]:
+    """A client and a subscription to the finished channel, opened before any task exists so that every
+    announcement is seen (read them with `announcements`)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)
+    try:
+        yield client, pubsub
+    finally:
+        pubsub.close()
+        client.close()

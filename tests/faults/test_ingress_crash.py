@@ -15,12 +15,18 @@ from typing import Any
 import httpx
 import pytest
 import ray
-import redis
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from tests.conftest import deployed, make_settings
-from tests.faults.load import all_terminal, announcements, effects, submit
+from tests.faults.load import (
+    all_terminal,
+    announcement_feed,
+    announcements,
+    echo_effects,
+    effects,
+    submit,
+)
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -107,15 +113,13 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
     redis_server: RedisServer, ray_session: int, tmp_path: Path
 ) -> None:
     settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 1, "slots": 16}},
-                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
+                             tools=echo_effects(tmp_path))
     keys = Keys(settings.redis.prefix)
-    store = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    pubsub = store.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.finished)  # before any task exists, so every finish announcement is seen
     run = uuid.uuid4().hex[:8]
     calls: list[Call] = []
     stop = threading.Event()
-    with deployed(settings, ray_session) as system:
+    with announcement_feed(redis_server.url, keys.finished) as (store, pubsub), \
+            deployed(settings, ray_session) as system:
         base = system.base_url
         old_name = replica_name(system.name)
         assert old_name is not None
@@ -207,5 +211,3 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
         assert effects(tmp_path) == Counter(task_of.values()), "the tool's side-effect log shows an effect twice"
         wait_until(lambda: store.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
         wait_until(lambda: int(store.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
-    pubsub.close()
-    store.close()

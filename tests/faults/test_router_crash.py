@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from orchestrator.naming import ROUTER_NAME
@@ -17,8 +16,10 @@ from tests.conftest import deployed, make_settings
 from tests.faults.load import (
     actor_pid,
     all_terminal,
+    announcement_feed,
     announcements,
     checkpointed,
+    echo_effects,
     effects,
     rpc_batch,
     submit,
@@ -32,14 +33,12 @@ pytestmark = pytest.mark.integration
 def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisServer, ray_session: int,
                                                            tmp_path: Path) -> None:
     settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}},
-                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
+                             tools=echo_effects(tmp_path))
     keys = Keys(settings.redis.prefix)
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.finished)  # before any task exists, so every finish announcement is seen
     slow = {"delay_ms": 400, "steps": 4}
     load = [{"tool": "echo", "prompt": f"r{i}", "context": slow if i % 5 == 0 else {}} for i in range(1000)]
-    with deployed(settings, ray_session) as system, ThreadPoolExecutor(1) as pool:
+    with announcement_feed(redis_server.url, keys.finished) as (client, pubsub), \
+            deployed(settings, ray_session) as system, ThreadPoolExecutor(1) as pool:
         base = system.base_url
         submitting = pool.submit(submit, base, load)  # the kill lands mid-submission, with tasks running
         wait_until(lambda: bool(checkpointed(base)), 30, "checkpointed tasks running")
@@ -60,8 +59,6 @@ def test_router_killed_under_load_dispatches_nothing_twice(redis_server: RedisSe
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
         dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]
         assert dead == [], "nothing here was meant to fail"
-    pubsub.close()
-    client.close()
 
 
 def test_queue_order_is_rebuilt_from_redis_after_a_router_kill(redis_server: RedisServer, ray_session: int) -> None:

@@ -10,15 +10,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-import redis
 
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
 from tests.conftest import deployed, make_settings
 from tests.faults.load import (
     actor_pid,
     all_terminal,
+    announcement_feed,
     announcements,
     checkpointed,
+    echo_effects,
     effects,
     restarted_pid,
     rpc_batch,
@@ -34,14 +35,12 @@ def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
     redis_server: RedisServer, ray_session: int, tmp_path: Path
 ) -> None:
     settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 2, "slots": 8}},
-                             tools={"echo": {"kind": "echo", "effect_dir": str(tmp_path)}})
+                             tools=echo_effects(tmp_path))
     keys = Keys(settings.redis.prefix)
-    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(keys.finished)  # before any task exists, so every finish announcement is seen
     slow = {"delay_ms": 300, "steps": 3}
     load = [{"tool": "echo", "prompt": f"w{i}", "context": slow if i % 5 == 0 else {}} for i in range(1000)]
-    with deployed(settings, ray_session) as system, ThreadPoolExecutor(1) as pool:
+    with announcement_feed(redis_server.url, keys.finished) as (client, pubsub), \
+            deployed(settings, ray_session) as system, ThreadPoolExecutor(1) as pool:
         base, namespace = system.base_url, settings.namespace
         old_pid = actor_pid(VICTIM, namespace)
         submitting = pool.submit(submit, base, load)  # in the background: the kill may land mid-submission
@@ -106,5 +105,3 @@ def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
         wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
         dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]
         assert dead == [], "nothing here was meant to fail"
-    pubsub.close()
-    client.close()
