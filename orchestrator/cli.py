@@ -183,6 +183,48 @@ def daemon(
     raise typer.Exit(_serve_until_stopped(settings, stop, address, dashboard, ray_temp_dir))
 
 
+@app.command("fake-llm")
+def fake_llm(
+    host: Annotated[str, typer.Option(help="interface to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="port to listen on")] = 8901,
+    latency_ms: Annotated[int | None, typer.Option(min=0, help="mean total time of a completion (default 0)")] = None,
+    jitter_ms: Annotated[int | None, typer.Option(min=0, help="spread of the latency (default 0)")] = None,
+    distribution: Annotated[
+        str | None, typer.Option(help="latency distribution: fixed, uniform, normal or lognormal (default uniform)")
+    ] = None,
+    first_byte_ms: Annotated[int | None, typer.Option(min=0, help="delay before the response headers")] = None,
+    reply_tokens: Annotated[int | None, typer.Option(min=1, help="reply with this many words (long streams)")] = None,
+    rpm: Annotated[float | None, typer.Option(help="requests per minute, a token bucket (default unlimited)")] = None,
+    tpm: Annotated[float | None, typer.Option(help="tokens per minute, a token bucket (default unlimited)")] = None,
+    burst: Annotated[int | None, typer.Option(min=1, help="request bucket capacity (default 1)")] = None,
+    token_burst: Annotated[int | None, typer.Option(min=1, help="token bucket capacity (default: the tpm)")] = None,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="max requests in flight (default unlimited)")] = None,
+    error_ratio: Annotated[float | None, typer.Option(min=0, max=1, help="share of completions answered 503")] = None,
+    model: Annotated[str | None, typer.Option(help="model name it reports (default fake-model)")] = None,
+    api_key: Annotated[str | None, typer.Option(help="require `Authorization: Bearer <key>`")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the latency and error draws (reproducible runs)")] = None,
+) -> None:
+    """Serve a fake OpenAI-compatible provider (latency, streaming, rate limits, errors) until Ctrl-C."""
+    from deployments.fake_provider import config_from_options, serve
+
+    options = {"latency_ms": latency_ms, "jitter_ms": jitter_ms, "distribution": distribution,
+               "first_byte_ms": first_byte_ms, "reply_tokens": reply_tokens, "rpm": rpm, "tpm": tpm, "burst": burst,
+               "token_burst": token_burst, "concurrency": concurrency, "error_ratio": error_ratio, "model": model,
+               "api_key": api_key, "seed": seed}
+    try:
+        config = config_from_options(options)
+    except ValueError as exc:
+        raise CliError(f"{exc}.") from None
+    local.check_port_free(host, port)
+    out.print(f"fake-llm serving model {config.model} at http://{local.connect_host(host)}:{port}/v1 "
+              "(control: POST /_control, stats: GET /_stats; Ctrl-C stops it)", markup=False)
+    try:
+        serve(host, port, config)
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down gracefully, then re-raised the Ctrl-C
+    out.print("fake-llm stopped.")
+
+
 def main() -> None:
     """Entry point of the `orchestrator` console script."""
     try:
@@ -204,12 +246,12 @@ def _serve_until_stopped(
     import ray
     from ray import serve
 
-    from deployments.app import deploy, teardown
+    from deployments.app import deploy, init_local_ray, teardown
 
     if address:
         context = ray.init(address=address, namespace=settings.namespace)
     else:
-        context = ray.init(include_dashboard=dashboard, namespace=settings.namespace, _temp_dir=ray_temp_dir)
+        context = init_local_ray(include_dashboard=dashboard, namespace=settings.namespace, _temp_dir=ray_temp_dir)
     logger.info("ray connected", extra={"address": context.address_info.get("gcs_address"),
                                         "dashboard_url": context.dashboard_url or None})
     _on_stop_signals(stop)  # ray.init replaced our SIGTERM handler with one that calls sys.exit

@@ -34,8 +34,14 @@ class RunningFakeProvider:
         return response.json()
 
     def stats(self) -> dict[str, Any]:
-        """Request count and the last request body (GET /_stats)."""
+        """Counters (requests, completed, rate_limited, errors, in_flight, tokens, …) and the last request body."""
         response = httpx.get(f"{self.url}/_stats")
+        response.raise_for_status()
+        return response.json()
+
+    def reset_stats(self) -> dict[str, Any]:
+        """Zero the counters (POST /_reset_stats); in_flight stays what is really in flight."""
+        response = httpx.post(f"{self.url}/_reset_stats")
         response.raise_for_status()
         return response.json()
 
