@@ -52,6 +52,12 @@ class Keys:
         """The task's checkpoint stream (bounded); the latest is also kept on the record."""
         return f"{self.prefix}:ckpt:{task_id}"
 
+    def of_provider(self, provider: str, key_fingerprint: str) -> list[str]:
+        """The KEYS of the provider gate's scripts: the account's budgets (hash), its calls in flight
+        (sorted set of leases) and the provider's circuit breaker (hash)."""
+        account = f"{self.prefix}:provider:{provider}:{key_fingerprint}"
+        return [account, f"{account}:inflight", f"{self.prefix}:provider:{provider}:breaker"]
+
     def of_task(self, task_id: str) -> list[str]:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),

@@ -25,7 +25,8 @@ def provider() -> Iterator[RunningFakeProvider]:
 def llm_orchestrator(redis_server: RedisServer, ray_session: int, provider: RunningFakeProvider) -> Iterator[Deployed]:
     tool = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "api_key": "sk-test-secret",
             "worker_type": "codegen", "timeout_s": 10}
-    settings = make_settings(redis_server.url, tools={"fake-llm": tool, "fake-llm-nokey": {**tool, "api_key": None}})
+    settings = make_settings(redis_server.url, tools={"fake-llm": tool, "fake-llm-nokey": {**tool, "api_key": None}},
+                             providers={"fake-llm": {"rate_limited_budget_s": 0.3}})
     with deployed(settings, ray_session) as system:
         yield system
 
@@ -53,11 +54,15 @@ def test_v2_messages_and_options_reach_the_provider(llm_orchestrator: Deployed, 
 
 def test_provider_errors_reach_the_record_as_clear_messages(llm_orchestrator: Deployed,
                                                             provider: RunningFakeProvider) -> None:
-    provider.control(fail_next=1, fail_status=429, retry_after_s=3)
+    provider.control(fail_next=1, fail_status=429, retry_after_s=0.2)
+    retried = result(llm_orchestrator.base_url, "run_task", {"tool": "fake-llm", "prompt": "x", "wait": 30})
+    assert retried["status"] == "succeeded", retried  # 0.2 s of waiting fits the 0.3 s budget
+    provider.control(fail_next=2, fail_status=429, retry_after_s=0.2)
     limited = result(llm_orchestrator.base_url, "run_task", {"tool": "fake-llm", "prompt": "x", "wait": 30})
     assert limited["status"] == "failed"
-    assert limited["error"]["retryable"] is True and "429" in limited["error"]["message"]
-    assert "3" in limited["error"]["message"]  # the Retry-After value
+    assert limited["error"]["retryable"] is True
+    assert limited["error"]["message"] == (
+        "provider rate limit (429): retry after 0.2s (still rate limited after 2 attempts, 0.2s)")
     rejected = result(llm_orchestrator.base_url, "run_task", {"tool": "fake-llm-nokey", "prompt": "x", "wait": 30})
     assert rejected["status"] == "failed" and rejected["error"]["retryable"] is False
     for record in (limited, rejected):

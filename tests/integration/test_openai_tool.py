@@ -14,7 +14,7 @@ from pydantic import SecretStr
 
 from deployments.fake_provider import FakeProviderConfig
 from orchestrator.errors import ToolError
-from orchestrator.settings import ToolSettings
+from orchestrator.settings import ProviderSettings, ToolSettings
 from orchestrator.tools.base import ToolCall
 from orchestrator.tools.openai import (
     PROGRESS_CHARS,
@@ -28,6 +28,8 @@ from tests.support import RecordingContext
 pytestmark = pytest.mark.integration
 
 KEY_ENV = "FAKE_PROVIDER_API_KEY"
+NO_RETRIES = ProviderSettings(max_retries=0, rate_limited_budget_s=0)  # one call each: these tests see each failure as it comes
+QUICK_RETRIES = ProviderSettings(max_retries=3, backoff_base_s=0.01, backoff_max_s=0.05)
 
 
 def call(deadline: float | None = None, **tool_input: Any) -> ToolCall:
@@ -53,10 +55,10 @@ MakeTool = Callable[..., OpenAITool]
 async def make_tool(provider: RunningFakeProvider) -> AsyncIterator[MakeTool]:
     tools: list[OpenAITool] = []
 
-    def make(**overrides: Any) -> OpenAITool:
+    def make(limits: ProviderSettings | None = None, **overrides: Any) -> OpenAITool:
         fields: dict[str, Any] = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model",
                                   "api_key_env": KEY_ENV, "timeout_s": 10.0, **overrides}
-        tool = OpenAITool("fake", ToolSettings(**fields))
+        tool = OpenAITool("fake", ToolSettings(**fields), limits=limits or NO_RETRIES)
         tools.append(tool)
         return tool
 
@@ -72,6 +74,8 @@ async def test_non_streaming_completion(make_tool: MakeTool) -> None:
         "model": "fake-model",
         "usage": {"prompt_tokens": 2, "completion_tokens": 3, "total_tokens": 5},
         "finish_reason": "stop",
+        "tool": "fake",
+        "provider": "fake",
     }
 
 
@@ -165,9 +169,23 @@ async def test_rate_limit_is_retryable_with_retry_after(
     with pytest.raises(ToolError) as caught:
         await tool.run(call(prompt="hi"), RecordingContext())
     assert caught.value.tool_retryable
-    assert "retry after 3s" in str(caught.value)
+    assert str(caught.value) == "provider rate limit (429): retry after 3s (still rate limited after 1 attempts, 0.0s)"
     # The failure was for the next request only.
     assert (await tool.run(call(prompt="hi"), RecordingContext()))["text"] == "echo: hi"
+
+
+async def test_rate_limit_is_retried_after_the_time_the_provider_asked(
+    provider: RunningFakeProvider, make_tool: MakeTool
+) -> None:
+    provider.control(fail_next=2, fail_status=429, retry_after_s=0.3)
+    ctx = RecordingContext()
+    started = time.monotonic()
+    result = await make_tool(limits=QUICK_RETRIES).run(call(prompt="hi"), ctx)
+    assert result["text"] == "echo: hi"
+    assert time.monotonic() - started >= 0.6  # two waits of Retry-After, not the 10-50 ms backoff
+    retries = [p for p in ctx.progress_calls if "retry" in p]
+    assert [r["retry"] for r in retries] == [1, 2] and all(r["in_s"] >= 0.3 for r in retries)
+    assert "429" in retries[0]["reason"]
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -177,16 +195,19 @@ async def test_server_error_is_retryable(provider: RunningFakeProvider, make_too
         await make_tool().run(call(prompt="hi"), RecordingContext())
     assert caught.value.tool_retryable
     assert f"provider error {status}" in str(caught.value)
+    provider.control(fail_next=3, fail_status=status)
+    assert (await make_tool(limits=QUICK_RETRIES).run(call(prompt="hi"), RecordingContext()))["text"] == "echo: hi"
+    assert provider.stats()["requests"] == 1 + 4
 
 
 @pytest.mark.parametrize("stream", [False, True])
-async def test_malformed_response_is_not_retryable(
+async def test_malformed_response_is_a_provider_failure(
     provider: RunningFakeProvider, make_tool: MakeTool, stream: bool
 ) -> None:
     provider.control(malformed_next=1)
     with pytest.raises(ToolError) as caught:
         await make_tool(stream=stream).run(call(prompt="hi"), RecordingContext())
-    assert not caught.value.tool_retryable
+    assert caught.value.tool_retryable
     assert "malformed" in str(caught.value)
 
 
@@ -222,14 +243,14 @@ async def test_connection_refused_is_retryable() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     base_url = f"http://127.0.0.1:{port}/v1"
-    tool = OpenAITool("down", ToolSettings(kind="openai", base_url=base_url, model="m"))
+    tool = OpenAITool("down", ToolSettings(kind="openai", base_url=base_url, model="m"), limits=NO_RETRIES)
     try:
         with pytest.raises(ToolError) as caught:
             await tool.run(call(prompt="hi"), RecordingContext())
     finally:
         await tool.aclose()
     assert caught.value.tool_retryable
-    assert str(caught.value) == f"cannot reach provider at {base_url}"
+    assert str(caught.value) == f"cannot reach provider at {base_url} (gave up after 1 attempts)"
 
 
 @pytest.mark.parametrize(
