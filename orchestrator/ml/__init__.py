@@ -1,0 +1,1 @@
+"""ML tool functions run by `ml` tools (see `orchestrator.tools.python.MlTool`); sklearn is imported lazily."""
