@@ -10,14 +10,16 @@ import time
 
 import ray
 
+from actors.offload import RayOffload
 from orchestrator.adapters.keys import ROUTER_CONSUMER
+from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.execution import Limits, RunningTasks, execute
 from orchestrator.models import TaskStatus
 from orchestrator.settings import Settings
 from orchestrator.tasks import TaskSpec
 from orchestrator.tools.base import Tool
-from orchestrator.tools.registry import build_tool
+from orchestrator.tools.registry import ToolDeps, build_tools
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +32,7 @@ class WorkerActor:
         # Ray runs an async actor's __init__ inside its event loop, so the slots can start here.
         self._name = name
         self._store = TaskStore.from_settings(settings.redis)
-        self._tools: dict[str, Tool] = {
-            tool_name: build_tool(tool_name, tool)
-            for tool_name, tool in settings.tools.items()
-            if tool.worker_type == worker_type
-        }
+        self._tools: dict[str, Tool] = build_tools(settings, worker_type, self._tool_deps(settings, worker_type))
         self._slots = settings.pools[worker_type].slots
         self._limits = Limits(settings.router.max_attempts, settings.redis.max_checkpoint_bytes)
         self._mailbox: asyncio.PriorityQueue[Mail] = asyncio.PriorityQueue()
@@ -46,6 +44,16 @@ class WorkerActor:
         self._node = ray.get_runtime_context().get_node_id()
         self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+
+    def _tool_deps(self, settings: Settings, worker_type: str) -> ToolDeps:
+        kinds = {tool.kind for tool in settings.tools.values() if tool.worker_type == worker_type}
+        mcp = None
+        if "mcp" in kinds:  # the SDK is a heavy import: only where an mcp tool runs
+            from orchestrator.tools.mcp import McpConnections
+
+            mcp = McpConnections()
+        gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
+        return ToolDeps(gate=gate, offload=RayOffload(), mcp=mcp)
 
     async def run(self, task: TaskSpec) -> TaskStatus | None:
         """Queue a task in the mailbox (priority, then age) and return its final status once run."""

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout as a script: make `tests.support` importable
     sys.path.insert(0, str(ROOT))
 
-from tests.support import RedisServer  # noqa: E402  (benchmarks run from a checkout, like the tests)
+from tests.support import RedisServer
 
 
 def wait_healthy(base_url: str, timeout_s: float = 60) -> None:
@@ -72,7 +72,7 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
     import ray
     from ray import serve
 
-    from deployments.app import deploy, teardown
+    from deployments.app import deploy, init_local_ray, teardown
     from orchestrator.settings import Settings
 
     caller_sigterm = signal.getsignal(signal.SIGTERM)
@@ -80,7 +80,7 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
     ray_dir = tempfile.mkdtemp(prefix="orch-bench-ray-")
     settings: Any = None
     try:
-        ray.init(include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False, namespace="bench")
+        init_local_ray(include_dashboard=False, _temp_dir=ray_dir, log_to_driver=False, namespace="bench")
         # ray.init replaced our SIGTERM handler with one that kills the node's processes and exits
         # without running our cleanup (the redis-server, Ray's agents and the temp dir stay behind).
         signal.signal(signal.SIGTERM, raise_interrupt)

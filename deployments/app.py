@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -11,9 +12,32 @@ from ray import serve
 from actors.router import RouterActor
 from deployments.ingress import RpcIngress
 from orchestrator.naming import ROUTER_NAME, worker_name
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, ToolSettings
 
 logger = logging.getLogger(__name__)
+
+
+def init_local_ray(**kwargs: Any) -> Any:
+    """`ray.init` of a new local instance whose dashboard agent listens on a free port.
+
+    `ray.init` cannot set that port and Ray's default is fixed (52365): beside any other Ray on the
+    machine the agent fails to bind, silently disables its HTTP server, and the job API
+    (`ray job submit`) answers "No available agent" for ever. `ray start` has a flag for it; for
+    `ray.init` we default the parameter to 0 (any free port), which Ray's agent supports.
+    """
+    from ray._private import parameter
+
+    original = parameter.RayParams.__init__
+
+    def any_agent_port(self: Any, *args: Any, **params: Any) -> None:
+        params.setdefault("dashboard_agent_listen_port", 0)
+        original(self, *args, **params)
+
+    parameter.RayParams.__init__ = any_agent_port  # type: ignore[method-assign]
+    try:
+        return ray.init(**kwargs)
+    finally:
+        parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
 def start_router(settings: Settings) -> Any:
@@ -26,8 +50,26 @@ def start_router(settings: Settings) -> Any:
     return router
 
 
+def with_imported_tools(settings: Settings) -> Settings:
+    """The settings plus the tools of every MCP server marked `import_tools` (its `tools/list`).
+
+    Tools configured by hand win over imported ones of the same name.
+    """
+    imported: dict[str, ToolSettings] = {}
+    for server_name, server in settings.mcp_servers.items():
+        if server.import_tools:
+            from orchestrator.tools.mcp import discover_tools
+
+            imported |= asyncio.run(discover_tools(server_name, server))
+            logger.info("imported MCP tools", extra={"server": server_name, "tools": len(imported)})
+    if not imported:
+        return settings
+    return settings.model_copy(update={"tools": {**imported, **settings.tools}})
+
+
 def build_app(settings: Settings) -> Any:
     """The Serve application: start the router, then bind the ingress with the same settings."""
+    settings = with_imported_tools(settings)
     start_router(settings)
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,

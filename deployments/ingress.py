@@ -22,6 +22,7 @@ from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
 from orchestrator.models import RouterOverview
 from orchestrator.naming import ROUTER_NAME
 from orchestrator.settings import Settings
+from orchestrator.tools import registry
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,8 @@ class RpcIngress:
         service = TaskService(settings, self._store, self._waiter, self._router, time.time)
         limits = settings.limits
         self._dispatchers = {
-            version: Dispatcher(api.methods(service, version), max_batch=limits.max_batch, version=str(version))
+            version: Dispatcher(api.methods(service, version), max_batch=limits.max_batch, version=str(version),
+                                extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})
             for version in (1, 2)
         }
 

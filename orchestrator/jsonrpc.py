@@ -6,7 +6,7 @@ import asyncio
 import copy
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,7 +91,11 @@ class Dispatcher:
         max_depth: int = 32,
         title: str = "MCP Orchestrator",
         version: str = "1",
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
+        """Args: extensions: `x-…` members added to the OpenRPC document (e.g. the tools and their schemas)."""
+        if any(not key.startswith("x-") for key in extensions or {}):
+            raise ValueError("OpenRPC extension members must start with 'x-'")
         discover = Method("rpc.discover", _NoParams, dict[str, Any], "This service's OpenRPC document.", self._discover)
         self._entries: dict[str, _Entry] = {}
         for method in [*methods, discover]:
@@ -101,7 +105,8 @@ class Dispatcher:
             positional = tuple(schema.get("properties", {}))
             self._entries[method.name] = _Entry(method, Draft202012Validator(schema), positional)
         self._max_batch, self._max_depth = max_batch, max_depth
-        self._openrpc = _build_openrpc([e.method for e in self._entries.values()], title, version)
+        self._openrpc = {**_build_openrpc([e.method for e in self._entries.values()], title, version),
+                         **(extensions or {})}
 
     def openrpc(self) -> dict[str, Any]:
         """The OpenRPC 1.3 document describing every method, `rpc.discover` included."""

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -47,21 +49,72 @@ class PoolSettings(BaseModel):
 
 OPENAI_PRESETS: dict[str, dict[str, str]] = {
     # Real public endpoints; the key is read from the named environment variable when settings load.
-    "deepseek": {"base_url": "https://api.deepseek.com", "model": "deepseek-chat", "api_key_env": "DEEPSEEK_API_KEY"},
+    "deepseek": {"base_url": "https://api.deepseek.com", "model": "deepseek-chat", "api_key_env": "DEEPSEEK_API_KEY",
+                 "provider": "deepseek"},
     "deepseek-reasoner": {
         "base_url": "https://api.deepseek.com",
         "model": "deepseek-reasoner",
         "api_key_env": "DEEPSEEK_API_KEY",
+        "provider": "deepseek",
     },
-    "perplexity": {"base_url": "https://api.perplexity.ai", "model": "sonar", "api_key_env": "PERPLEXITY_API_KEY"},
+    "perplexity": {"base_url": "https://api.perplexity.ai", "model": "sonar", "api_key_env": "PERPLEXITY_API_KEY",
+                   "provider": "perplexity"},
 }
+
+ToolKind = Literal["echo", "openai", "mcp", "python", "ml"]
+_FUNCTION_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
+
+
+class ProviderSettings(BaseModel):
+    """Limits and resilience for one provider account, shared by every worker through Redis.
+
+    Budgets are kept per provider *and* API key: two keys of one provider have separate budgets.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests_per_minute: float | None = Field(default=None, gt=0)
+    tokens_per_minute: float | None = Field(default=None, gt=0, description="prompt + completion tokens")
+    max_concurrency: int | None = Field(default=None, ge=1, description="requests in flight at once")
+    burst: int = Field(default=1, ge=1, description="requests (and that many requests' tokens) allowed back to back")
+    max_retries: int = Field(default=8, ge=0, description="per call, for 5xx, timeouts and connection errors")
+    rate_limited_budget_s: float = Field(
+        default=300.0, ge=0, description="per call, time spent waiting out 429s before giving up (429s never count "
+        "towards max_retries: the provider said when to come back)")
+    backoff_base_s: float = Field(default=0.5, gt=0)
+    backoff_max_s: float = Field(default=30.0, gt=0)
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive failures that open the circuit")
+    breaker_open_s: float = Field(default=30.0, gt=0, description="how long an open circuit refuses calls before a probe")
+
+
+class McpServerSettings(BaseModel):
+    """A downstream MCP server: a stdio command or a Streamable HTTP URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] | None = Field(default=None, min_length=1, description="argv of a stdio server")
+    env: dict[str, str] = Field(default_factory=dict, description="environment of the stdio server")
+    url: str | None = Field(default=None, description="Streamable HTTP endpoint, e.g. http://host:port/mcp")
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="sent with every HTTP request")
+    timeout_s: float = Field(default=60.0, gt=0, description="per tool call")
+    import_tools: bool = Field(default=False, description="register the server's tools (tools/list) at startup")
+    tool_prefix: str = Field(default="", description="imported tools are named <prefix><remote name>")
+    worker_type: WorkerType = Field(default="reasoning", description="pool that runs imported tools")
+
+    @model_validator(mode="after")
+    def _one_transport(self) -> McpServerSettings:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("an MCP server needs exactly one of command (stdio) or url (Streamable HTTP)")
+        return self
 
 
 class ToolSettings(BaseModel):
-    kind: Literal["echo", "openai"]
+    kind: ToolKind
     worker_type: WorkerType = "reasoning"
     description: str = ""
     preemptible: bool = True
+    # mcp, python and ml kinds: the published input schema (mcp: imported from the server's tools/list)
+    input_schema: dict[str, Any] | None = None
     # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)
     effect_dir: Path | None = None
     # openai kind: a preset fills what is not given explicitly.
@@ -73,6 +126,15 @@ class ToolSettings(BaseModel):
     timeout_s: float = Field(default=120.0, gt=0)
     stream: bool = True
     max_tokens: int | None = Field(default=None, ge=1)
+    provider: str | None = Field(default=None, description="key into `providers` (limits); default: the tool name")
+    fallback: list[str] = Field(default_factory=list, description="openai tools tried in order when this one is down")
+    # mcp kind
+    server: str | None = Field(default=None, description="key into `mcp_servers`")
+    remote_tool: str | None = Field(default=None, description="the tool's name on the server; default: this name")
+    # python and ml kinds: "package.module:function"; ml functions run as Ray tasks with these resources
+    function: str | None = Field(default=None, pattern=_FUNCTION_PATTERN)
+    num_cpus: float = Field(default=1.0, ge=0)
+    num_gpus: float = Field(default=0.0, ge=0)
 
     @model_validator(mode="after")
     def _apply_preset(self) -> ToolSettings:
@@ -82,6 +144,15 @@ class ToolSettings(BaseModel):
             for key, value in OPENAI_PRESETS[self.preset].items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
+        if self.input_schema is not None:
+            try:
+                Draft202012Validator.check_schema(self.input_schema)
+            except SchemaError as exc:
+                raise ValueError(f"input_schema is not a valid JSON Schema: {exc.message}") from None
+        if self.kind in ("python", "ml") and self.function is None:
+            raise ValueError(f"a {self.kind} tool needs function ('package.module:function')")
+        if self.kind == "mcp" and self.server is None:
+            raise ValueError("an mcp tool needs server (a key of mcp_servers)")
         if self.kind == "openai":
             if not self.base_url or not self.model:
                 raise ValueError("an openai tool needs base_url and model (or a preset)")
@@ -112,6 +183,8 @@ def _default_tools() -> dict[str, ToolSettings]:
                                        description="DeepSeek chat on the codegen pool."),
         "perplexity": ToolSettings(kind="openai", preset="perplexity", worker_type="reasoning",
                                    description="Perplexity Sonar (OpenAI-compatible)."),
+        "autotune": ToolSettings(kind="ml", worker_type="ml", function="orchestrator.ml.autotune:autotune",
+                                 description="Hyperparameter search over a scikit-learn model, as parallel Ray tasks."),
     }
 
 
@@ -154,6 +227,8 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     pools: dict[WorkerType, PoolSettings] = Field(default_factory=_default_pools)
     tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
 
@@ -173,11 +248,24 @@ class Settings(BaseSettings):
         return data
 
     @model_validator(mode="after")
-    def _tools_have_pools(self) -> Settings:
+    def _tools_are_complete(self) -> Settings:
+        for name, server in self.mcp_servers.items():
+            if server.import_tools and server.worker_type not in self.pools:
+                raise ValueError(f"MCP server {name!r} imports tools onto worker type {server.worker_type!r}, "
+                                 "which has no pool")
         for name, tool in self.tools.items():
             if tool.worker_type not in self.pools:
                 raise ValueError(f"tool {name!r} needs worker type {tool.worker_type!r}, which has no pool")
+            if tool.server is not None and tool.server not in self.mcp_servers:
+                raise ValueError(f"tool {name!r} names MCP server {tool.server!r}, which is not in mcp_servers")
+            for other in tool.fallback:
+                if other == name or other not in self.tools or self.tools[other].kind != "openai":
+                    raise ValueError(f"tool {name!r}: fallback {other!r} is not another openai tool")
         return self
+
+    def provider_of(self, tool_name: str) -> str:
+        """The provider account a tool's calls are limited under."""
+        return self.tools[tool_name].provider or tool_name
 
     @classmethod
     def settings_customise_sources(

@@ -27,8 +27,10 @@ def ray_session() -> Iterator[int]:
     import ray
     from ray import serve
 
+    from deployments.app import init_local_ray
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=4, include_dashboard=False, namespace="tests", log_to_driver=False,
+    init_local_ray(num_cpus=4, include_dashboard=False, namespace="tests", log_to_driver=False,
              _temp_dir=tempfile.mkdtemp(prefix="orch-ray-"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})

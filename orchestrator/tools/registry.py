@@ -2,35 +2,86 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
 from orchestrator.models import ToolInfo
-from orchestrator.settings import ToolSettings
+from orchestrator.resilience import ProviderGate
+from orchestrator.settings import ProviderSettings, Settings, ToolSettings
 from orchestrator.tools.base import Tool
 from orchestrator.tools.echo import EchoTool
-from orchestrator.tools.openai import OpenAITool
+from orchestrator.tools.openai import Endpoint, OpenAITool
 
-TOOL_KINDS: dict[str, type[Tool]] = {"echo": EchoTool, "openai": OpenAITool}
+if TYPE_CHECKING:
+    from orchestrator.tools.mcp import McpConnections
+    from orchestrator.tools.python import Offload
+
+# Kinds whose input schema is fixed by the kind; mcp, python and ml tools each publish their own.
+FIXED_SCHEMAS: dict[str, Mapping[str, Any]] = {"echo": EchoTool.input_schema, "openai": OpenAITool.input_schema}
+ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
 
 
-def build_tool(name: str, settings: ToolSettings) -> Tool:
-    """Instantiate the tool a worker runs."""
-    if settings.kind == "openai":
-        return OpenAITool(name, settings)
-    return EchoTool(name, settings.effect_dir)
+@dataclass(frozen=True, slots=True)
+class ToolDeps:
+    """What tools share within one worker process."""
+
+    gate: ProviderGate | None = None  # provider limits and breakers (Redis); none: unlimited
+    offload: Offload | None = None  # where ml functions run (Ray tasks); none: a local thread
+    mcp: McpConnections | None = None  # sessions to MCP servers, reused across calls
+
+
+def build_tools(settings: Settings, worker_type: str, deps: ToolDeps) -> dict[str, Tool]:
+    """The tools a worker of `worker_type` runs."""
+    return {name: build_tool(name, settings, deps) for name, tool in settings.tools.items()
+            if tool.worker_type == worker_type}
+
+
+def build_tool(name: str, settings: Settings, deps: ToolDeps | None = None) -> Tool:
+    """Instantiate one configured tool."""
+    deps = deps or ToolDeps()
+    tool = settings.tools[name]
+    if tool.kind == "openai":
+        fallbacks = [Endpoint(other, settings.tools[other], settings.provider_of(other), _limits(settings, other))
+                     for other in tool.fallback]
+        return OpenAITool(name, tool, limits=_limits(settings, name), fallbacks=fallbacks, gate=deps.gate)
+    if tool.kind == "mcp":
+        from orchestrator.tools.mcp import McpConnections, McpTool
+
+        assert tool.server is not None  # settings validated it
+        connections = deps.mcp or McpConnections()
+        return McpTool(name, tool, tool.server, settings.mcp_servers[tool.server], connections)
+    if tool.kind in ("python", "ml"):
+        from orchestrator.tools.python import LocalOffload, MlTool, PythonTool
+
+        return PythonTool(name, tool) if tool.kind == "python" else MlTool(name, tool, deps.offload or LocalOffload())
+    return EchoTool(name, tool.effect_dir)
+
+
+def _limits(settings: Settings, tool_name: str) -> ProviderSettings:
+    return settings.providers.get(settings.provider_of(tool_name)) or ProviderSettings()
 
 
 def input_schema(settings: ToolSettings) -> Mapping[str, Any]:
-    return TOOL_KINDS[settings.kind].input_schema
+    """The JSON Schema a tool's input is validated against, as published by `status` and `rpc.discover`."""
+    if settings.input_schema is not None:
+        return settings.input_schema
+    if settings.kind in FIXED_SCHEMAS:
+        return FIXED_SCHEMAS[settings.kind]
+    if settings.kind in ("python", "ml"):
+        from orchestrator.tools.python import published_schema
+
+        return published_schema(settings)
+    return ANY_OBJECT
 
 
 @cache
-def _validator(kind: str) -> Draft202012Validator:
-    schema = TOOL_KINDS[kind].input_schema
+def _validator(schema_json: str) -> Draft202012Validator:
+    schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -38,7 +89,8 @@ def _validator(kind: str) -> Draft202012Validator:
 def input_errors(settings: ToolSettings, value: Mapping[str, Any], path: str) -> dict[str, str]:
     """Why `value` does not fit the tool's input schema, by field path under `path`; empty when it does."""
     errors: dict[str, str] = {}
-    for error in _validator(settings.kind).iter_errors(value):
+    schema = _validator(json.dumps(input_schema(settings), sort_keys=True))
+    for error in schema.iter_errors(value):
         where = ".".join([path, *(str(p) for p in error.absolute_path)])
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))

@@ -51,6 +51,14 @@ def test_v2_deadline(orchestrator: Deployed) -> None:
     assert naive["error"]["code"] == -32602 and "params.deadline" in naive["error"]["data"]["fields"]
 
 
+def test_unknown_tool_names_the_known_ones(orchestrator: Deployed) -> None:
+    reply = rpc(orchestrator.base_url, "run_task", {"tool": "gpt-17", "input": {"prompt": "x"}}, path="v2/rpc")
+    assert reply["error"]["code"] == -32602
+    message = reply["error"]["data"]["fields"]["params.tool"]
+    assert message.startswith("unknown tool 'gpt-17'; known tools: ")
+    assert {"echo", "deepseek", "perplexity", "autotune"} <= set(message.split(": ", 1)[1].split(", "))
+
+
 def test_v1_keeps_its_shape_and_rejects_v2_params(orchestrator: Deployed) -> None:
     reply = rpc(orchestrator.base_url, "run_task", {"tool": "echo", "input": {"prompt": "x"}})
     assert reply["error"]["code"] == -32602
@@ -147,6 +155,9 @@ def test_rpc_discover_publishes_the_enforced_schemas(orchestrator: Deployed) -> 
         assert doc["openrpc"].startswith("1.")
         methods = {m["name"]: m for m in doc["methods"]}
         assert {"run_task", "get_task", "cancel_task", "status", "rpc.discover"} <= set(methods)
+        tools = {t["name"]: t for t in doc["x-tools"]}
+        assert tools["echo"]["input_schema"]["required"] == ["prompt"]
+        assert tools["autotune"]["kind"] == "ml" and "dataset" in tools["autotune"]["input_schema"]["properties"]
         params = {p["name"]: p for p in methods["run_task"]["params"]}
         assert ("input" in params) == (version == 2) and ("prompt" in params) == (version == 1)
         # Assemble the published params schema and check it agrees with the server on good and bad params.

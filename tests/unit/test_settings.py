@@ -59,3 +59,30 @@ def test_bad_settings_are_clear_errors(tmp_path: Path) -> None:
         Settings(tools={"x": {"kind": "openai"}})
     with pytest.raises(FileNotFoundError):
         Settings(config_file=tmp_path / "missing.toml")
+
+
+def test_tool_registry_settings_are_checked() -> None:
+    with pytest.raises(ValidationError, match="fallback 'nope' is not another openai tool"):
+        Settings(tools={"x": {"kind": "openai", "preset": "deepseek", "fallback": ["nope"]}})
+    with pytest.raises(ValidationError, match="not another openai tool"):
+        Settings(tools={"x": {"kind": "openai", "preset": "deepseek", "fallback": ["echo"]}})
+    with pytest.raises(ValidationError, match="MCP server 'srv', which is not in mcp_servers"):
+        Settings(tools={"x": {"kind": "mcp", "server": "srv"}})
+    with pytest.raises(ValidationError, match="needs function"):
+        Settings(tools={"x": {"kind": "ml"}})
+    with pytest.raises(ValidationError, match="function"):
+        Settings(tools={"x": {"kind": "python", "function": "no colon here"}})
+    with pytest.raises(ValidationError, match="not a valid JSON Schema"):
+        Settings(tools={"x": {"kind": "python", "function": "m:f", "input_schema": {"type": 3}}})
+    with pytest.raises(ValidationError, match="exactly one of command"):
+        Settings(mcp_servers={"srv": {"command": ["x"], "url": "http://h/mcp"}})
+    with pytest.raises(ValidationError, match="extra"):
+        Settings(providers={"deepseek": {"rpm": 5}})
+
+
+def test_presets_share_one_provider_account_for_limits() -> None:
+    settings = Settings(providers={"deepseek": {"requests_per_minute": 60, "max_concurrency": 4}})
+    assert {settings.provider_of(t) for t in ("deepseek", "deepseek-reasoner", "deepseek-coder")} == {"deepseek"}
+    assert settings.provider_of("perplexity") == "perplexity" and settings.provider_of("echo") == "echo"
+    config = Settings(tools={"chat": {"kind": "openai", "preset": "deepseek", "fallback": ["perplexity"]}})
+    assert config.tools["chat"].fallback == ["perplexity"]
