@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
-from harness import own_system, percentile, raise_interrupt  # noqa: E402
+from harness import own_system, percentile, raise_interrupt
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 

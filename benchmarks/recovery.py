@@ -69,7 +69,7 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
-from harness import own_system_with_redis, raise_interrupt  # noqa: E402
+from harness import own_system_with_redis, raise_interrupt
 
 KINDS = ("none", "worker", "router", "redis")
 VICTIM_WORKER = "worker:reasoning:0"

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
-from harness import own_system, percentile, raise_interrupt, wait_healthy  # noqa: E402
+from harness import own_system, percentile, raise_interrupt, wait_healthy
 
 RPC_PATH = "/v1/rpc"
 MAX_RPC_BATCH = 100  # the server's default limits.max_batch; get_task polls stay within it

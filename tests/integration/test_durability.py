@@ -113,7 +113,7 @@ def test_exhausted_attempts_go_to_dead_letters_and_can_be_requeued(system: Deplo
     base = system.base_url
     task_id = start_long_task(base, steps=4, delay_ms=2000)
     for attempt in range(1, system.settings.router.max_attempts + 1):
-        def running() -> bool:
+        def running(attempt: int = attempt) -> bool:
             record = result(base, "get_task", {"task_id": task_id})
             return bool(record["status"] == "running" and record["attempts"] == attempt)
 
