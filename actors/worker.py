@@ -11,6 +11,7 @@ import time
 import ray
 
 from actors.offload import RayOffload
+from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.adapters.keys import ROUTER_CONSUMER
 from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.task_store import TaskStore
@@ -53,7 +54,8 @@ class WorkerActor:
 
             mcp = McpConnections()
         gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
-        return ToolDeps(gate=gate, offload=RayOffload(), mcp=mcp)
+        artifacts = ArtifactStore(self._store.redis, settings.redis.prefix)
+        return ToolDeps(gate=gate, offload=RayOffload(), mcp=mcp, artifacts=artifacts)
 
     async def run(self, task: TaskSpec) -> TaskStatus | None:
         """Queue a task in the mailbox (priority, then age) and return its final status once run."""

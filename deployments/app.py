@@ -10,8 +10,9 @@ import ray
 from ray import serve
 
 from actors.router import RouterActor
+from actors.saga_coordinator import SagaCoordinatorActor
 from deployments.ingress import RpcIngress
-from orchestrator.naming import ROUTER_NAME, worker_name
+from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME, worker_name
 from orchestrator.settings import Settings, ToolSettings
 
 logger = logging.getLogger(__name__)
@@ -67,10 +68,21 @@ def with_imported_tools(settings: Settings) -> Settings:
     return settings.model_copy(update={"tools": {**imported, **settings.tools}})
 
 
+def start_saga_coordinator(settings: Settings) -> Any:
+    """Create (or adopt) the saga coordinator; Ray restarts it after a crash and it resumes every saga."""
+    coordinator = SagaCoordinatorActor.options(  # type: ignore[attr-defined]
+        name=SAGA_COORDINATOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
+        max_restarts=-1, max_concurrency=10_000, num_cpus=0,
+    ).remote(settings)
+    ray.get(coordinator.ready.remote(), timeout=120)
+    return coordinator
+
+
 def build_app(settings: Settings) -> Any:
-    """The Serve application: start the router, then bind the ingress with the same settings."""
+    """The Serve application: start the router and the saga coordinator, then bind the ingress."""
     settings = with_imported_tools(settings)
     start_router(settings)
+    start_saga_coordinator(settings)
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,
@@ -86,7 +98,7 @@ def deploy(settings: Settings, *, name: str = "orchestrator", route_prefix: str 
 def teardown(settings: Settings, *, name: str = "orchestrator") -> None:
     """Delete the Serve application and kill the orchestrator's actors, nothing else."""
     serve.delete(name)
-    names = [ROUTER_NAME] + [
+    names = [ROUTER_NAME, SAGA_COORDINATOR_NAME] + [
         worker_name(worker_type, i) for worker_type, pool in settings.pools.items() for i in range(pool.workers)
     ]
     for actor_name in names:

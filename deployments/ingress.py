@@ -8,19 +8,18 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
-from ray.exceptions import RayActorError
 
+from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
 from orchestrator import api, events
+from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
-from orchestrator.errors import ActorUnavailableError, InvalidParamsError, OrchestratorError, TaskNotFoundError
+from orchestrator.errors import InvalidParamsError, OrchestratorError, TaskNotFoundError
 from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
-from orchestrator.models import RouterOverview
-from orchestrator.naming import ROUTER_NAME
+from orchestrator.saga_service import SagaService
 from orchestrator.settings import Settings
 from orchestrator.tools import registry
 
@@ -48,32 +47,6 @@ _RPC_BODY: dict[str, Any] = {
         },
     }
 }
-
-
-class ActorRouterClient:
-    """The router and workers, reached by name; every call bounded, failures a retryable error."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._namespace = settings.namespace
-        self._timeout_s = settings.router.call_timeout_s
-
-    async def _call(self, actor: str, method: str, *args: Any) -> Any:
-        try:
-            handle = ray.get_actor(actor, namespace=self._namespace)
-            async with asyncio.timeout(self._timeout_s):
-                return await getattr(handle, method).remote(*args)
-        except (ValueError, TimeoutError, RayActorError) as exc:
-            logger.warning("actor call failed", extra={"actor": actor, "method": method, "error": repr(exc)})
-            raise ActorUnavailableError(actor) from None
-
-    async def overview(self) -> RouterOverview:
-        return await self._call(ROUTER_NAME, "overview")  # type: ignore[no-any-return]
-
-    async def interrupt(self, worker: str, task_id: str) -> None:
-        await self._call(worker, "cancel", task_id)
-
-    async def ready(self) -> bool:
-        return bool(await self._call(ROUTER_NAME, "ready"))
 
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
@@ -112,9 +85,12 @@ class RpcIngress:
         sse_redis = settings.redis.model_copy(update={"max_connections": settings.limits.max_event_streams})
         self._events = TaskStore.from_settings(sse_redis)
         service = TaskService(settings, self._store, self._waiter, self._router, time.time)
+        redis = settings.redis
+        saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
+        sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
         self._dispatchers = {
-            version: Dispatcher(api.methods(service, version), max_batch=limits.max_batch, version=str(version),
+            version: Dispatcher(api.methods(service, version, sagas), max_batch=limits.max_batch, version=str(version),
                                 extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})
             for version in (1, 2)
         }

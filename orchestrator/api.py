@@ -6,17 +6,24 @@ from typing import Any, cast
 
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.models import (
+    CancelSagaResult,
     CancelTaskResult,
     ControlParams,
     ControlResult,
+    ListWorkflowsParams,
+    RunSagaParams,
+    RunSagaResult,
     RunTaskParams,
     RunTaskParamsV2,
     RunTaskResult,
+    SagaIdParams,
     StatusParams,
     StatusResult,
     TaskIdParams,
     TaskRecord,
 )
+from orchestrator.saga import SagaState, WorkflowDefinition
+from orchestrator.saga_service import SagaService
 from orchestrator.service import TaskService
 
 RUN_TASK_SUMMARY = (
@@ -25,9 +32,37 @@ RUN_TASK_SUMMARY = (
 )
 
 
-def methods(service: TaskService, version: int) -> list[Method]:
+def methods(service: TaskService, version: int, sagas: SagaService | None = None) -> list[Method]:
     """The methods of one API version; v2 differs only in `run_task`'s params."""
+    return _task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
 
+
+def saga_methods(sagas: SagaService) -> list[Method]:
+    async def run_saga(params: Any, ctx: RequestContext) -> RunSagaResult:
+        return await sagas.run_saga(cast(RunSagaParams, params))
+
+    async def get_saga(params: Any, ctx: RequestContext) -> SagaState:
+        return await sagas.get_saga(cast(SagaIdParams, params).saga_id)
+
+    async def cancel_saga(params: Any, ctx: RequestContext) -> CancelSagaResult:
+        return await sagas.cancel_saga(cast(SagaIdParams, params).saga_id)
+
+    async def list_workflows(params: Any, ctx: RequestContext) -> list[WorkflowDefinition]:
+        return sagas.list_workflows()
+
+    return [
+        Method("run_saga", RunSagaParams, RunSagaResult,
+               "Start a saga of a workflow; answers {saga_id, status} once it is durably accepted.", run_saga),
+        Method("get_saga", SagaIdParams, SagaState,
+               "The saga: status, and every step with its attempts, output, timings and compensation.", get_saga),
+        Method("cancel_saga", SagaIdParams, CancelSagaResult,
+               "Cancel a saga: its running step is cancelled and its completed steps compensated.", cancel_saga),
+        Method("list_workflows", ListWorkflowsParams, list[WorkflowDefinition],
+               "The workflows sagas can run, with their definitions.", list_workflows),
+    ]
+
+
+def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def run_task(params: Any, ctx: RequestContext) -> RunTaskResult | TaskRecord:
         return await service.run_task(params)
 

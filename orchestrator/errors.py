@@ -4,6 +4,7 @@ Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); applicatio
   -32001 task not found          -32002 queue full (retryable, carries retry_after_s)
   -32003 task not cancellable     -32004 tool failed
   -32005 storage unavailable (retryable)  -32006 actor unavailable, e.g. the router restarting (retryable)
+  -32009 saga not found           -32010 saga already finished (nothing to cancel)
 """
 
 from __future__ import annotations
@@ -96,6 +97,28 @@ class ActorUnavailableError(OrchestratorError):
 
     def __str__(self) -> str:
         return f"{self.actor} is unavailable (restarting?); retry shortly"
+
+
+class SagaNotFoundError(OrchestratorError):
+    code = -32009
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(saga_id)
+        self.saga_id = saga_id
+
+    def __str__(self) -> str:
+        return f"saga {self.saga_id} not found"
+
+
+class SagaFinishedError(OrchestratorError):
+    code = -32010
+
+    def __init__(self, saga_id: str, status: str) -> None:
+        super().__init__(saga_id, status)
+        self.saga_id, self.status = saga_id, status
+
+    def __str__(self) -> str:
+        return f"saga {self.saga_id} already finished ({self.status})"
 
 
 class InvalidParamsError(Exception):

@@ -211,3 +211,34 @@ class StatusResult(RouterOverview):
     stream_length: int
     stream_pending: int
     active_tasks: int
+
+
+# ---------------------------------------------------------------- sagas
+
+
+class RunSagaParams(Params):
+    workflow: str = Field(min_length=1, max_length=64, description="a workflow from `list_workflows`")
+    input: dict[str, Any] = Field(default_factory=dict, description="checked against the workflow's input_schema")
+    priority: Priority = 5
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
+
+
+class RunSagaResult(BaseModel):
+    saga_id: str
+    status: str
+    duplicate: bool = False
+
+
+class SagaIdParams(Params):
+    saga_id: str = Field(min_length=1, max_length=64)
+
+
+class CancelSagaResult(BaseModel):
+    saga_id: str
+    status: str
+    cancel_requested: bool
+
+
+class ListWorkflowsParams(Params):
+    pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 ROUTER_NAME = "router"
+SAGA_COORDINATOR_NAME = "saga-coordinator"
 
 
 def worker_name(worker_type: str, index: int) -> str:

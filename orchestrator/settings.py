@@ -17,6 +17,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from orchestrator.saga import WorkflowDefinition
+from orchestrator.workflows import code_pipeline
+
 WorkerType = str
 
 
@@ -61,7 +64,7 @@ OPENAI_PRESETS: dict[str, dict[str, str]] = {
                    "provider": "perplexity"},
 }
 
-ToolKind = Literal["echo", "openai", "mcp", "python", "ml"]
+ToolKind = Literal["echo", "openai", "mcp", "python", "ml", "artifact"]
 _FUNCTION_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
@@ -185,7 +188,24 @@ def _default_tools() -> dict[str, ToolSettings]:
                                    description="Perplexity Sonar (OpenAI-compatible)."),
         "autotune": ToolSettings(kind="ml", worker_type="ml", function="orchestrator.ml.autotune:autotune",
                                  description="Hyperparameter search over a scikit-learn model, as parallel Ray tasks."),
+        "sandbox.run": ToolSettings(kind="python", worker_type="codegen", function="orchestrator.tools.code:run_code",
+                                    description="Runs Python code in the sandbox (no network, limits on CPU, "
+                                                "memory, processes, files and time)."),
+        "sandbox.test": ToolSettings(kind="python", worker_type="codegen",
+                                     function="orchestrator.tools.code:run_tests",
+                                     description="Runs code's unittest tests in the sandbox."),
+        "artifacts": ToolSettings(kind="artifact", worker_type="codegen",
+                                  description="Publishes a new version of an artifact, or restores an earlier one."),
     }
+
+
+class SagaSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int = Field(default=1000, ge=1, description="sagas driven at once; more wait, highest priority first")
+    planner_tool: str = Field(default="deepseek-reasoner", description="code_pipeline's reasoning step")
+    coder_tool: str = Field(default="deepseek-coder", description="code_pipeline's codegen step")
+    step_timeout_s: float = Field(default=600.0, gt=0, description="code_pipeline: per step attempt")
 
 
 class LimitSettings(BaseModel):
@@ -228,6 +248,8 @@ class Settings(BaseSettings):
     pools: dict[WorkerType, PoolSettings] = Field(default_factory=_default_pools)
     tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    sagas: SagaSettings = SagaSettings()
+    workflows: dict[str, WorkflowDefinition] = Field(default_factory=dict, description="besides code_pipeline")
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
@@ -262,6 +284,24 @@ class Settings(BaseSettings):
                 if other == name or other not in self.tools or self.tools[other].kind != "openai":
                     raise ValueError(f"tool {name!r}: fallback {other!r} is not another openai tool")
         return self
+
+    @model_validator(mode="after")
+    def _workflows_are_runnable(self) -> Settings:
+        for key, workflow in self.workflows.items():
+            if workflow.name != key:
+                raise ValueError(f"workflows.{key}: its name is {workflow.name!r}; use the same name as the key")
+        for name, workflow in self.all_workflows().items():
+            problems = workflow.problems(self.tools)
+            if problems:
+                why = "; ".join(f"{path}: {reason}" for path, reason in problems.items())
+                raise ValueError(f"workflow {name!r} cannot run: {why}")
+        return self
+
+    def all_workflows(self) -> dict[str, WorkflowDefinition]:
+        """The workflows sagas can run: code_pipeline and the configured ones (which may replace it)."""
+        sagas = self.sagas
+        builtin = code_pipeline(sagas.planner_tool, sagas.coder_tool, sagas.step_timeout_s)
+        return {builtin.name: builtin, **{w.name: w for w in self.workflows.values()}}
 
     def provider_of(self, tool_name: str) -> str:
         """The provider account a tool's calls are limited under."""

@@ -58,6 +58,34 @@ class Keys:
         account = f"{self.prefix}:provider:{provider}:{key_fingerprint}"
         return [account, f"{account}:inflight", f"{self.prefix}:provider:{provider}:breaker"]
 
+    def saga(self, saga_id: str) -> str:
+        """The saga's state (JSON), rewritten after every transition."""
+        return f"{self.prefix}:saga:{saga_id}"
+
+    @property
+    def active_sagas(self) -> str:
+        """Set of unfinished saga ids: what a restarted coordinator resumes."""
+        return f"{self.prefix}:sagas:active"
+
+    @property
+    def cancelled_sagas(self) -> str:
+        """Set of saga ids a caller asked to cancel (durable: a restarted coordinator still sees it)."""
+        return f"{self.prefix}:sagas:cancel"
+
+    def saga_idempotency(self, key: str) -> str:
+        return f"{self.prefix}:saga_idem:{key}"
+
+    @property
+    def saga_dead_letters(self) -> str:
+        """Stream of compensations given up on, with the reason: they need a human."""
+        return f"{self.prefix}:saga_dead_letters"
+
+    def artifact(self, name: str) -> list[str]:
+        """An artifact's versions (hash: version → content), its live version and its publications
+        (hash: publication id → version, so a retried publish does not add a version)."""
+        base = f"{self.prefix}:artifact:{name}"
+        return [f"{base}:versions", f"{base}:live", f"{base}:published"]
+
     def of_task(self, task_id: str) -> list[str]:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),

@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 
+from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.models import ToolInfo
 from orchestrator.resilience import ProviderGate
 from orchestrator.settings import ProviderSettings, Settings, ToolSettings
+from orchestrator.tools.artifact import ArtifactTool
 from orchestrator.tools.base import Tool
 from orchestrator.tools.echo import EchoTool
 from orchestrator.tools.openai import Endpoint, OpenAITool
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from orchestrator.tools.python import Offload
 
 # Kinds whose input schema is fixed by the kind; mcp, python and ml tools each publish their own.
-FIXED_SCHEMAS: dict[str, Mapping[str, Any]] = {"echo": EchoTool.input_schema, "openai": OpenAITool.input_schema}
+FIXED_SCHEMAS: dict[str, Mapping[str, Any]] = {
+    "echo": EchoTool.input_schema, "openai": OpenAITool.input_schema, "artifact": ArtifactTool.input_schema,
+}
 ANY_OBJECT: Mapping[str, Any] = {"type": "object"}
 
 
@@ -33,6 +37,7 @@ class ToolDeps:
     gate: ProviderGate | None = None  # provider limits and breakers (Redis); none: unlimited
     offload: Offload | None = None  # where ml functions run (Ray tasks); none: a local thread
     mcp: McpConnections | None = None  # sessions to MCP servers, reused across calls
+    artifacts: ArtifactStore | None = None  # where artifact tools publish (Redis)
 
 
 def build_tools(settings: Settings, worker_type: str, deps: ToolDeps) -> dict[str, Tool]:
@@ -59,6 +64,10 @@ def build_tool(name: str, settings: Settings, deps: ToolDeps | None = None) -> T
         from orchestrator.tools.python import LocalOffload, MlTool, PythonTool
 
         return PythonTool(name, tool) if tool.kind == "python" else MlTool(name, tool, deps.offload or LocalOffload())
+    if tool.kind == "artifact":
+        if deps.artifacts is None:
+            raise ValueError(f"artifact tool {name!r} needs an artifact store")
+        return ArtifactTool(name, deps.artifacts)
     return EchoTool(name, tool.effect_dir)
 
 
@@ -88,9 +97,13 @@ def _validator(schema_json: str) -> Draft202012Validator:
 
 def input_errors(settings: ToolSettings, value: Mapping[str, Any], path: str) -> dict[str, str]:
     """Why `value` does not fit the tool's input schema, by field path under `path`; empty when it does."""
+    return schema_errors(input_schema(settings), value, path)
+
+
+def schema_errors(schema: Mapping[str, Any], value: Any, path: str) -> dict[str, str]:
+    """Why `value` does not fit `schema`, by field path under `path`; empty when it does."""
     errors: dict[str, str] = {}
-    schema = _validator(json.dumps(input_schema(settings), sort_keys=True))
-    for error in schema.iter_errors(value):
+    for error in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value):
         where = ".".join([path, *(str(p) for p in error.absolute_path)])
         if error.validator == "additionalProperties":
             extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))

@@ -1,0 +1,446 @@
+"""Sagas: workflow definitions, their input templates, and the state machine that runs and undoes them.
+
+Pure: the coordinator actor loads a saga's state, asks `next_command` what to do, does it (submits
+a task, waits for one, sleeps), records the outcome with `on_*`, persists, and asks again. Because
+the next command is computed from the persisted state alone, a restarted coordinator resumes
+every saga where it stood, and every task it submits carries an idempotency key derived from the
+saga, the step and the attempt, so a step in flight is awaited, never started twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}")
+_NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
+
+
+# ---------------------------------------------------------------- definitions
+
+
+class Retry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_attempts: int = Field(default=1, ge=1, le=20)
+    backoff_s: float = Field(default=1.0, ge=0, le=3600, description="doubles after each failed attempt")
+
+
+class Compensation(BaseModel):
+    """A tool call that undoes a completed step; retried until it succeeds or `retry` runs out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tool: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    retry: Retry = Retry(max_attempts=5, backoff_s=1.0)
+
+
+class StepDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    tool: str
+    input: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the task's input; strings may hold {{ input.x }}, {{ steps.<name>.output.y }}, {{ saga.id }}",
+    )
+    compensation: Compensation | None = None
+    retry: Retry = Retry()
+    timeout_s: float | None = Field(default=None, gt=0, description="per attempt: the task's deadline")
+
+
+class WorkflowDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    description: str = ""
+    input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
+                                         description="JSON Schema of the saga's input")
+    steps: list[StepDefinition] = Field(min_length=1, max_length=64)
+
+    def problems(self, tools: Collection[str]) -> dict[str, str]:
+        """Why this definition cannot run, by field; empty when it can."""
+        found: dict[str, str] = {}
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            where = f"steps.{i}"
+            if step.name in seen:
+                found[f"{where}.name"] = f"step name {step.name!r} is used twice"
+            calls = [(f"{where}", step.tool, step.input, seen)]
+            if step.compensation is not None:
+                calls.append((f"{where}.compensation", step.compensation.tool, step.compensation.input,
+                              seen | {step.name}))
+            for path, tool, template, visible in calls:
+                if tool not in tools:
+                    found[f"{path}.tool"] = f"unknown tool {tool!r}"
+                for ref in references(template):
+                    problem = _bad_reference(ref, visible)
+                    if problem:
+                        found[f"{path}.input"] = problem
+            seen.add(step.name)
+        return found
+
+    def step(self, name: str) -> StepDefinition:
+        return next(s for s in self.steps if s.name == name)
+
+
+def references(template: Any) -> list[str]:
+    """Every `{{ ref }}` in a template, in order."""
+    if isinstance(template, str):
+        return _TEMPLATE.findall(template)
+    if isinstance(template, Mapping):
+        return [r for v in template.values() for r in references(v)]
+    if isinstance(template, list):
+        return [r for v in template for r in references(v)]
+    return []
+
+
+def _bad_reference(ref: str, earlier_steps: Collection[str]) -> str | None:
+    root, _, rest = ref.partition(".")
+    if root == "input" or ref in ("saga.id", "saga.priority"):
+        return None
+    if root == "steps":
+        step, _, field = rest.partition(".")
+        if step not in earlier_steps:
+            return f"{{{{ {ref} }}}} names step {step!r}, which does not run before this point"
+        if not (field == "output" or field.startswith("output.")):
+            return f"{{{{ {ref} }}}}: a step is referred to by its output (steps.<name>.output…)"
+        return None
+    return f"{{{{ {ref} }}}}: refer to input.…, steps.<name>.output… or saga.id"
+
+
+class TemplateError(ValueError):
+    """A template names a value the saga does not have (e.g. a field the step's output lacks)."""
+
+
+def render(template: Any, scope: Mapping[str, Any]) -> Any:
+    """Fill a template: a string that is one `{{ ref }}` becomes the value itself (any JSON type);
+    refs inside longer strings are replaced by their text."""
+    if isinstance(template, str):
+        whole = _TEMPLATE.fullmatch(template.strip())
+        if whole:
+            return _lookup(scope, whole.group(1))
+        return _TEMPLATE.sub(lambda m: _text(_lookup(scope, m.group(1))), template)
+    if isinstance(template, Mapping):
+        return {k: render(v, scope) for k, v in template.items()}
+    if isinstance(template, list):
+        return [render(v, scope) for v in template]
+    return template
+
+
+def _lookup(scope: Mapping[str, Any], ref: str) -> Any:
+    value: Any = scope
+    for part in ref.split("."):
+        if isinstance(value, Mapping) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            raise TemplateError(f"{{{{ {ref} }}}}: no {part!r} there")
+    return value
+
+
+def _text(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+# ---------------------------------------------------------------- state
+
+
+class SagaStatus(enum.StrEnum):
+    RUNNING = "running"
+    COMPENSATING = "compensating"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a step failed; every completed step was compensated
+    CANCELLED = "cancelled"  # cancelled by a caller; every completed step was compensated
+    FAILED_COMPENSATION = "failed_compensation"  # a compensation gave up: see the dead letters
+
+    @property
+    def finished(self) -> bool:
+        return self in (SagaStatus.SUCCEEDED, SagaStatus.FAILED, SagaStatus.CANCELLED,
+                        SagaStatus.FAILED_COMPENSATION)
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class CompensationStatus(enum.StrEnum):
+    NONE = "none"  # nothing to undo (yet): the saga is not compensating, or the step did not complete
+    PENDING = "pending"  # to be undone
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # gave up after its retries: a dead letter
+
+
+class Attempt(BaseModel):
+    """One task run for a step or a compensation."""
+
+    key: str  # the task's idempotency key: saga, step, kind and attempt number
+    task_id: str | None = None
+    status: str = "submitted"
+    error: str | None = None
+    started_at: float
+    finished_at: float | None = None
+
+
+class StepState(BaseModel):
+    name: str
+    status: StepStatus = StepStatus.PENDING
+    output: Any = None
+    error: str | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+    retry_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    compensation: CompensationStatus = CompensationStatus.NONE
+    compensation_attempts: list[Attempt] = Field(default_factory=list)
+    compensation_error: str | None = None
+
+
+class SagaState(BaseModel):
+    saga_id: str
+    workflow: str
+    definition: WorkflowDefinition  # a snapshot: a saga finishes as it started, whatever the config says now
+    input: dict[str, Any]
+    priority: int
+    agent: str | None = None
+    status: SagaStatus = SagaStatus.RUNNING
+    error: str | None = None
+    cancel_requested: bool = False
+    steps: list[StepState]
+    created_at: float
+    updated_at: float
+    finished_at: float | None = None
+
+    def scope(self) -> dict[str, Any]:
+        """What templates may refer to."""
+        done = {s.name: {"output": s.output} for s in self.steps if s.status is StepStatus.SUCCEEDED}
+        return {"input": self.input, "steps": done, "saga": {"id": self.saga_id, "priority": self.priority}}
+
+
+def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str, Any], priority: int,
+             now: float, agent: str | None = None) -> SagaState:
+    return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
+                     priority=priority, agent=agent, steps=[StepState(name=s.name) for s in definition.steps],
+                     created_at=now, updated_at=now)
+
+
+# ---------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Submit a task idempotently (by `key`: submitting it again finds the same task) and wait for it."""
+
+    step: str
+    compensation: bool
+    key: str
+    tool: str
+    input: dict[str, Any]
+    timeout_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Cancel the running task of a step (the saga is being cancelled), then wait for it."""
+
+    step: str
+    task_id: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """The step (or its compensation) cannot even be submitted: its input does not render."""
+
+    step: str
+    compensation: bool
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The saga's status changes (to compensating, or to a final status)."""
+
+    status: SagaStatus
+
+
+Command = Submit | Cancel | Fail | Sleep | Settle
+
+
+def next_command(state: SagaState, now: float) -> Command | None:
+    """What the coordinator must do next for this saga; None once it is finished."""
+    if state.status.finished:
+        return None
+    if state.status is SagaStatus.RUNNING:
+        return _forward(state, now)
+    return _backward(state, now)
+
+
+def _forward(state: SagaState, now: float) -> Command:
+    for step_def, step in zip(state.definition.steps, state.steps, strict=True):
+        if step.status is StepStatus.SUCCEEDED:
+            continue
+        if step.status is StepStatus.RUNNING:
+            current = step.attempts[-1]
+            if state.cancel_requested and current.task_id is not None:
+                return Cancel(step.name, current.task_id, current.key)
+            return _submit(state, step_def, step, False, current.key)  # in flight: find it again by its key
+        if state.cancel_requested:
+            return Settle(SagaStatus.COMPENSATING)
+        if step.retry_at is not None and now < step.retry_at:
+            return Sleep(step.retry_at)
+        return _submit(state, step_def, step, False, f"saga:{state.saga_id}:{step.name}:{len(step.attempts) + 1}")
+    return Settle(SagaStatus.SUCCEEDED)
+
+
+def _backward(state: SagaState, now: float) -> Command:
+    """Compensate completed steps, last first, one at a time."""
+    for step_def, step in reversed(list(zip(state.definition.steps, state.steps, strict=True))):
+        if step.compensation is CompensationStatus.RUNNING:
+            return _submit(state, step_def, step, True, step.compensation_attempts[-1].key)
+        if step.compensation is CompensationStatus.PENDING:
+            if step.retry_at is not None and now < step.retry_at:
+                return Sleep(step.retry_at)
+            key = f"saga:{state.saga_id}:undo:{step.name}:{len(step.compensation_attempts) + 1}"
+            return _submit(state, step_def, step, True, key)
+    if any(s.compensation is CompensationStatus.FAILED for s in state.steps):
+        return Settle(SagaStatus.FAILED_COMPENSATION)
+    return Settle(SagaStatus.CANCELLED if state.cancel_requested else SagaStatus.FAILED)
+
+
+def _submit(state: SagaState, step_def: StepDefinition, step: StepState, compensation: bool, key: str) -> Command:
+    call = step_def.compensation if compensation else step_def
+    assert call is not None
+    try:
+        task_input = render(call.input, state.scope())
+    except TemplateError as exc:
+        return Fail(step.name, compensation, str(exc))
+    return Submit(step.name, compensation, key, call.tool, task_input, None if compensation else step_def.timeout_s)
+
+
+# ---------------------------------------------------------------- transitions
+
+
+def on_submitting(state: SagaState, command: Submit, now: float) -> SagaState:
+    """Record the attempt before its task is submitted (so a crash in between resubmits the same key)."""
+    state = state.model_copy(deep=True)
+    step = _step(state, command.step)
+    attempts = step.compensation_attempts if command.compensation else step.attempts
+    if not attempts or attempts[-1].key != command.key:
+        attempts.append(Attempt(key=command.key, started_at=now))
+    if command.compensation:
+        step.compensation = CompensationStatus.RUNNING
+    else:
+        step.status = StepStatus.RUNNING
+        step.started_at = step.started_at or now
+    step.retry_at = None
+    state.updated_at = now
+    return state
+
+
+def on_submitted(state: SagaState, step_name: str, compensation: bool, task_id: str, now: float) -> SagaState:
+    state = state.model_copy(deep=True)
+    step = _step(state, step_name)
+    (step.compensation_attempts if compensation else step.attempts)[-1].task_id = task_id
+    state.updated_at = now
+    return state
+
+
+def on_task_finished(state: SagaState, step_name: str, compensation: bool, status: str, output: Any,
+                     error: str | None, now: float) -> SagaState:
+    """A step's (or compensation's) task finished: `status` is its final task status."""
+    state = state.model_copy(deep=True)
+    step = _step(state, step_name)
+    step_def = state.definition.step(step_name)
+    attempts = step.compensation_attempts if compensation else step.attempts
+    attempts[-1].status, attempts[-1].error, attempts[-1].finished_at = status, error, now
+    state.updated_at = now
+    if compensation:
+        assert step_def.compensation is not None
+        _compensation_finished(step, step_def.compensation.retry, status == "succeeded", error, now)
+    elif status == "succeeded":
+        step.status, step.output, step.error, step.finished_at = StepStatus.SUCCEEDED, output, None, now
+    elif status == "cancelled" or state.cancel_requested:
+        step.status, step.error, step.finished_at = StepStatus.CANCELLED, error, now
+        _begin_compensation(state)
+    elif len(attempts) < step_def.retry.max_attempts:
+        step.status, step.error = StepStatus.PENDING, error
+        step.retry_at = now + step_def.retry.backoff_s * 2 ** (len(attempts) - 1)
+    else:
+        step.status, step.error, step.finished_at = StepStatus.FAILED, error, now
+        state.error = f"step {step_name!r} failed: {error}"
+        _begin_compensation(state)
+    return state
+
+
+def _begin_compensation(state: SagaState) -> None:
+    """Every completed step that can be undone gets a pending compensation."""
+    state.status = SagaStatus.COMPENSATING
+    for step_def, step in zip(state.definition.steps, state.steps, strict=True):
+        if step.status is StepStatus.SUCCEEDED and step_def.compensation is not None:
+            step.compensation = CompensationStatus.PENDING
+
+
+def _compensation_finished(step: StepState, retry: Retry, succeeded: bool, error: str | None, now: float) -> None:
+    if succeeded:
+        step.compensation, step.compensation_error = CompensationStatus.SUCCEEDED, None
+    elif len(step.compensation_attempts) < retry.max_attempts:
+        step.compensation, step.compensation_error = CompensationStatus.PENDING, error
+        step.retry_at = now + retry.backoff_s * 2 ** (len(step.compensation_attempts) - 1)
+    else:
+        step.compensation, step.compensation_error = CompensationStatus.FAILED, error
+
+
+def on_failed_to_render(state: SagaState, command: Fail, now: float) -> SagaState:
+    """A step whose input cannot be built fails at once (retrying would build the same input)."""
+    state = state.model_copy(deep=True)
+    step = _step(state, command.step)
+    state.updated_at = now
+    attempts = step.compensation_attempts if command.compensation else step.attempts
+    if attempts and attempts[-1].task_id is None:  # it was about to be submitted, and was refused
+        attempts[-1].status, attempts[-1].error, attempts[-1].finished_at = "failed", command.error, now
+    if command.compensation:
+        step.compensation, step.compensation_error = CompensationStatus.FAILED, command.error
+    else:
+        step.status, step.error, step.finished_at = StepStatus.FAILED, command.error, now
+        state.error = f"step {command.step!r} failed: {command.error}"
+        _begin_compensation(state)
+    return state
+
+
+def on_settled(state: SagaState, status: SagaStatus, now: float) -> SagaState:
+    state = state.model_copy(deep=True, update={"updated_at": now})
+    if status is SagaStatus.COMPENSATING:
+        _begin_compensation(state)
+    else:
+        state.status = status
+    if status.finished:
+        state.finished_at = now
+    return state
+
+
+def on_cancel_requested(state: SagaState, now: float) -> SagaState:
+    return state.model_copy(update={"cancel_requested": True, "updated_at": now})
+
+
+def _step(state: SagaState, name: str) -> StepState:
+    return next(s for s in state.steps if s.name == name)

@@ -1,0 +1,54 @@
+"""The saga API's behaviour: start, look up, cancel sagas, and list the workflows they can run."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from orchestrator.adapters.saga_store import SagaStore
+from orchestrator.errors import InvalidParamsError, SagaFinishedError
+from orchestrator.models import CancelSagaResult, RunSagaParams, RunSagaResult
+from orchestrator.saga import SagaState, WorkflowDefinition
+from orchestrator.settings import Settings
+from orchestrator.tools.registry import schema_errors
+
+
+class CoordinatorClient(Protocol):
+    """What the API needs from the saga coordinator; the deployment implements it with actor calls."""
+
+    async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
+                       idempotency_key: str | None, agent: str | None) -> tuple[str, bool]: ...
+
+    async def cancel_saga(self, saga_id: str) -> None: ...
+
+
+class SagaService:
+    def __init__(self, settings: Settings, store: SagaStore, coordinator: CoordinatorClient) -> None:
+        self._workflows = settings.all_workflows()
+        self._store = store
+        self._coordinator = coordinator
+
+    async def run_saga(self, params: RunSagaParams) -> RunSagaResult:
+        workflow = self._workflows.get(params.workflow)
+        if workflow is None:
+            known = ", ".join(sorted(self._workflows))
+            raise InvalidParamsError({"params.workflow": f"unknown workflow {params.workflow!r}; known: {known}"})
+        errors = schema_errors(workflow.input_schema, params.input, "params.input")
+        if errors:
+            raise InvalidParamsError(errors)
+        saga_id, duplicate = await self._coordinator.run_saga(
+            params.workflow, params.input, params.priority, params.idempotency_key, params.agent)
+        status = (await self._store.load(saga_id)).status.value if duplicate else "running"
+        return RunSagaResult(saga_id=saga_id, status=status, duplicate=duplicate)
+
+    async def get_saga(self, saga_id: str) -> SagaState:
+        return await self._store.load(saga_id)
+
+    async def cancel_saga(self, saga_id: str) -> CancelSagaResult:
+        state = await self._store.load(saga_id)
+        if state.status.finished:
+            raise SagaFinishedError(saga_id, state.status.value)
+        await self._coordinator.cancel_saga(saga_id)
+        return CancelSagaResult(saga_id=saga_id, status=state.status.value, cancel_requested=True)
+
+    def list_workflows(self) -> list[WorkflowDefinition]:
+        return [self._workflows[name] for name in sorted(self._workflows)]
