@@ -14,6 +14,7 @@ from actors.offload import RayOffload
 from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.adapters.keys import ROUTER_CONSUMER
 from orchestrator.adapters.provider_gate import RedisProviderGate
+from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.execution import Limits, RunningTasks, execute
 from orchestrator.models import TaskStatus
@@ -33,6 +34,7 @@ class WorkerActor:
         # Ray runs an async actor's __init__ inside its event loop, so the slots can start here.
         self._name = name
         self._store = TaskStore.from_settings(settings.redis)
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix)
         self._tools: dict[str, Tool] = build_tools(settings, worker_type, self._tool_deps(settings, worker_type))
         self._slots = settings.pools[worker_type].slots
         self._limits = Limits(settings.router.max_attempts, settings.redis.max_checkpoint_bytes)
@@ -103,7 +105,7 @@ class WorkerActor:
             *_, task, future = await self._mailbox.get()
             try:
                 status = await execute(task, self._tools.get(task.tool), self._store, self._name, time.time,
-                                       self._running, self._limits)
+                                       self._running, self._limits, self._stats)
                 if not future.done():
                     future.set_result(status)
             except Exception as exc:  # Redis down after retries: the router requeues the task

@@ -15,6 +15,7 @@ from ray import serve
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
 from orchestrator import api, events
 from orchestrator.adapters.saga_store import SagaStore
+from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.errors import InvalidParamsError, OrchestratorError, TaskNotFoundError
@@ -84,7 +85,8 @@ class RpcIngress:
         # Event followers block on XREAD: they get a pool of their own so they never starve the API.
         sse_redis = settings.redis.model_copy(update={"max_connections": settings.limits.max_event_streams})
         self._events = TaskStore.from_settings(sse_redis)
-        service = TaskService(settings, self._store, self._waiter, self._router, time.time)
+        stats = StatsStore(self._store.redis, settings.redis.prefix)
+        service = TaskService(settings, self._store, self._waiter, self._router, time.time, stats)
         redis = settings.redis
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))

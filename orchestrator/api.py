@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from orchestrator.analytics import AnalyticsParams, AnalyticsResult
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.models import (
     CancelSagaResult,
@@ -78,6 +79,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def control(params: Any, ctx: RequestContext) -> ControlResult:
         return await service.control(cast(ControlParams, params))
 
+    async def analytics(params: Any, ctx: RequestContext) -> AnalyticsResult:
+        return await service.analytics(cast(AnalyticsParams, params))
+
     return [
         Method("run_task", RunTaskParams if version == 1 else RunTaskParamsV2, RunTaskResult | TaskRecord,
                RUN_TASK_SUMMARY, run_task),
@@ -87,4 +91,8 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
                "Cancel a queued task at once, or interrupt a running one.", cancel_task),
         Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status),
         Method("control", ControlParams, ControlResult, "Operator actions: list and requeue dead letters.", control),
+        Method("analytics", AnalyticsParams, AnalyticsResult,
+               "Latency p50/p95/p99 (end to end, queue wait, run), throughput, outcomes, retries, preemptions "
+               "and tokens over the last window_s seconds, per worker type, tool and tenant; pool utilisation.",
+               analytics),
     ]

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.errors import OrchestratorError, StorageUnavailableError, ToolError
 from orchestrator.models import TaskStatus
@@ -84,6 +85,7 @@ async def execute(
     clock: Callable[[], float],
     running: RunningTasks,
     limits: Limits,
+    stats: StatsStore | None = None,
 ) -> TaskStatus | None:
     """Run one attempt of `task`; returns its final status, or None if it was not ours to run or finish."""
     resumable = tool is not None and tool.resumable
@@ -103,6 +105,8 @@ async def execute(
     if not stored:
         logger.warning("stale attempt's result refused", extra={"task_id": task.task_id, "attempt": attempt})
         return None
+    if status is not TaskStatus.PREEMPTED and stats is not None:
+        await stats.record(finished_task(await store.get(task.task_id)), clock())
     return status
 
 

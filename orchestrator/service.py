@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
+from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
 from orchestrator.errors import InvalidParamsError
 from orchestrator.intake import build_task
 from orchestrator.models import (
@@ -44,12 +46,14 @@ class TaskService:
         waiter: CompletionWaiter,
         router: RouterClient,
         clock: Callable[[], float],
+        stats: StatsStore | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
         self._waiter = waiter
         self._router = router
         self._clock = clock
+        self._stats = stats
 
     async def run_task(self, params: RunTaskParams | RunTaskParamsV2) -> RunTaskResult | TaskRecord:
         """Accept a task (durably, before answering); with `wait`, answer with the record once finished."""
@@ -80,6 +84,8 @@ class TaskService:
         """Cancel a queued task at once; ask the router to interrupt a running one."""
         record = await self._store.get(task_id)
         status = await self._store.cancel(task_id, self._clock(), record.children)
+        if status is TaskStatus.CANCELLED and record.status is not TaskStatus.CANCELLED and self._stats is not None:
+            await self._stats.record(finished_task(await self._store.get(task_id)), self._clock())
         if status is TaskStatus.RUNNING:
             record = await self._store.get(task_id)  # it may have started since: find its worker now
             if record.worker:  # if the worker is gone, the flag set above stops the task at its next start
@@ -102,6 +108,22 @@ class TaskService:
         overview = await self._router.overview()
         counts = await self._store.counts()
         return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts)
+
+    async def analytics(self, params: AnalyticsParams) -> AnalyticsResult:
+        """Latency percentiles, throughput, outcomes and tokens over the window, per worker type, tool and
+        tenant; and each pool's utilisation now."""
+        if self._stats is None:
+            raise RuntimeError("analytics needs a stats store")
+        now = self._clock()
+        merged, since = await self._stats.window(now, params.window_s)
+        result = summarize(merged, params.window_s, since)
+        overview = await self._router.overview()
+        slots: dict[str, list[int]] = {}
+        for worker in overview.workers:
+            busy, total = slots.setdefault(worker.worker_type, [0, 0])
+            slots[worker.worker_type] = [busy + worker.running, total + worker.slots]
+        result.utilisation = {pool: round(busy / total, 3) for pool, (busy, total) in slots.items() if total}
+        return result
 
     async def _wait(self, watch: Watch, timeout_s: float, *, check_first: bool) -> TaskRecord | None:
         """The record once finished, or the latest one read when `timeout_s` ran out (None if never read)."""

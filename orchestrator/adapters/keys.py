@@ -86,6 +86,10 @@ class Keys:
         base = f"{self.prefix}:artifact:{name}"
         return [f"{base}:versions", f"{base}:live", f"{base}:published"]
 
+    def stats(self, minute: int) -> str:
+        """Hash of analytics counters of finished tasks, one per minute (unix time // 60)."""
+        return f"{self.prefix}:stats:{minute}"
+
     def of_task(self, task_id: str) -> list[str]:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),

@@ -1,0 +1,60 @@
+"""Analytics counters in Redis: one hash per minute, incremented as tasks finish, merged per query."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import redis.asyncio as aioredis
+
+from orchestrator.adapters.keys import Keys
+from orchestrator.adapters.task_store import storage_errors
+from orchestrator.analytics import FinishedTask, counters, merge
+from orchestrator.models import TaskRecord
+
+logger = logging.getLogger(__name__)
+
+RETENTION_S = 2 * 86_400  # longer than the longest window a query may ask for
+
+
+class StatsStore:
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._redis = client
+        self._keys = Keys(prefix)
+
+    async def record(self, task: FinishedTask, now: float) -> None:
+        """Count one finished task; best effort (a lost sample must never fail or delay a task)."""
+        key = self._keys.stats(int(now // 60))
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for field, value in counters(task).items():
+                    pipe.hincrby(key, field, value)
+                pipe.expire(key, RETENTION_S)
+                await pipe.execute()
+        except Exception:
+            logger.warning("analytics sample lost", extra={"tool": task.tool}, exc_info=True)
+
+    async def window(self, now: float, window_s: float) -> tuple[dict[str, int], float]:
+        """Counters merged over the minutes of the last `window_s` seconds, and where the window starts."""
+        last = int(now // 60)
+        first = last - max(1, math.ceil(window_s / 60)) + 1
+        with storage_errors():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for minute in range(first, last + 1):
+                    pipe.hgetall(self._keys.stats(minute))
+                minutes = await pipe.execute()
+        return merge(minutes), first * 60.0
+
+
+def finished_task(record: TaskRecord) -> FinishedTask:
+    """What analytics counts of a task that reached a final state."""
+    finished_at = record.finished_at or record.created_at
+    usage = record.result.get("usage") if isinstance(record.result, dict) else None
+    tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
+    return FinishedTask(
+        worker_type=record.worker_type, tool=record.tool, tenant=record.agent, status=record.status.value,
+        e2e_ms=(finished_at - record.created_at) * 1000,
+        wait_ms=record.queue_wait_ms, run_ms=record.run_ms,
+        retries=max(0, record.attempts - 1 - record.preemptions), preemptions=record.preemptions,
+        tokens=tokens if isinstance(tokens, int) else 0,
+    )
