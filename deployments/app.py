@@ -41,14 +41,20 @@ def init_local_ray(**kwargs: Any) -> Any:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
-def start_router(settings: Settings) -> Any:
-    """Create (or adopt, after a restart of the caller) the router and wait until it is consuming."""
-    router = RouterActor.options(  # type: ignore[attr-defined]
-        name=ROUTER_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
+def _start_detached(actor_class: Any, name: str, settings: Settings, ready: str) -> Any:
+    """Create (or adopt, after a restart of the caller) a named, detached actor that Ray restarts after a
+    crash, and wait for its `ready` method."""
+    actor = actor_class.options(
+        name=name, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_concurrency=10_000, num_cpus=0,
     ).remote(settings)
-    ray.get(router.start.remote(), timeout=120)
-    return router
+    ray.get(getattr(actor, ready).remote(), timeout=120)
+    return actor
+
+
+def start_router(settings: Settings) -> Any:
+    """The router, once it is consuming."""
+    return _start_detached(RouterActor, ROUTER_NAME, settings, "start")
 
 
 def with_imported_tools(settings: Settings) -> Settings:
@@ -69,13 +75,8 @@ def with_imported_tools(settings: Settings) -> Settings:
 
 
 def start_saga_coordinator(settings: Settings) -> Any:
-    """Create (or adopt) the saga coordinator; Ray restarts it after a crash and it resumes every saga."""
-    coordinator = SagaCoordinatorActor.options(  # type: ignore[attr-defined]
-        name=SAGA_COORDINATOR_NAME, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_concurrency=10_000, num_cpus=0,
-    ).remote(settings)
-    ray.get(coordinator.ready.remote(), timeout=120)
-    return coordinator
+    """The saga coordinator, once it has queued every unfinished saga for resumption."""
+    return _start_detached(SagaCoordinatorActor, SAGA_COORDINATOR_NAME, settings, "ready")
 
 
 def build_app(settings: Settings) -> Any:

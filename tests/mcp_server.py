@@ -26,7 +26,7 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ListToolsResult
 
-from tests.support import free_port, wait_until
+from tests.support import alive, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 # A client connects with either handshake: `server/discover` (2026 protocol) or `initialize` (earlier ones).
@@ -176,13 +176,7 @@ def http_server(*extra: str) -> Iterator[HttpMcpServer]:
         server.stop()
 
 
-def process_alive(pid: int) -> bool:
-    """Whether a process exists and is not a zombie."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+process_alive = alive
 
 
 if __name__ == "__main__":

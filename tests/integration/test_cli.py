@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support import free_port, wait_until
+from tests.support import alive, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,14 +37,6 @@ def cli(env: dict[str, str], *args: str, timeout_s: float = 240) -> subprocess.C
 def ok(done: subprocess.CompletedProcess[str]) -> str:
     assert done.returncode == 0, f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
     return done.stdout
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"  # a zombie has exited
 
 
 def answers(url: str) -> bool:

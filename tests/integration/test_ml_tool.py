@@ -16,7 +16,7 @@ from orchestrator.errors import ToolError
 from orchestrator.settings import ToolSettings
 from orchestrator.tools.base import ToolCall
 from orchestrator.tools.python import MlRuntime, MlTool
-from tests.support import RecordingContext, eventually
+from tests.support import RecordingContext, alive, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -60,14 +60,6 @@ def ml_tool(function: str) -> MlTool:
 
 def call(tool_input: dict[str, Any]) -> ToolCall:
     return ToolCall(task_id="t1", attempt=1, input=tool_input)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] not in "ZX"  # a zombie has exited
 
 
 async def test_autotune_over_ray_matches_grid_search_cv(ray_session: int) -> None:
