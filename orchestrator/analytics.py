@@ -51,6 +51,7 @@ def counters(task: FinishedTask) -> dict[str, int]:
         for name, ms in latencies.items():
             if ms is not None:
                 increments[f"{group}|{name}:{bucket_of(ms)}"] = 1
+                increments[f"{group}|{name}_sum_ms"] = round(ms)
     return increments
 
 

@@ -54,9 +54,9 @@ class Keys:
 
     def of_provider(self, provider: str, key_fingerprint: str) -> list[str]:
         """The KEYS of the provider gate's scripts: the account's budgets (hash), its calls in flight
-        (sorted set of leases) and the provider's circuit breaker (hash)."""
+        (sorted set of leases), the provider's circuit breaker (hash) and the totals (outcome counts)."""
         account = f"{self.prefix}:provider:{provider}:{key_fingerprint}"
-        return [account, f"{account}:inflight", f"{self.prefix}:provider:{provider}:breaker"]
+        return [account, f"{account}:inflight", f"{self.prefix}:provider:{provider}:breaker", self.totals]
 
     def saga(self, saga_id: str) -> str:
         """The saga's state (JSON), rewritten after every transition."""
@@ -85,6 +85,12 @@ class Keys:
         (hash: publication id → version, so a retried publish does not add a version)."""
         base = f"{self.prefix}:artifact:{name}"
         return [f"{base}:versions", f"{base}:live", f"{base}:published"]
+
+    @property
+    def totals(self) -> str:
+        """Hash of counters since the start (the same fields as a minute's, plus provider outcomes):
+        what /metrics exports as Prometheus counters."""
+        return f"{self.prefix}:totals"
 
     def stats(self, minute: int) -> str:
         """Hash of analytics counters of finished tasks, one per minute (unix time // 60)."""

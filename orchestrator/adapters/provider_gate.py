@@ -85,8 +85,9 @@ end
 return {1, 0}
 """
 
-# KEYS: account, inflight, breaker
-# ARGV: permit id, outcome, token correction, ms per token, retry-after ms, breaker failures, open ms, idle ttl ms
+# KEYS: account, inflight, breaker, totals
+# ARGV: permit id, outcome, token correction, ms per token, retry-after ms, breaker failures, open ms, idle ttl ms,
+#       provider
 # → the breaker's state after this call
 RELEASE = _NOW + """
 local permit, outcome = ARGV[1], ARGV[2]
@@ -94,6 +95,7 @@ local token_delta, token_ms, retry_after_ms = tonumber(ARGV[3]), tonumber(ARGV[4
 local threshold, open_ms, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
 redis.call('ZREM', KEYS[2], permit)
+redis.call('HINCRBY', KEYS[4], 'provider:' .. ARGV[9] .. '|' .. outcome, 1)
 if token_ms > 0 and token_delta ~= 0 and redis.call('EXISTS', KEYS[1]) == 1 then
   local tat = tonumber(redis.call('HGET', KEYS[1], 'token_tat')) or now
   redis.call('HSET', KEYS[1], 'token_tat', math.max(now, tat + token_delta * token_ms))
@@ -144,7 +146,7 @@ class RedisProviderGate:
             _ms_per(limits.requests_per_minute), limits.burst, _ms_per(limits.tokens_per_minute), tokens,
             limits.max_concurrency or 0, int(lease_s * 1000), permit.permit_id, IDLE_TTL_MS,
         ]
-        keys = self._keys.of_provider(account.provider, account.key_fingerprint)
+        keys = self._keys.of_provider(account.provider, account.key_fingerprint)[:3]
         async with self._queues[account]:
             while True:
                 with storage_errors():
@@ -164,6 +166,7 @@ class RedisProviderGate:
         args = [
             permit.permit_id, outcome.value, delta, _ms_per(limits.tokens_per_minute),
             int((retry_after_s or 0) * 1000), limits.breaker_failures, int(limits.breaker_open_s * 1000), IDLE_TTL_MS,
+            permit.account.provider,
         ]
         account = permit.account
         with storage_errors():

@@ -29,10 +29,17 @@ class StatsStore:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for field, value in counters(task).items():
                     pipe.hincrby(key, field, value)
+                    pipe.hincrby(self._keys.totals, field, value)
                 pipe.expire(key, RETENTION_S)
                 await pipe.execute()
         except Exception:
             logger.warning("analytics sample lost", extra={"tool": task.tool}, exc_info=True)
+
+    async def totals(self) -> dict[str, int]:
+        """Every counter since the start (tasks and provider outcomes)."""
+        with storage_errors():
+            raw = await self._redis.hgetall(self._keys.totals)
+        return {field: int(value) for field, value in raw.items()}
 
     async def window(self, now: float, window_s: float) -> tuple[dict[str, int], float]:
         """Counters merged over the minutes of the last `window_s` seconds, and where the window starts."""
