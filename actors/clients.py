@@ -44,6 +44,18 @@ class ActorRouterClient:
     async def interrupt(self, worker: str, task_id: str) -> None:
         await self._call(worker, "cancel", task_id)
 
+    async def scale(self, worker_type: str, workers: int) -> None:
+        await self._call(ROUTER_NAME, "scale", worker_type, workers)
+
+    async def drain(self, worker: str) -> bool:
+        return bool(await self._call(ROUTER_NAME, "drain", worker))
+
+    async def pause(self, worker_type: str, paused: bool) -> None:
+        await self._call(ROUTER_NAME, "pause", worker_type, paused)
+
+    async def preempt_task(self, task_id: str) -> bool:
+        return bool(await self._call(ROUTER_NAME, "preempt_task", task_id))
+
     async def ready(self) -> bool:
         return bool(await self._call(ROUTER_NAME, "ready"))
 

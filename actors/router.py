@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ class WorkerSlot:
     slots: int
     capacity: int  # slots + prefetch
     assigned: dict[str, Assignment] = field(default_factory=dict)
+    draining: bool = False  # takes no new tasks; retired once its tasks are done
 
 
 @ray.remote
@@ -65,6 +67,7 @@ class RouterActor:
         self._workers: dict[str, WorkerSlot] = {}
         self._preemptions: dict[str, int] = {}  # task id → times preempted (bounds cascades)
         self._preempting: set[str] = set()  # victims told to stop, not yet returned
+        self._paused: set[str] = set()  # worker types not dispatched
         self._clock = time.time
         self._started = asyncio.Event()
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
@@ -85,7 +88,8 @@ class RouterActor:
     async def overview(self) -> RouterOverview:
         workers = [
             WorkerStatus(name=w.name, worker_type=w.worker_type, slots=w.slots,
-                         running=min(len(w.assigned), w.slots), queued=max(len(w.assigned) - w.slots, 0))
+                         running=min(len(w.assigned), w.slots), queued=max(len(w.assigned) - w.slots, 0),
+                         draining=w.draining)
             for w in self._workers.values()
         ]
         pools = [
@@ -95,6 +99,7 @@ class RouterActor:
                 slots=sum(w.slots for w in workers if w.worker_type == worker_type),
                 running=sum(w.running for w in workers if w.worker_type == worker_type),
                 queued=self._ready.depth(worker_type),
+                paused=worker_type in self._paused,
             )
             for worker_type in self._settings.pools
         ]
@@ -108,23 +113,94 @@ class RouterActor:
 
     # --- internals ------------------------------------------------------------------------------
 
-    def _spawn_workers(self) -> None:
+    async def scale(self, worker_type: str, workers: int) -> None:
+        """Resize a pool: new workers start at once; surplus ones drain (no new tasks, finish theirs, exit)."""
+        await self._store.save_pool_size(worker_type, workers)
+        self._resize(worker_type, workers)
+        self._dispatch()
+
+    async def drain(self, worker: str) -> bool:
+        """Take one worker out of its pool: it finishes what it holds, then exits; False if unknown."""
+        slot = self._workers.get(worker)
+        if slot is None:
+            return False
+        slot.draining = True
+        live = sum(1 for w in self._workers.values() if w.worker_type == slot.worker_type and not w.draining)
+        await self._store.save_pool_size(slot.worker_type, live)
+        self._retire_idle()
+        return True
+
+    async def pause(self, worker_type: str, paused: bool) -> None:
+        """Stop (or resume) dispatching a worker type's queued tasks; running ones go on."""
+        await self._store.save_paused(worker_type, paused)
+        (self._paused.add if paused else self._paused.discard)(worker_type)
+        self._dispatch()
+
+    async def preempt_task(self, task_id: str) -> bool:
+        """Preempt a running task by hand: it is checkpointed and requeued; False if it is not running."""
+        for worker in self._workers.values():
+            if task_id in worker.assigned:
+                self._background.append(asyncio.create_task(self._preempt(worker, task_id)))
+                return True
+        return False
+
+    def _resize(self, worker_type: str, workers: int) -> None:
+        pool = sorted((w for w in self._workers.values() if w.worker_type == worker_type),
+                      key=lambda w: _index(w.name))
+        live = [w for w in pool if not w.draining]
+        for surplus in live[workers:]:
+            surplus.draining = True
+        for revived in [w for w in pool if w.draining][: max(0, workers - len(live))]:
+            revived.draining = False  # a draining worker is the cheapest new one
+        missing = workers - sum(1 for w in pool if not w.draining)
+        taken = {_index(w.name) for w in pool}
+        free = (i for i in itertools.count() if i not in taken)
+        for _ in range(max(0, missing)):
+            self._spawn(worker_type, next(free))
+        self._retire_idle()
+
+    def _spawn(self, worker_type: str, index: int, draining: bool = False) -> None:
+        pool = self._settings.pools[worker_type]
+        name = worker_name(worker_type, index)
+        handle = WorkerActor.options(  # type: ignore[attr-defined]
+            name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
+            max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
+        ).remote(self._settings, name, worker_type)
+        self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch,
+                                         draining=draining)
+
+    def _retire_idle(self) -> None:
+        """Workers that were draining and hold nothing exit (for good: no restart)."""
+        for worker in [w for w in self._workers.values() if w.draining and not w.assigned]:
+            logger.info("worker drained; retiring it", extra={"worker": worker.name})
+            del self._workers[worker.name]
+            with contextlib.suppress(Exception):
+                ray.kill(worker.handle, no_restart=True)
+
+    async def _spawn_workers(self) -> None:
+        """The pools as last planned (operators and the SLA policy may have resized them), adopting the
+        surplus workers a previous router was draining so that their tasks are not run twice."""
+        sizes, self._paused = await self._store.pool_plan()
         for worker_type, pool in self._settings.pools.items():
-            for index in range(pool.workers):
-                name = worker_name(worker_type, index)
-                handle = WorkerActor.options(  # type: ignore[attr-defined]
-                    name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
-                    max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
-                ).remote(self._settings, name, worker_type)
-                self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch)
+            wanted = sizes.get(worker_type, pool.workers)
+            for index in range(wanted):
+                self._spawn(worker_type, index)
+            for index in itertools.count(wanted):
+                try:
+                    ray.get_actor(worker_name(worker_type, index), namespace=self._settings.namespace)
+                except ValueError:
+                    break
+                self._spawn(worker_type, index, draining=True)
 
     async def _consume(self) -> None:
-        self._spawn_workers()
         backoff_s = 0.2
         while True:  # Redis may be away when we (re)start: wait for it rather than crash-loop
             try:
+                if not self._workers:
+                    await self._spawn_workers()
                 await self._store.ensure_group()
                 await self._recover()
+                self._retire_idle()
                 break
             except Exception:
                 logger.warning("cannot reach the task store yet; retrying", exc_info=True)
@@ -167,7 +243,9 @@ class RouterActor:
         """Fill free worker capacity from the ready queues; urgent tasks preempt when no slot is free."""
         now = self._clock()
         for worker_type in self._settings.pools:
-            pool = [w for w in self._workers.values() if w.worker_type == worker_type]
+            if worker_type in self._paused:
+                continue
+            pool = [w for w in self._workers.values() if w.worker_type == worker_type and not w.draining]
             while (task := self._ready.peek(worker_type, now)) is not None:
                 name = choose_worker(WorkerLoad(w.name, w.capacity, len(w.assigned)) for w in pool)
                 if name is None and task.priority >= self._settings.router.preempt_threshold:
@@ -228,6 +306,7 @@ class RouterActor:
             self._ready.push(task)  # keeps its place by age; resumes from its checkpoint
         else:
             self._preemptions.pop(task.task_id, None)
+        self._retire_idle()
         self._dispatch()
 
     async def _requeue_lost(self, task: TaskSpec, reason: str) -> None:
@@ -278,3 +357,7 @@ class RouterActor:
                 await self._store.trim()
             except Exception:
                 logger.warning("stream trim failed", exc_info=True)
+
+
+def _index(name: str) -> int:
+    return int(name.rsplit(":", 1)[1])

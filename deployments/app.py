@@ -99,10 +99,13 @@ def deploy(settings: Settings, *, name: str = "orchestrator", route_prefix: str 
 def teardown(settings: Settings, *, name: str = "orchestrator") -> None:
     """Delete the Serve application and kill the orchestrator's actors, nothing else."""
     serve.delete(name)
-    names = [ROUTER_NAME, SAGA_COORDINATOR_NAME] + [
-        worker_name(worker_type, i) for worker_type, pool in settings.pools.items() for i in range(pool.workers)
-    ]
-    for actor_name in names:
+    workers = {worker_name(worker_type, i) for worker_type, pool in settings.pools.items() for i in range(pool.workers)}
+    try:  # pools may have been resized since: the router knows every worker it runs
+        router = ray.get_actor(ROUTER_NAME, namespace=settings.namespace)
+        workers |= {w.name for w in ray.get(router.overview.remote(), timeout=30).workers}
+    except Exception:
+        logger.warning("router unreachable at teardown; stopping the configured workers only", exc_info=True)
+    for actor_name in [ROUTER_NAME, SAGA_COORDINATOR_NAME, *sorted(workers)]:
         try:
             ray.kill(ray.get_actor(actor_name, namespace=settings.namespace), no_restart=True)
         except ValueError:  # never created

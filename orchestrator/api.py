@@ -77,7 +77,7 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
         return await service.status()
 
     async def control(params: Any, ctx: RequestContext) -> ControlResult:
-        return await service.control(cast(ControlParams, params))
+        return await service.control(cast(ControlParams, params), ctx.principal or "anonymous")
 
     async def analytics(params: Any, ctx: RequestContext) -> AnalyticsResult:
         return await service.analytics(cast(AnalyticsParams, params))
@@ -90,7 +90,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
         Method("cancel_task", TaskIdParams, CancelTaskResult,
                "Cancel a queued task at once, or interrupt a running one.", cancel_task),
         Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status),
-        Method("control", ControlParams, ControlResult, "Operator actions: list and requeue dead letters.", control),
+        Method("control", ControlParams, ControlResult,
+               "Operator actions: scale, drain, pause/resume a pool, preempt or cancel a task, dead letters, "
+               "audit log. Every change is audited.", control),
         Method("analytics", AnalyticsParams, AnalyticsResult,
                "Latency p50/p95/p99 (end to end, queue wait, run), throughput, outcomes, retries, preemptions "
                "and tokens over the last window_s seconds, per worker type, tool and tenant; pool utilisation.",

@@ -91,11 +91,30 @@ class StatusParams(Params):
 
 
 class ControlParams(Params):
-    """Operator actions. `dead_letters`: list tasks given up on; `requeue`: put a dead letter back."""
+    """Operator actions (admin). Every action that changes something is recorded in the audit log.
 
-    action: Literal["dead_letters", "requeue"]
-    task_id: str | None = Field(default=None, min_length=1, max_length=64, description="for `requeue`")
-    count: int = Field(default=100, ge=1, le=1000, description="for `dead_letters`")
+    `dead_letters` (count): tasks given up on · `requeue` (task_id): put a dead letter back ·
+    `scale` (worker_type, workers): resize a pool (surplus workers drain: no task is lost) ·
+    `drain` (worker): retire one worker after its tasks · `pause` / `resume` (worker_type): stop or
+    restart dispatching a pool's queued tasks · `preempt` (task_id): checkpoint and requeue a running
+    task · `cancel` (task_id) · `audit_log` (count): the latest operator actions.
+    """
+
+    action: Literal["dead_letters", "requeue", "scale", "drain", "pause", "resume", "preempt", "cancel",
+                    "audit_log"]
+    task_id: str | None = Field(default=None, min_length=1, max_length=64, description="requeue, preempt, cancel")
+    count: int = Field(default=100, ge=1, le=1000, description="dead_letters, audit_log")
+    worker_type: str | None = Field(default=None, min_length=1, max_length=64, description="scale, pause, resume")
+    workers: int | None = Field(default=None, ge=0, le=1000, description="scale")
+    worker: str | None = Field(default=None, min_length=1, max_length=128, description="drain")
+
+
+class AuditEntry(BaseModel):
+    id: str
+    who: str
+    action: str
+    details: dict[str, Any]
+    time: float
 
 
 class DeadLetter(BaseModel):
@@ -110,6 +129,9 @@ class ControlResult(BaseModel):
     action: str
     dead_letters: list[DeadLetter] | None = None
     requeued: str | None = None
+    audit_log: list[AuditEntry] | None = None
+    done: bool = True
+    status: str | None = Field(default=None, description="cancel: the task's status after the request")
 
 
 class TaskError(BaseModel):
@@ -168,6 +190,7 @@ class WorkerStatus(BaseModel):
     slots: int
     running: int
     queued: int
+    draining: bool = False
 
 
 class PoolStatus(BaseModel):
@@ -176,6 +199,7 @@ class PoolStatus(BaseModel):
     slots: int
     running: int
     queued: int
+    paused: bool = False
 
 
 class RunningTask(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
@@ -12,6 +12,7 @@ from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
 from orchestrator.errors import InvalidParamsError
 from orchestrator.intake import build_task
 from orchestrator.models import (
+    AuditEntry,
     CancelTaskResult,
     ControlParams,
     ControlResult,
@@ -36,6 +37,20 @@ class RouterClient(Protocol):
     async def interrupt(self, worker: str, task_id: str) -> None:
         """Cancel a task running on `worker` (reached directly: cancelling must not depend on the router)."""
         ...
+
+    async def scale(self, worker_type: str, workers: int) -> None: ...
+
+    async def drain(self, worker: str) -> bool: ...
+
+    async def pause(self, worker_type: str, paused: bool) -> None: ...
+
+    async def preempt_task(self, task_id: str) -> bool: ...
+
+
+def _required(value: Any, field: str, action: str) -> Any:
+    if value is None:
+        raise InvalidParamsError({f"params.{field}": f"required for action {action!r}"})
+    return value
 
 
 class TaskService:
@@ -93,16 +108,46 @@ class TaskService:
             status = (await self._store.get(task_id)).status
         return CancelTaskResult(task_id=task_id, status=status)
 
-    async def control(self, params: ControlParams) -> ControlResult:
-        """Operator actions on dead letters (more arrive with the control issue)."""
-        if params.action == "dead_letters":
+    async def control(self, params: ControlParams, who: str) -> ControlResult:
+        """Operator actions; each one that changes something is recorded in the audit log with `who`."""
+        action = params.action
+        if action == "dead_letters":
             letters = [DeadLetter(**d) for d in await self._store.dead_letters(params.count)]
-            return ControlResult(action=params.action, dead_letters=letters)
-        if params.task_id is None:
-            raise InvalidParamsError({"params.task_id": "required for action 'requeue'"})
-        if not await self._store.requeue(params.task_id, self._clock()):
-            raise InvalidParamsError({"params.task_id": "not a dead letter"})
-        return ControlResult(action=params.action, requeued=params.task_id)
+            return ControlResult(action=action, dead_letters=letters)
+        if action == "audit_log":
+            entries = [AuditEntry(**e) for e in await self._store.audit_log(params.count)]
+            return ControlResult(action=action, audit_log=entries)
+        result = await self._change(params)
+        details = params.model_dump(exclude_none=True, exclude={"action", "count"})
+        await self._store.audit(who, action, {**details, "done": result.done}, self._clock())
+        return result
+
+    async def _change(self, params: ControlParams) -> ControlResult:
+        action = params.action
+        if action in ("scale", "pause", "resume"):
+            worker_type = _required(params.worker_type, "worker_type", action)
+            if worker_type not in self._settings.pools:
+                known = ", ".join(sorted(self._settings.pools))
+                raise InvalidParamsError({"params.worker_type": f"no pool {worker_type!r}; pools: {known}"})
+            if action == "scale":
+                await self._router.scale(worker_type, _required(params.workers, "workers", action))
+            else:
+                await self._router.pause(worker_type, action == "pause")
+            return ControlResult(action=action)
+        if action == "drain":
+            done = await self._router.drain(_required(params.worker, "worker", action))
+            if not done:
+                raise InvalidParamsError({"params.worker": f"no worker {params.worker!r}"})
+            return ControlResult(action=action)
+        task_id = _required(params.task_id, "task_id", action)
+        if action == "requeue":
+            if not await self._store.requeue(task_id, self._clock()):
+                raise InvalidParamsError({"params.task_id": "not a dead letter"})
+            return ControlResult(action=action, requeued=task_id)
+        if action == "preempt":
+            return ControlResult(action=action, done=await self._router.preempt_task(task_id))
+        cancelled = await self.cancel_task(task_id)
+        return ControlResult(action=action, status=cancelled.status.value)
 
     async def status(self) -> StatusResult:
         overview = await self._router.overview()

@@ -87,6 +87,21 @@ class Keys:
         return [f"{base}:versions", f"{base}:live", f"{base}:published"]
 
     @property
+    def pool_sizes(self) -> str:
+        """Hash: worker type → workers wanted (set by control or the SLA policy; survives router restarts)."""
+        return f"{self.prefix}:pool_sizes"
+
+    @property
+    def paused_pools(self) -> str:
+        """Set of worker types whose queued tasks are not dispatched."""
+        return f"{self.prefix}:paused_pools"
+
+    @property
+    def audit(self) -> str:
+        """Stream of operator actions (control, inject): who, what, when."""
+        return f"{self.prefix}:audit"
+
+    @property
     def totals(self) -> str:
         """Hash of counters since the start (the same fields as a minute's, plus provider outcomes):
         what /metrics exports as Prometheus counters."""

@@ -138,6 +138,36 @@ class TaskStore:
                 pending = 0
         return {"stream_length": int(length), "stream_pending": int(pending), "active_tasks": int(active or 0)}
 
+    async def pool_plan(self) -> tuple[dict[str, int], set[str]]:
+        """Pool sizes wanted and paused worker types, as operators (or the SLA policy) left them."""
+        with storage_errors():
+            sizes = await self.redis.hgetall(self.keys.pool_sizes)
+            paused = await self.redis.smembers(self.keys.paused_pools)
+        return {k: int(v) for k, v in sizes.items()}, set(paused)
+
+    async def save_pool_size(self, worker_type: str, workers: int) -> None:
+        with storage_errors():
+            await self.redis.hset(self.keys.pool_sizes, worker_type, workers)
+
+    async def save_paused(self, worker_type: str, paused: bool) -> None:
+        with storage_errors():
+            if paused:
+                await self.redis.sadd(self.keys.paused_pools, worker_type)
+            else:
+                await self.redis.srem(self.keys.paused_pools, worker_type)
+
+    async def audit(self, who: str, action: str, details: Mapping[str, Any], now: float) -> None:
+        """Record an operator action (kept: the last 10,000)."""
+        fields = {"who": who, "action": action, "details": _dumps(dict(details)), "time": repr(now)}
+        with storage_errors():
+            await self.redis.xadd(self.keys.audit, fields, maxlen=10_000, approximate=True)
+
+    async def audit_log(self, count: int) -> list[dict[str, Any]]:
+        with storage_errors():
+            entries = await self.redis.xrevrange(self.keys.audit, count=count)
+        return [{"id": entry_id, "who": f["who"], "action": f["action"], "details": json.loads(f["details"]),
+                 "time": float(f["time"])} for entry_id, f in entries]
+
     async def events(self, task_id: str, after: str, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
         """The task's events after the event id `after` ("0" = from the start); blocks up to `block_ms`."""
         with storage_errors():
