@@ -11,8 +11,9 @@ from ray import serve
 
 from actors.router import RouterActor
 from actors.saga_coordinator import SagaCoordinatorActor
+from actors.sla_policy import SlaPolicyActor
 from deployments.ingress import RpcIngress
-from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME, worker_name
+from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME, SLA_POLICY_NAME, worker_name
 from orchestrator.settings import Settings, ToolSettings
 
 logger = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def build_app(settings: Settings) -> Any:
     settings = with_imported_tools(settings)
     start_router(settings)
     start_saga_coordinator(settings)
+    if settings.sla.pools:
+        _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings, "ready")
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,
@@ -105,7 +108,7 @@ def teardown(settings: Settings, *, name: str = "orchestrator") -> None:
         workers |= {w.name for w in ray.get(router.overview.remote(), timeout=30).workers}
     except Exception:
         logger.warning("router unreachable at teardown; stopping the configured workers only", exc_info=True)
-    for actor_name in [ROUTER_NAME, SAGA_COORDINATOR_NAME, *sorted(workers)]:
+    for actor_name in [SLA_POLICY_NAME, ROUTER_NAME, SAGA_COORDINATOR_NAME, *sorted(workers)]:
         try:
             ray.kill(ray.get_actor(actor_name, namespace=settings.namespace), no_restart=True)
         except ValueError:  # never created

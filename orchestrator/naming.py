@@ -4,6 +4,7 @@ from __future__ import annotations
 
 ROUTER_NAME = "router"
 SAGA_COORDINATOR_NAME = "saga-coordinator"
+SLA_POLICY_NAME = "sla-policy"
 
 
 def worker_name(worker_type: str, index: int) -> str:

@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from orchestrator.saga import WorkflowDefinition
+from orchestrator.sla import SlaTargets
 from orchestrator.workflows import code_pipeline
 
 WorkerType = str
@@ -199,6 +200,16 @@ def _default_tools() -> dict[str, ToolSettings]:
     }
 
 
+class SlaSettings(BaseModel):
+    """The SLA policy actor: pools listed in `pools` are resized to their targets (others keep their size)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interval_s: float = Field(default=10.0, gt=0, description="how often pools are measured and resized")
+    window_s: int = Field(default=60, ge=60, le=3600, description="queue-wait p95 is measured over this window")
+    pools: dict[WorkerType, SlaTargets] = Field(default_factory=dict)
+
+
 class SagaSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -249,6 +260,7 @@ class Settings(BaseSettings):
     tools: dict[str, ToolSettings] = Field(default_factory=_default_tools)
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     sagas: SagaSettings = SagaSettings()
+    sla: SlaSettings = SlaSettings()
     workflows: dict[str, WorkflowDefinition] = Field(default_factory=dict, description="besides code_pipeline")
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
     limits: LimitSettings = LimitSettings()
@@ -271,6 +283,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _tools_are_complete(self) -> Settings:
+        for worker_type in self.sla.pools:
+            if worker_type not in self.pools:
+                raise ValueError(f"sla.pools.{worker_type}: no such pool")
         for name, server in self.mcp_servers.items():
             if server.import_tools and server.worker_type not in self.pools:
                 raise ValueError(f"MCP server {name!r} imports tools onto worker type {server.worker_type!r}, "

@@ -1,0 +1,86 @@
+"""SLA policy actor: every interval, measure each pool with SLA targets, decide its size
+(`orchestrator.sla.decide`), and resize it through the router (surplus workers drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import ray
+
+from actors.clients import ActorRouterClient
+from orchestrator.adapters.stats_store import StatsStore
+from orchestrator.adapters.task_store import TaskStore
+from orchestrator.analytics import summarize
+from orchestrator.models import RouterOverview
+from orchestrator.settings import Settings
+from orchestrator.sla import Decision, PoolMemory, PoolMetrics, decide
+
+logger = logging.getLogger(__name__)
+
+
+@ray.remote
+class SlaPolicyActor:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._store = TaskStore.from_settings(settings.redis)
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix)
+        self._router = ActorRouterClient(settings)
+        self._memory: dict[str, PoolMemory] = {}
+        self._last: dict[str, dict[str, Any]] = {}
+        self._clock = time.time
+        self._loop = asyncio.create_task(self._run(), name="sla")
+
+    async def ready(self) -> bool:
+        return True
+
+    async def state(self) -> dict[str, dict[str, Any]]:
+        """The latest measurement and decision per pool (for status, `orchestrator top`, tests)."""
+        return self._last
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.sla.interval_s)  # a period, not synchronisation
+            try:
+                await self.evaluate()
+            except Exception:
+                logger.warning("SLA evaluation failed; trying again next interval", exc_info=True)
+
+    async def evaluate(self) -> None:
+        """Measure every pool with targets and apply the decisions."""
+        overview = await self._router.overview()
+        now = self._clock()
+        merged, since = await self._stats.window(now, self._settings.sla.window_s)
+        waits = summarize(merged, self._settings.sla.window_s, since).by_worker_type
+        for worker_type, targets in self._settings.sla.pools.items():
+            metrics = _measure(overview, worker_type, waits.get(worker_type))
+            decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
+            self._memory[worker_type] = decision.memory
+            self._last[worker_type] = _report(metrics, decision, now)
+            if decision.workers != metrics.workers:
+                logger.info("SLA resize", extra={"pool": worker_type, "from": metrics.workers,
+                                                 "to": decision.workers, "reason": decision.reason})
+                await self._router.scale(worker_type, decision.workers)
+                await self._store.audit("sla-policy", "scale", {"worker_type": worker_type,
+                                                                "workers": decision.workers,
+                                                                "reason": decision.reason}, now)
+
+
+def _measure(overview: RouterOverview, worker_type: str, window: Any) -> PoolMetrics:
+    workers = [w for w in overview.workers if w.worker_type == worker_type and not w.draining]
+    slots = sum(w.slots for w in workers)
+    running = sum(w.running for w in workers)
+    queued = next((p.queued for p in overview.pools if p.worker_type == worker_type), 0)
+    # Past waits only count while tasks wait now: after a burst, an empty queue is not late.
+    wait_p95_ms = None if window is None or queued == 0 else window.queue_wait_ms.p95
+    return PoolMetrics(workers=len(workers), queue_depth=queued,
+                       queue_wait_p95_s=None if wait_p95_ms is None else wait_p95_ms / 1000,
+                       utilisation=running / slots if slots else 1.0)
+
+
+def _report(metrics: PoolMetrics, decision: Decision, now: float) -> dict[str, Any]:
+    return {"at": now, "workers": metrics.workers, "queue_depth": metrics.queue_depth,
+            "queue_wait_p95_s": metrics.queue_wait_p95_s, "utilisation": round(metrics.utilisation, 3),
+            "target_workers": decision.workers, "reason": decision.reason}

@@ -1,0 +1,54 @@
+"""The SLA policy actor resizing a pool: a burst grows it, idleness shrinks it, and no task is lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+
+from orchestrator.naming import SLA_POLICY_NAME
+from tests.conftest import Deployed, deployed, make_settings
+from tests.integration.test_spine import finished, result
+from tests.support import RedisServer, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    targets = {"min_workers": 1, "max_workers": 3, "queue_wait_p95_s": 0.5, "cooldown_up_s": 0,
+               "cooldown_down_s": 0, "scale_down_after_s": 1, "max_step": 2}
+    settings = make_settings(redis_server.url, pools={"reasoning": {"workers": 1, "slots": 2}},
+                             sla={"interval_s": 0.5, "pools": {"reasoning": targets}})
+    with deployed(settings, ray_session) as running:
+        yield running
+
+
+def workers(system: Deployed) -> int:
+    return sum(1 for w in result(system.base_url, "status")["workers"]
+               if w["worker_type"] == "reasoning" and not w["draining"])
+
+
+def test_a_burst_grows_the_pool_and_idleness_brings_it_back(system: Deployed) -> None:
+    ids = [result(system.base_url, "run_task", {"tool": "echo", "prompt": f"b{i}",
+                                                "context": {"delay_ms": 800, "steps": 4}})["task_id"]
+           for i in range(16)]
+    sizes: list[int] = []
+
+    def grown() -> bool:
+        sizes.append(workers(system))
+        return sizes[-1] == 3
+
+    wait_until(grown, 30, "the SLA policy to grow the pool to max_workers")
+    records = [finished(system.base_url, task_id, timeout_s=60) for task_id in ids]
+    assert [r["status"] for r in records] == ["succeeded"] * 16
+    assert len({r["worker"] for r in records}) == 3  # the new workers took part
+    assert all(r["attempts"] == 1 for r in records)  # draining lost nothing
+    wait_until(lambda: workers(system) == 1, 30, "the pool to shrink back to min_workers when idle")
+    state: dict[str, Any] = ray.get(ray.get_actor(SLA_POLICY_NAME, namespace=system.settings.namespace)
+                                    .state.remote())
+    assert state["reasoning"]["target_workers"] == 1
+    audit = result(system.base_url, "control", {"action": "audit_log", "count": 50})["audit_log"]
+    assert {e["who"] for e in audit if e["action"] == "scale"} == {"sla-policy"}
