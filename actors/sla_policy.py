@@ -59,6 +59,7 @@ class SlaPolicyActor:
             decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
             self._memory[worker_type] = decision.memory
             self._last[worker_type] = _report(metrics, decision, now)
+            await self._store.save_sla_state(worker_type, self._last[worker_type])
             if decision.workers != metrics.workers:
                 logger.info("SLA resize", extra={"pool": worker_type, "from": metrics.workers,
                                                  "to": decision.workers, "reason": decision.reason})

@@ -8,13 +8,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import httpx
 import typer
 from pydantic import ValidationError
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 
 from orchestrator import local
@@ -162,6 +163,59 @@ def status(
         out.print_json(data=result)
         return
     _print_status(result)
+
+
+@app.command()
+def top(
+    url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
+    interval_s: Annotated[float, typer.Option("--interval", min=0.2, help="seconds between refreshes")] = 2.0,
+    window_s: Annotated[int, typer.Option("--window", min=60, max=86_400, help="analytics window (s)")] = 300,
+    once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+) -> None:
+    """A live view: pools with their SLA state, throughput and latency per pool, the running tasks."""
+    from rich.live import Live
+
+    base = _resolve_url(url)
+
+    def frame() -> Group:
+        status = _call(base, "status", {}, timeout_s=30)
+        figures = _call(base, "analytics", {"window_s": window_s}, timeout_s=30)
+        return _top_frame(base, status, figures, window_s)
+
+    if once:
+        out.print(frame())
+        return
+    with Live(frame(), console=out, refresh_per_second=4, screen=False) as live:
+        try:
+            while True:
+                time.sleep(interval_s)  # the refresh period
+                live.update(frame())
+        except KeyboardInterrupt:
+            pass
+
+
+def _top_frame(base: str, status: dict[str, Any], figures: dict[str, Any], window_s: int) -> Group:
+    sla = status.get("sla", {})
+    by_type = figures.get("by_worker_type", {})
+    rows = []
+    for pool in status.get("pools", []):
+        name = pool["worker_type"]
+        stats, state = by_type.get(name, {}), sla.get(name, {})
+        rows.append([name, pool["workers"], f"{pool['running']}/{pool['slots']}", pool["queued"],
+                     "paused" if pool.get("paused") else "", stats.get("throughput_per_s", 0),
+                     (stats.get("queue_wait_ms") or {}).get("p95"), (stats.get("run_ms") or {}).get("p95"),
+                     stats.get("failed", 0), state.get("target_workers", ""), state.get("reason", "")])
+    pools = _table(f"pools — {base}, last {window_s}s",
+                   ["type", "workers", "busy", "queued", "paused", "tasks/s", "wait p95 ms", "run p95 ms",
+                    "failed", "SLA target", "SLA reason"], rows)
+    running = sorted(status.get("running", []), key=lambda r: (-r["priority"], r["since"]))[:15]
+    tasks = _table("running (highest priority first)", ["task", "tool", "priority", "worker", "agent"],
+                   [[r["task_id"], r["tool"], r["priority"], r["worker"], r.get("agent") or ""] for r in running])
+    overall = figures.get("overall", {})
+    summary = (f"active {status.get('active_tasks')} · finished {overall.get('tasks', 0)} "
+               f"({overall.get('throughput_per_s', 0)}/s) · e2e p95 {(overall.get('e2e_ms') or {}).get('p95')} ms · "
+               f"tokens {overall.get('tokens', 0)}")
+    return Group(pools, tasks, summary)
 
 
 @app.command("_daemon", hidden=True)
@@ -369,13 +423,19 @@ def _print_status(result: dict[str, Any]) -> None:
     pools = result.get("pools", [])
     priorities = [str(p) for p in range(10, -1, -1)]
     matrix = result.get("matrix", {})
-    out.print(_table("pools", ["type", "workers", "slots", "running", "queued"],
-                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"]] for p in pools]))
+    out.print(_table("pools", ["type", "workers", "slots", "running", "queued", "paused"],
+                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"],
+                       "paused" if p.get("paused") else ""] for p in pools]))
+    sla = result.get("sla", {})
+    if sla:
+        out.print(_table("SLA", ["type", "workers", "target", "queue wait p95 s", "utilisation", "reason"],
+                         [[t, s["workers"], s["target_workers"], s["queue_wait_p95_s"], s["utilisation"], s["reason"]]
+                          for t, s in sorted(sla.items())]))
     out.print(_table("queued by priority", ["type", *priorities],
                      [[t, *(row.get(p, "") for p in priorities)] for t, row in matrix.items() if row]))
-    out.print(_table("workers", ["name", "type", "slots", "running", "queued"],
-                     [[w["name"], w["worker_type"], w["slots"], w["running"], w["queued"]]
-                      for w in result.get("workers", [])]))
+    out.print(_table("workers", ["name", "type", "slots", "running", "queued", "draining"],
+                     [[w["name"], w["worker_type"], w["slots"], w["running"], w["queued"],
+                       "draining" if w.get("draining") else ""] for w in result.get("workers", [])]))
     out.print(_table("running", ["task", "tool", "priority", "worker", "agent", "preemptions"],
                      [[r["task_id"], r["tool"], r["priority"], r["worker"], r.get("agent") or "", r["preemptions"]]
                       for r in result.get("running", [])]))

@@ -235,6 +235,7 @@ class StatusResult(RouterOverview):
     stream_length: int
     stream_pending: int
     active_tasks: int
+    sla: dict[str, Any] = Field(default_factory=dict, description="per pool: the SLA policy's latest decision")
 
 
 # ---------------------------------------------------------------- sagas

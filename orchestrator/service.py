@@ -152,7 +152,8 @@ class TaskService:
     async def status(self) -> StatusResult:
         overview = await self._router.overview()
         counts = await self._store.counts()
-        return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts)
+        return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts,
+                            sla=await self._store.sla_state())
 
     async def analytics(self, params: AnalyticsParams) -> AnalyticsResult:
         """Latency percentiles, throughput, outcomes and tokens over the window, per worker type, tool and

@@ -97,6 +97,11 @@ class Keys:
         return f"{self.prefix}:paused_pools"
 
     @property
+    def sla_state(self) -> str:
+        """Hash: worker type → the SLA policy's latest measurement and decision (JSON)."""
+        return f"{self.prefix}:sla_state"
+
+    @property
     def audit(self) -> str:
         """Stream of operator actions (control, inject): who, what, when."""
         return f"{self.prefix}:audit"

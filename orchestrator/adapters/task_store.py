@@ -156,6 +156,15 @@ class TaskStore:
             else:
                 await self.redis.srem(self.keys.paused_pools, worker_type)
 
+    async def save_sla_state(self, worker_type: str, state: Mapping[str, Any]) -> None:
+        with storage_errors():
+            await self.redis.hset(self.keys.sla_state, worker_type, _dumps(dict(state)))
+
+    async def sla_state(self) -> dict[str, Any]:
+        with storage_errors():
+            raw = await self.redis.hgetall(self.keys.sla_state)
+        return {worker_type: json.loads(state) for worker_type, state in raw.items()}
+
     async def audit(self, who: str, action: str, details: Mapping[str, Any], now: float) -> None:
         """Record an operator action (kept: the last 10,000)."""
         fields = {"who": who, "action": action, "details": _dumps(dict(details)), "time": repr(now)}

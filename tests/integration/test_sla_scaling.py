@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,3 +55,19 @@ def test_a_burst_grows_the_pool_and_idleness_brings_it_back(system: Deployed) ->
     assert state["reasoning"]["target_workers"] == 1
     audit = result(system.base_url, "control", {"action": "audit_log", "count": 50})["audit_log"]
     assert {e["who"] for e in audit if e["action"] == "scale"} == {"sla-policy"}
+
+
+def test_status_and_top_show_pools_and_the_sla_state(system: Deployed) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    wait_until(lambda: "reasoning" in result(system.base_url, "status")["sla"], 10, "an SLA evaluation")
+    shown = {}
+    for command in (["status"], ["top", "--once", "--window", "60"]):
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", *command, "--url", system.base_url],
+                              env={**env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        shown[command[0]] = done.stdout
+    assert "SLA" in shown["status"] and ("idle" in shown["status"] or "within the SLA" in shown["status"])
+    assert "worker:reasoning:0" in shown["status"]
+    top = shown["top"]
+    assert "pools" in top and "reasoning" in top and "SLA target" in top and "running (highest priority first)" in top
+    assert "tasks/s" in top and "active 0" in top
