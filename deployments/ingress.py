@@ -13,12 +13,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
-from orchestrator import api, events
+from orchestrator import api, events, metrics
 from orchestrator.adapters.saga_store import SagaStore
+from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
-from orchestrator.errors import InvalidParamsError, OrchestratorError, TaskNotFoundError
+from orchestrator.errors import ActorUnavailableError, InvalidParamsError, OrchestratorError, TaskNotFoundError
 from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
 from orchestrator.saga_service import SagaService
 from orchestrator.settings import Settings
@@ -85,8 +86,9 @@ class RpcIngress:
         # Event followers block on XREAD: they get a pool of their own so they never starve the API.
         sse_redis = settings.redis.model_copy(update={"max_connections": settings.limits.max_event_streams})
         self._events = TaskStore.from_settings(sse_redis)
-        stats = StatsStore(self._store.redis, settings.redis.prefix)
-        service = TaskService(settings, self._store, self._waiter, self._router, time.time, stats)
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix)
+        self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
+        service = TaskService(settings, self._store, self._waiter, self._router, time.time, self._stats)
         redis = settings.redis
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
@@ -134,6 +136,19 @@ class RpcIngress:
             return JSONResponse({"error": to_jsonrpc_error(exc)}, status_code=status)
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.get("/metrics", summary="Prometheus metrics of the whole system (text exposition format)")
+    async def prometheus_metrics(self) -> Response:
+        settings = self._settings
+        try:
+            overview = await self._router.overview()
+        except ActorUnavailableError:
+            overview = None  # the router is restarting: counters still answer
+        providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
+        circuits = {p: await self._gate.breaker_state(p) for p in providers}
+        text = metrics.render(metrics.families(await self._stats.totals(), overview, await self._store.counts(),
+                                               circuits))
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", summary="Ready when Redis answers and the router is consuming")
     async def healthz(self) -> JSONResponse:
