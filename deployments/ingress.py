@@ -13,9 +13,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
+from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
-from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.provider_gate import RedisProviderGate
+from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
@@ -93,11 +94,21 @@ class RpcIngress:
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
+        methods = {version: api.methods(service, version, sagas) for version in (1, 2)}
         self._dispatchers = {
-            version: Dispatcher(api.methods(service, version, sagas), max_batch=limits.max_batch, version=str(version),
+            version: Dispatcher(methods[version], max_batch=limits.max_batch, version=str(version),
                                 extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})
             for version in (1, 2)
         }
+        # The MCP tools are the v2 methods, answered by the v2 dispatcher.
+        self._mcp = McpFace(settings, methods[2], self._mcp_rpc, self._events,
+                            SessionRegistry(self._store.redis, redis.prefix), version=app.version)
+
+    def __del__(self) -> None:
+        # Serve calls this when it stops the replica; the MCP face owns a background task.
+        face = getattr(self, "_mcp", None)
+        if face is not None:
+            face.close()
 
     @app.post("/v1/rpc", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, API v1 (all methods)")
     async def rpc_v1(self, request: Request) -> Response:
@@ -137,6 +148,18 @@ class RpcIngress:
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    @app.post("/mcp", summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
+    async def mcp_post(self, request: Request) -> Response:
+        return self._mcp.response()
+
+    @app.get("/mcp", summary="MCP: no server-initiated stream is offered (405)")
+    async def mcp_get(self, request: Request) -> Response:
+        return self._mcp.response()
+
+    @app.delete("/mcp", summary="MCP: end the session named by the Mcp-Session-Id header")
+    async def mcp_delete(self, request: Request) -> Response:
+        return self._mcp.response()
+
     @app.get("/metrics", summary="Prometheus metrics of the whole system (text exposition format)")
     async def prometheus_metrics(self) -> Response:
         settings = self._settings
@@ -164,6 +187,10 @@ class RpcIngress:
             logger.warning("health check: router not ready", exc_info=True)
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    async def _mcp_rpc(self, body: bytes, request: Request | None) -> bytes | None:
+        """An MCP tool call, as a JSON-RPC request to the v2 dispatcher."""
+        return await self._dispatchers[2].handle(body, RequestContext(version=2))
 
     async def _rpc(self, request: Request, version: int, method: str | None = None) -> Response:
         body = await _read_limited(request, self._settings.limits.max_body_bytes)

@@ -96,6 +96,10 @@ class Keys:
         """Set of worker types whose queued tasks are not dispatched."""
         return f"{self.prefix}:paused_pools"
 
+    def mcp_session(self, session_id: str) -> str:
+        """An MCP session (its negotiated protocol version), shared by every ingress replica."""
+        return f"{self.prefix}:mcp_session:{session_id}"
+
     @property
     def sla_state(self) -> str:
         """Hash: worker type → the SLA policy's latest measurement and decision (JSON)."""

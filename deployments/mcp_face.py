@@ -1,0 +1,503 @@
+"""The MCP face at `/mcp`: the JSON-RPC methods as MCP tools over Streamable HTTP, served by any replica.
+
+Every tool call is a JSON-RPC request handed to the same dispatcher as `/v2/rpc`, so both faces accept
+exactly the same params and answer the same results and errors. The SDK serves each request statelessly
+(any replica can answer it); the sessions of the `initialize` handshake live in Redis, so a session opened
+on one replica is served, and ended, by every other one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import mcp_types as types
+import redis.asyncio as aioredis
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel.server import Server
+from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, SESSION_ID_PATTERN
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
+from mcp.shared.exceptions import MCPError
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from orchestrator.adapters.keys import Keys
+from orchestrator.adapters.task_store import TaskStore, storage_errors
+from orchestrator.errors import OrchestratorError
+from orchestrator.jsonrpc import Method, to_jsonrpc_error
+from orchestrator.models import FINISHED, RunTaskResult, WaitSeconds
+from orchestrator.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+Rpc = Callable[[bytes, Request | None], Awaitable[bytes | None]]
+"""Answers one JSON-RPC request body (API v2) for the HTTP request that carried the MCP call."""
+
+TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows")
+"""The methods offered as MCP tools, in this order, when the dispatcher has them."""
+
+READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows"})
+SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
+MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output
+_WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+_WAIT: TypeAdapter[float] = TypeAdapter(WaitSeconds)
+_RUN_TASK_NOTE = (
+    " Over MCP, a call with `wait` and a progressToken receives progress notifications from the task's events"
+    " while it waits (an LLM's partial output as the message); without `wait` it answers at once with the"
+    " task id, and `get_task` fetches the result later."
+)
+
+
+def tool_definitions(methods: Sequence[Method]) -> list[types.Tool]:
+    """The MCP tools of the given JSON-RPC methods: their params models are the input schemas."""
+    by_name = {method.name: method for method in methods}
+    tools: list[types.Tool] = []
+    for name in TOOLS:
+        method = by_name.get(name)
+        if method is None:
+            continue
+        tools.append(types.Tool(
+            name=name,
+            description=method.summary + (_RUN_TASK_NOTE if name == "run_task" else ""),
+            # The very schema the dispatcher validates params against (Dispatcher.__init__).
+            input_schema=method.params.model_json_schema(),
+            output_schema=output_schema(method.result),
+            annotations=types.ToolAnnotations(
+                read_only_hint=name in READ_ONLY,
+                destructive_hint=name == "cancel_task" if name not in READ_ONLY else None,
+                idempotent_hint=name in READ_ONLY or name == "cancel_task",
+                open_world_hint=name == "run_task",
+            ),
+        ))
+    return tools
+
+
+def output_schema(result_type: Any) -> dict[str, Any]:
+    """The JSON Schema of a method's structured result: the result itself when it is an object (or a
+    choice of objects), else `{"result": …}`. MCP wants an object at the root."""
+    schema: dict[str, Any] = TypeAdapter(result_type).json_schema()
+    if schema.get("type") == "object":
+        return schema
+    if "anyOf" in schema and all(_is_object(branch, schema) for branch in schema["anyOf"]):
+        return {"type": "object", **schema}
+    definitions = schema.pop("$defs", None)
+    wrapped: dict[str, Any] = {"type": "object", "properties": {"result": schema}, "required": ["result"],
+                               "additionalProperties": False}
+    if definitions:
+        wrapped["$defs"] = definitions
+    return wrapped
+
+
+def _is_object(branch: Mapping[str, Any], root: Mapping[str, Any]) -> bool:
+    ref = branch.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        branch = root.get("$defs", {}).get(ref.removeprefix("#/$defs/"), {})
+    return branch.get("type") == "object"
+
+
+def to_tool_result(reply: Mapping[str, Any]) -> types.CallToolResult:
+    """A JSON-RPC response as an MCP tool result; an error becomes `isError` with its code, message and data."""
+    if "error" in reply:
+        error = dict(reply["error"])
+        return types.CallToolResult(content=[types.TextContent(text=describe_error(error))],
+                                    structured_content={"error": error}, is_error=True)
+    result = reply.get("result")
+    text = json.dumps(result, ensure_ascii=False, separators=(",", ":"))
+    structured = result if isinstance(result, dict) else {"result": result}
+    return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured)
+
+
+def describe_error(error: Mapping[str, Any]) -> str:
+    """One readable line: the message, the JSON-RPC code, and the offending fields or the reason."""
+    text = f"{error.get('message', 'error')} (JSON-RPC error {error.get('code')})"
+    data = error.get("data")
+    if isinstance(data, dict):
+        fields = data.get("fields")
+        if isinstance(fields, dict) and fields:
+            text += ": " + "; ".join(f"{path}: {why}" for path, why in fields.items())
+        elif isinstance(data.get("reason"), str):
+            text += f": {data['reason']}"
+        elif isinstance(data.get("known"), list):
+            text += f"; known: {', '.join(map(str, data['known']))}"
+        if data.get("retryable"):
+            after = data.get("retry_after_s")
+            text += " (retryable" + (f" after {after} s)" if after is not None else ")")
+    return text
+
+
+def progress_message(kind: str, data: Any) -> str:
+    """What a client shows for one task event: a model's partial output as is, else a short line."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"{kind}: {error['message']}"[:MAX_MESSAGE_CHARS]
+    if kind in FINISHED:  # the result itself follows as the tool result
+        return kind
+    if kind == "progress" and isinstance(data, dict):
+        if isinstance(data.get("delta"), str):
+            return str(data["delta"])
+        if isinstance(data.get("step"), int) and isinstance(data.get("steps"), int):
+            return f"step {data['step']}/{data['steps']}"
+    if kind == "running" and isinstance(data, dict) and "attempt" in data:
+        return f"running (attempt {data['attempt']}, worker {data.get('worker')})"
+    if data is None or data == {}:
+        return kind
+    return f"{kind} {json.dumps(data, ensure_ascii=False, separators=(',', ':'))}"[:MAX_MESSAGE_CHARS]
+
+
+def transport_security(host: str) -> TransportSecuritySettings:
+    """DNS-rebinding protection: Host and Origin must name this machine's loopback or the configured host.
+
+    Bound to a wildcard address the names clients use are unknown, so (like the SDK for any non-local
+    host) the check is off; the API keys guard such a deployment.
+    """
+    if host in _WILDCARD_HOSTS:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    names: list[str] = list(_LOCAL_HOSTS)
+    own = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if own not in names:
+        names.append(own)
+    hosts = [pattern for name in names for pattern in (name, f"{name}:*")]
+    origins = [f"{scheme}://{pattern}" for scheme in ("http", "https") for pattern in hosts]
+    return TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts,
+                                     allowed_origins=origins)
+
+
+class SessionRegistry:
+    """MCP sessions in Redis (id → negotiated protocol version), shared by every replica; idle ones expire."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, idle_s: int = SESSION_IDLE_S) -> None:
+        self._redis, self._keys, self._idle_s = client, Keys(prefix), idle_s
+
+    def _key(self, session_id: str) -> str:
+        return self._keys.mcp_session(session_id)
+
+    async def open(self, protocol_version: str) -> str:
+        """A new session's id."""
+        session_id = uuid.uuid4().hex
+        with storage_errors():
+            await self._redis.set(self._key(session_id), protocol_version, ex=self._idle_s)
+        return session_id
+
+    async def touch(self, session_id: str) -> str | None:
+        """The session's protocol version (its idle time restarts), or None when it does not exist."""
+        if len(session_id) > 64 or not SESSION_ID_PATTERN.fullmatch(session_id):
+            return None
+        with storage_errors():
+            version = await self._redis.getex(self._key(session_id), ex=self._idle_s)
+        return None if version is None else str(version)
+
+    async def close(self, session_id: str) -> None:
+        with storage_errors():
+            await self._redis.delete(self._key(session_id))
+
+
+class McpFace:
+    """The MCP server of one ingress replica, as an ASGI app; `response()` hands it one HTTP exchange."""
+
+    def __init__(self, settings: Settings, methods: Sequence[Method], rpc: Rpc, events: TaskStore,
+                 sessions: SessionRegistry, *, version: str = "") -> None:
+        self._settings, self._rpc, self._events, self._sessions = settings, rpc, events, sessions
+        self._tools = tool_definitions(methods)
+        self._tool_names = frozenset(tool.name for tool in self._tools)
+        self._server: Server[Any] = Server(
+            "mcp-orchestrator",
+            version=version,
+            instructions="Runs AI tasks (LLM calls, code generation, ML jobs) and sagas durably. `status` lists the "
+                         "tools a task can run, with their input schemas; `run_task` submits one.",
+            on_list_tools=self._list_tools,
+            on_call_tool=self._call_tool,
+        )
+        security = transport_security(settings.http.host)
+        self._security = TransportSecurityMiddleware(security)
+        # Stateless: the SDK keeps nothing between requests, so any replica can serve any of them; the
+        # handshake's sessions are kept in Redis by `__call__`.
+        self._manager = StreamableHTTPSessionManager(
+            self._server, stateless=True, json_response=False, security_settings=security,
+            max_request_body_size=settings.limits.max_body_bytes,
+        )
+        self._runner: asyncio.Task[None] | None = None
+        self._ready: asyncio.Event | None = None
+
+    def response(self) -> Response:
+        """A response object that serves the current HTTP exchange with this MCP server."""
+        return _Exchange(self)
+
+    def close(self) -> None:
+        """Stop the SDK's session manager (its task group); requests in flight are cancelled."""
+        if self._runner is not None and not self._runner.done():
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed at interpreter exit
+                self._runner.cancel()
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._started()
+        request = Request(scope, receive)
+        # Host/Origin first, so nothing below (sessions, 404s) answers a DNS-rebound page.
+        rejected = await self._security.validate_request(request, is_post=False)
+        if rejected is not None:
+            await rejected(scope, receive, send)
+            return
+        version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER)
+        if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
+            # 2026-07-28 and later: every request carries its own envelope; there are no sessions.
+            await self._manager.handle_request(scope, receive, send)
+            return
+        session_id = request.headers.get(MCP_SESSION_ID_HEADER)
+        try:
+            if session_id is None:
+                await self._without_session(scope, receive, send)
+            else:
+                await self._in_session(session_id, scope, receive, send)
+        except OrchestratorError as exc:  # Redis unreachable: a clear, retryable error
+            await _json_error(to_jsonrpc_error(exc), 503)(scope, receive, send)
+
+    async def _without_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        if method == "GET":  # the standalone stream belongs to a session
+            await _method_not_allowed(scope, receive, send)
+            return
+        if method == "DELETE":
+            await _json_error({"code": types.INVALID_REQUEST, "message": "Bad Request: Missing session ID"},
+                              400)(scope, receive, send)
+            return
+        if method != "POST":
+            await self._manager.handle_request(scope, receive, send)
+            return
+        body, receive = await _buffer_body(receive, self._settings.limits.max_body_bytes)
+        negotiated = None if body is None else _initialize_version(body)
+        if negotiated is None:  # not an `initialize`: served without a session, as the SDK's stateless mode does
+            await self._manager.handle_request(scope, receive, send)
+            return
+        session_id = await self._sessions.open(negotiated)
+        status = await _serve(self._manager.handle_request, scope, receive, _with_session_header(send, session_id))
+        if status is None or status >= 400:  # the handshake failed: nothing was established
+            await self._sessions.close(session_id)
+        else:
+            logger.info("mcp session opened", extra={"protocol_version": negotiated})
+
+    async def _in_session(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
+        version = await self._sessions.touch(session_id)
+        if version is None:  # unknown, expired or ended: the client must initialize again (spec)
+            await _json_error({"code": types.INVALID_REQUEST, "message": "Session not found"}, 404)(
+                scope, receive, send)
+            return
+        method = scope["method"]
+        if method == "DELETE":
+            await self._sessions.close(session_id)
+            await Response(status_code=200)(scope, receive, send)
+            return
+        if method == "GET":  # no server-initiated messages here: every reply rides its request's stream
+            await _method_not_allowed(scope, receive, send)
+            return
+        # The version negotiated in the handshake rules the session's requests, as in the SDK's stateful mode.
+        headers = [(k, v) for k, v in scope["headers"] if k != MCP_PROTOCOL_VERSION_HEADER.encode()]
+        scope = {**scope, "headers": [*headers, (MCP_PROTOCOL_VERSION_HEADER.encode(), version.encode())]}
+        await self._manager.handle_request(scope, receive, _with_session_header(send, session_id))
+
+    async def _started(self) -> None:
+        """Run the SDK's session manager (it owns the task group requests are served in) from first use."""
+        if self._ready is None:
+            self._ready = asyncio.Event()
+            self._runner = asyncio.create_task(self._run(self._ready), name="mcp-session-manager")
+        await self._ready.wait()
+
+    async def _run(self, ready: asyncio.Event) -> None:
+        try:
+            async with self._manager.run():
+                ready.set()
+                await asyncio.Event().wait()  # until close() cancels us
+        except Exception:
+            logger.exception("MCP session manager stopped")
+        finally:
+            ready.set()  # never leave a request waiting for a manager that is gone: it fails instead
+
+    # --- MCP --------------------------------------------------------------------------------------
+
+    async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+                          ) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=self._tools)
+
+    async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+                         ) -> types.CallToolResult:
+        if params.name not in self._tool_names:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}",
+                           data={"known": sorted(self._tool_names)})
+        arguments = params.arguments or {}
+        request = ctx.request if isinstance(ctx.request, Request) else None
+        token = progress_token_from_params(ctx.params)
+        wait_s = _valid_wait(arguments.get("wait")) if params.name == "run_task" else None
+        if token is not None and wait_s is not None:
+            reply = await self._run_task_reporting(arguments, wait_s, request, ctx)
+        else:
+            reply = await self._call(params.name, arguments, request)
+        return to_tool_result(reply)
+
+    async def _call(self, method: str, params: Mapping[str, Any], request: Request | None) -> dict[str, Any]:
+        """One JSON-RPC request through the dispatcher; its decoded response."""
+        # ASCII JSON: what the client sent arrives exactly as it would over /v2/rpc (NaN included, which the
+        # dispatcher refuses as it refuses it there).
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
+        reply = await self._rpc(body, request)
+        if reply is None:  # only a notification goes unanswered, and this request has an id
+            raise MCPError(code=types.INTERNAL_ERROR, message="no reply from the dispatcher")
+        decoded: dict[str, Any] = json.loads(reply)
+        return decoded
+
+    async def _run_task_reporting(self, arguments: Mapping[str, Any], wait_s: float, request: Request | None,
+                                  ctx: ServerRequestContext[Any]) -> dict[str, Any]:
+        """`run_task` with `wait`, reporting the task's events as progress while it waits.
+
+        The dispatcher submits the task (`wait` left out, so it answers with the id at once); then we follow
+        the task's event stream until it finishes or the wait (capped like the dispatcher's) runs out, and
+        answer what `run_task` with `wait` answers: the finished record, else `{task_id, status, duplicate}`.
+        """
+        submitted = await self._call("run_task", {k: v for k, v in arguments.items() if k != "wait"}, request)
+        if "error" in submitted:
+            return submitted
+        task_id, duplicate = submitted["result"]["task_id"], bool(submitted["result"].get("duplicate"))
+        timeout_s = min(wait_s, self._settings.limits.max_wait_s)
+        try:
+            await self._follow(task_id, timeout_s, ctx.session.report_progress)
+        except OrchestratorError:  # events unreadable (Redis away): answer as the task stands now
+            logger.warning("could not follow task events", extra={"task_id": task_id}, exc_info=True)
+        current = await self._call("get_task", {"task_id": task_id}, request)
+        if "error" in current or current["result"]["status"] in FINISHED:
+            return current
+        answer = RunTaskResult(task_id=task_id, status=current["result"]["status"], duplicate=duplicate)
+        return {"jsonrpc": "2.0", "id": 1, "result": answer.model_dump(mode="json")}
+
+    async def _follow(self, task_id: str, timeout_s: float,
+                      report: Callable[[float, float | None, str | None], Awaitable[None]]) -> bool:
+        """Report each of the task's events (history first) until its final one; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        after, sent = "0", 0
+        while (remaining_s := deadline - time.monotonic()) > 0:
+            events = await self._events.events(task_id, after, max(1, math.ceil(min(remaining_s, 5.0) * 1000)))
+            for event_id, fields in events:
+                after = event_id
+                kind = fields.get("type", "")
+                try:
+                    data = json.loads(fields.get("data") or "null")
+                except json.JSONDecodeError:
+                    data = None
+                sent += 1  # the progress value must grow with every notification
+                await report(sent, None, progress_message(kind, data))
+                if kind in FINISHED:
+                    return True
+        return False
+
+
+class _Exchange(Response):
+    """Hands the raw ASGI exchange to the MCP face; FastAPI awaits it like any response."""
+
+    def __init__(self, face: McpFace) -> None:
+        self._face = face
+        self.background = None
+        self.status_code = 200
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._face(scope, receive, send)
+
+
+def _valid_wait(value: Any) -> float | None:
+    """A positive `wait` the dispatcher would accept, else None.
+
+    At least as strict as the dispatcher's own check: whatever this refuses goes to the dispatcher as sent,
+    which then answers the error (or runs without waiting).
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        return None
+    try:
+        return float(_WAIT.validate_python(value, strict=True))
+    except ValidationError:
+        return None
+
+
+def _initialize_version(body: bytes) -> str | None:
+    """The protocol version an `initialize` request body will negotiate (the SDK's rule), or None."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("method") != "initialize" or "id" not in doc:
+        return None
+    params = doc.get("params")
+    requested = params.get("protocolVersion") if isinstance(params, dict) else None
+    return requested if requested in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION
+
+
+async def _buffer_body(receive: Receive, limit: int) -> tuple[bytes | None, Receive]:
+    """The request body (None beyond `limit`: the SDK then answers 413) and a `receive` that replays it."""
+    chunks: list[bytes] = []
+    size, more, trailing = 0, True, None
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            trailing = message
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        more = bool(message.get("more_body", False))
+        if size > limit:
+            break
+    body = b"".join(chunks)
+    queued: list[Message] = [{"type": "http.request", "body": body, "more_body": more}]
+    if trailing is not None:
+        queued.append(trailing)
+
+    async def replay() -> Message:
+        return queued.pop(0) if queued else await receive()
+
+    return (None if size > limit else body), replay
+
+
+def _with_session_header(send: Send, session_id: str) -> Send:
+    header = (MCP_SESSION_ID_HEADER.encode(), session_id.encode())
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = [h for h in message.get("headers", []) if h[0].lower() != header[0]]
+            message = {**message, "headers": [*headers, header]}
+        await send(message)
+
+    return sending
+
+
+async def _serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], scope: Scope, receive: Receive,
+                 send: Send) -> int | None:
+    """Run `app` for one request; the HTTP status it answered (None if it sent no response)."""
+    status: int | None = None
+
+    async def watching(message: Message) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = int(message["status"])
+        await send(message)
+
+    await app(scope, receive, watching)
+    return status
+
+
+def _json_error(error: Mapping[str, Any], status_code: int) -> Response:
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": dict(error)}, separators=(",", ":"))
+    return Response(body, status_code=status_code, media_type="application/json")
+
+
+async def _method_not_allowed(scope: Scope, receive: Receive, send: Send) -> None:
+    await Response(status_code=405, headers={"Allow": "POST, DELETE"})(scope, receive, send)
