@@ -56,6 +56,9 @@ class ActorRouterClient:
     async def preempt_task(self, task_id: str) -> bool:
         return bool(await self._call(ROUTER_NAME, "preempt_task", task_id))
 
+    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool:
+        return bool(await self._call(ROUTER_NAME, "correct", task_id, priority, task_input))
+
     async def ready(self) -> bool:
         return bool(await self._call(ROUTER_NAME, "ready"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -135,6 +136,18 @@ class RouterActor:
         await self._store.save_paused(worker_type, paused)
         (self._paused.add if paused else self._paused.discard)(worker_type)
         self._dispatch()
+
+    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool:
+        """A queued task was corrected (inject): requeue our copy with its new priority and input."""
+        task = self._ready.get(task_id)
+        if task is None:
+            return False
+        changes: dict[str, Any] = {"priority": priority} if priority is not None else {}
+        if task_input is not None:
+            changes["input"] = task_input
+        self._ready.replace(dataclasses.replace(task, **changes))
+        self._dispatch()
+        return True
 
     async def preempt_task(self, task_id: str) -> bool:
         """Preempt a running task by hand: it is checkpointed and requeued; False if it is not running."""

@@ -11,6 +11,8 @@ from orchestrator.models import (
     CancelTaskResult,
     ControlParams,
     ControlResult,
+    InjectParams,
+    InjectResult,
     ListWorkflowsParams,
     RunSagaParams,
     RunSagaResult,
@@ -79,6 +81,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def control(params: Any, ctx: RequestContext) -> ControlResult:
         return await service.control(cast(ControlParams, params), ctx.principal or "anonymous")
 
+    async def inject(params: Any, ctx: RequestContext) -> InjectResult:
+        return await service.inject(cast(InjectParams, params), ctx.principal or "anonymous")
+
     async def analytics(params: Any, ctx: RequestContext) -> AnalyticsResult:
         return await service.analytics(cast(AnalyticsParams, params))
 
@@ -93,6 +98,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
         Method("control", ControlParams, ControlResult,
                "Operator actions: scale, drain, pause/resume a pool, preempt or cancel a task, dead letters, "
                "audit log. Every change is audited.", control),
+        Method("inject", InjectParams, InjectResult,
+               "Admin: add a task by hand, or correct the priority or input of one not yet started. Audited.",
+               inject),
         Method("analytics", AnalyticsParams, AnalyticsResult,
                "Latency p50/p95/p99 (end to end, queue wait, run), throughput, outcomes, retries, preemptions "
                "and tokens over the last window_s seconds, per worker type, tool and tenant; pool utilisation.",

@@ -94,7 +94,8 @@ async def execute(
         running.unregister(task.task_id)
         return None
     attempt = started.attempt
-    call = ToolCall(task_id=task.task_id, attempt=attempt, input=task.input, context=task.context,
+    tool_input = started.corrected_input if started.corrected_input is not None else task.input
+    call = ToolCall(task_id=task.task_id, attempt=attempt, input=tool_input, context=task.context,
                     deadline=task.deadline, checkpoint=started.checkpoint)
     ctx = AttemptContext(store, task.task_id, attempt, clock, limits.max_checkpoint_bytes)
     status, fields = await _run(task, tool, call, ctx, clock, running)

@@ -109,6 +109,24 @@ class ControlParams(Params):
     worker: str | None = Field(default=None, min_length=1, max_length=128, description="drain")
 
 
+class InjectParams(Params):
+    """Admin: `add` a task by hand (v2 run_task params), or `correct` one that has not started yet
+    (its priority and/or input). Every injection is recorded in the audit log."""
+
+    action: Literal["add", "correct"]
+    task: RunTaskParamsV2 | None = Field(default=None, description="add: the task, as v2 run_task params")
+    task_id: str | None = Field(default=None, min_length=1, max_length=64, description="correct")
+    priority: Priority | None = Field(default=None, description="correct: the new priority")
+    input: JsonObject | None = Field(default=None, description="correct: the new input (checked against the tool)")
+
+
+class InjectResult(BaseModel):
+    action: str
+    task_id: str
+    status: str
+    requeued: bool = Field(default=False, description="correct: the router re-ordered its queued copy")
+
+
 class AuditEntry(BaseModel):
     id: str
     who: str

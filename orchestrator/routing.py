@@ -99,6 +99,36 @@ class ReadyQueues:
                 best = rank
         return None if best is None else best[2]
 
+    def get(self, task_id: str) -> TaskSpec | None:
+        """The queued task with this id, if any."""
+        if task_id not in self._ids:
+            return None
+        for levels in self._levels.values():
+            for level in levels.values():
+                for queue in level.tenants.values():
+                    for task in queue:
+                        if task.task_id == task_id:
+                            return task
+        return None
+
+    def replace(self, task: TaskSpec) -> bool:
+        """Swap a queued task for a corrected copy (same id; its priority may differ); False if not queued."""
+        if task.task_id not in self._ids:
+            return False
+        for priority, level in list(self._levels.get(task.worker_type, {}).items()):
+            for tenant, queue in list(level.tenants.items()):
+                for i, queued in enumerate(queue):
+                    if queued.task_id == task.task_id:
+                        del queue[i]
+                        level.size -= 1
+                        if not queue:
+                            del level.tenants[tenant]
+                        if not level.size:
+                            del self._levels[task.worker_type][priority]
+                        self._ids.discard(task.task_id)
+                        return self.push(task)
+        return False
+
     def __contains__(self, task_id: str) -> bool:
         return task_id in self._ids
 

@@ -17,6 +17,8 @@ from orchestrator.models import (
     ControlParams,
     ControlResult,
     DeadLetter,
+    InjectParams,
+    InjectResult,
     RouterOverview,
     RunTaskParams,
     RunTaskParamsV2,
@@ -45,6 +47,8 @@ class RouterClient(Protocol):
     async def pause(self, worker_type: str, paused: bool) -> None: ...
 
     async def preempt_task(self, task_id: str) -> bool: ...
+
+    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool: ...
 
 
 def _required(value: Any, field: str, action: str) -> Any:
@@ -121,6 +125,33 @@ class TaskService:
         details = params.model_dump(exclude_none=True, exclude={"action", "count"})
         await self._store.audit(who, action, {**details, "done": result.done}, self._clock())
         return result
+
+    async def inject(self, params: InjectParams, who: str) -> InjectResult:
+        """Add a task by hand, or correct one that has not started; audited with `who`."""
+        if params.action == "add":
+            task = _required(params.task, "task", "add")
+            accepted = await self.run_task(task.model_copy(update={"wait": None}))
+            assert isinstance(accepted, RunTaskResult)
+            await self._store.audit(who, "inject.add", {"task_id": accepted.task_id, "tool": task.tool,
+                                                        "priority": task.priority}, self._clock())
+            return InjectResult(action="add", task_id=accepted.task_id, status=accepted.status.value)
+        task_id = _required(params.task_id, "task_id", "correct")
+        if params.priority is None and params.input is None:
+            raise InvalidParamsError({"params": "give priority and/or input to correct"})
+        record = await self._store.get(task_id)
+        if params.input is not None:
+            errors = registry.input_errors(self._settings.tools[record.tool], params.input, "params.input")
+            if errors:
+                raise InvalidParamsError(errors)
+        outcome = await self._store.correct(task_id, self._clock(), who, params.priority, params.input)
+        if outcome != "corrected":
+            raise InvalidParamsError({"params.task_id": f"the task is {outcome}: only a task that has not "
+                                                        "started can be corrected"})
+        requeued = await self._router.correct(task_id, params.priority, params.input)
+        details = {"task_id": task_id, "priority": params.priority, "input": params.input}
+        await self._store.audit(who, "inject.correct", {k: v for k, v in details.items() if v is not None},
+                                self._clock())
+        return InjectResult(action="correct", task_id=task_id, status=record.status.value, requeued=requeued)
 
     async def _change(self, params: ControlParams) -> ControlResult:
         action = params.action

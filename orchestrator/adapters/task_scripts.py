@@ -127,7 +127,7 @@ elseif resumed then
 end
 emit('running', '{"attempt":' .. attempt .. ',"worker":' .. cjson.encode(ARGV[4]) ..
   ',"resumed_from":' .. (resumed and checkpoint or 'null') .. '}')
-return {attempt, resumed and checkpoint or ''}
+return {attempt, resumed and checkpoint or '', redis.call('HGET', KEYS[1], 'corrected_input') or ''}
 """
 
 # Fenced: only the current attempt of a running task may report. ARGV: now, group, retention, attempt, ...
@@ -212,4 +212,23 @@ emit('queued', '{"requeued":true}')
 return 1
 """
 
-NAMES = ("SUBMIT", "START", "UPDATE", "PREEMPT", "FINISH", "CANCEL", "NOTE_FAILURE", "REQUEUE")
+# Correct a task that has not started yet (inject): its priority and/or input. The corrected input is
+# what the next START hands the worker, whatever the stream entry says.
+# ARGV: now, group, retention, priority ('' = keep), input JSON ('' = keep), who
+CORRECT = _COMMON + """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'preempted' then return status or 'missing' end
+local changes = {who = ARGV[6]}
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'priority', ARGV[4])
+  changes.priority = tonumber(ARGV[4])
+end
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[1], 'input', ARGV[5], 'corrected_input', ARGV[5])
+  changes.input = cjson.decode(ARGV[5])
+end
+emit('corrected', cjson.encode(changes))
+return 'corrected'
+"""
+
+NAMES = ("SUBMIT", "START", "UPDATE", "PREEMPT", "FINISH", "CANCEL", "NOTE_FAILURE", "REQUEUE", "CORRECT")

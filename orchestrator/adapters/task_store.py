@@ -36,6 +36,7 @@ TEXT_FIELDS = ("task_id", "status", "tool", "worker_type", "prompt", "agent", "w
 class Started:
     attempt: int
     checkpoint: Mapping[str, Any] | None
+    corrected_input: Mapping[str, Any] | None = None  # set by `inject`: replaces the input in the stream entry
 
 
 def connect(settings: RedisSettings) -> aioredis.Redis:
@@ -257,12 +258,20 @@ class TaskStore:
     async def start(self, task_id: str, worker: str, now: float, resumable: bool, max_attempts: int,
                     children: Sequence[str] = ()) -> Started | None:
         """Begin a new attempt (its number is the fencing token); None when the task must not run."""
-        attempt, extra = await self._run("START", task_id, now, worker, int(resumable), max_attempts,
-                                         children=children)
+        attempt, extra, *corrected = await self._run("START", task_id, now, worker, int(resumable), max_attempts,
+                                                     children=children)
         if not attempt:
             logger.info("task not started", extra={"task_id": task_id, "why": extra})
             return None
-        return Started(int(attempt), json.loads(extra) if extra else None)
+        corrected_input = json.loads(corrected[0]) if corrected and corrected[0] else None
+        return Started(int(attempt), json.loads(extra) if extra else None, corrected_input)
+
+    async def correct(self, task_id: str, now: float, who: str, priority: int | None,
+                      task_input: Mapping[str, Any] | None) -> str:
+        """Correct a task not yet started; 'corrected', or the status that prevented it."""
+        outcome = await self._run("CORRECT", task_id, now, "" if priority is None else priority,
+                                  "" if task_input is None else _dumps(dict(task_input)), who)
+        return str(outcome)
 
     async def heartbeat(self, consumer: str, entry_ids: Sequence[str], worker: str, where: Mapping[str, Any]) -> None:
         """Show a worker and its tasks are alive: XCLAIM ... JUSTID resets the entries' idle time without

@@ -85,3 +85,32 @@ def test_every_change_is_audited_and_bad_actions_name_the_field(system: Deployed
     assert missing["error"]["data"]["fields"] == {"params.workers": "required for action 'scale'"}
     unknown = rpc(system.base_url, "control", {"action": "pause", "worker_type": "gpu"})
     assert "no pool 'gpu'" in unknown["error"]["data"]["fields"]["params.worker_type"]
+
+
+def test_inject_adds_and_corrects_queued_tasks_with_an_audit(system: Deployed) -> None:
+    control(system, action="pause", worker_type="reasoning")
+    try:
+        added = result(system.base_url, "inject", {"action": "add", "task": {
+            "tool": "echo", "input": {"prompt": "by hand"}, "priority": 2}}, path="v1/inject")
+        low = result(system.base_url, "run_task", {"tool": "echo", "prompt": "first in line", "priority": 5})
+        corrected = result(system.base_url, "inject", {"action": "correct", "task_id": added["task_id"],
+                                                       "priority": 9, "input": {"prompt": "corrected"}})
+        assert corrected["requeued"] is True and corrected["status"] == "queued"
+        record = result(system.base_url, "get_task", {"task_id": added["task_id"]})
+        assert record["priority"] == 9 and record["input"] == {"prompt": "corrected"}
+        bad = rpc(system.base_url, "inject", {"action": "correct", "task_id": added["task_id"],
+                                              "input": {"prompt": 3}})
+        assert bad["error"]["code"] == -32602 and "params.input.prompt" in bad["error"]["data"]["fields"]
+    finally:
+        control(system, action="resume", worker_type="reasoning")
+    done = finished(system.base_url, added["task_id"])
+    first = finished(system.base_url, low["task_id"])
+    assert done["result"]["text"] == "corrected"  # the worker ran the corrected input
+    assert done["started_at"] <= first["started_at"]  # and its new priority put it first
+    late = rpc(system.base_url, "inject", {"action": "correct", "task_id": added["task_id"], "priority": 1})
+    assert "only a task that has not started" in late["error"]["data"]["fields"]["params.task_id"]
+    audit = control(system, action="audit_log", count=10)["audit_log"]
+    actions = [e["action"] for e in audit]
+    assert "inject.add" in actions and "inject.correct" in actions
+    correction = next(e for e in audit if e["action"] == "inject.correct")
+    assert correction["details"] == {"task_id": added["task_id"], "priority": 9, "input": {"prompt": "corrected"}}

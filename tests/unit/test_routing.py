@@ -116,3 +116,18 @@ def test_victim_is_the_lowest_priority_then_latest_started() -> None:
     assert victim is not None and victim.task_id == "b"
     assert choose_victim(running, urgent_priority=2, max_preemptions=3) is None  # nothing strictly below
     assert choose_victim(running[2:], urgent_priority=10, max_preemptions=3) is None
+
+
+def test_a_corrected_task_moves_to_its_new_priority() -> None:
+    from dataclasses import replace
+
+    queues = ReadyQueues()
+    first, second = task("a", priority=5, created_at=1.0), task("b", priority=2, created_at=2.0)
+    queues.push(first)
+    queues.push(second)
+    assert queues.get("b") == second and queues.get("zzz") is None
+    assert queues.replace(replace(second, priority=9, input={"prompt": "new"}))
+    assert queues.depth_by_priority("reasoning") == {5: 1, 9: 1}
+    popped = queues.pop("reasoning")
+    assert popped is not None and popped.task_id == "b" and popped.input == {"prompt": "new"}
+    assert not queues.replace(replace(second, priority=1))  # no longer queued
