@@ -6,9 +6,11 @@ import asyncio
 import copy
 import json
 import logging
+import math
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
@@ -29,6 +31,8 @@ INTERNAL_ERROR = -32603
 _ENVELOPE_KEYS = frozenset({"jsonrpc", "method", "params", "id"})
 _REF_TEMPLATE = "#/components/schemas/{model}"
 _MAX_REPR = 100
+_MAX_INT_DIGITS = 4300  # CPython's own default cap on int(str) (sys.get_int_max_str_digits)
+_OUT_OF_RANGE_REASON = f"number out of range: not a finite double, or an integer of more than {_MAX_INT_DIGITS} digits"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,26 @@ class _EdgeError(Exception):
 
 class _NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _OutOfRange:
+    """Stands in for a number token no float or sane int can hold (1e400, 5000 digits), so its field can be named."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<number out of range>"
+
+
+_OUT_OF_RANGE = _OutOfRange()
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object in which some member names occurred more than once (the last value won)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]], repeated: list[str]) -> None:
+        super().__init__(pairs)
+        self.repeated = repeated
 
 
 def to_jsonrpc_error(exc: Exception) -> dict[str, Any]:
@@ -130,15 +154,26 @@ class Dispatcher:
         if not isinstance(doc, list):
             reply = await self._answer(doc, ctx, path_method)
             return None if reply is None else _encode(reply)
-        replies = await asyncio.gather(*(self._answer(member, ctx, path_method) for member in doc))
+        members = cast(list[Any], doc)
+        shared = _shared_ids(members)
+        replies = await asyncio.gather(*(self._answer(member, ctx, path_method, shared) for member in members))
         kept = [reply for reply in replies if reply is not None]
         return _encode("[" + ",".join(kept) + "]") if kept else None
 
-    async def _answer(self, request: Any, ctx: RequestContext, path_method: str | None) -> str | None:
-        """One serialized response for one batch member, or None for a notification."""
-        request_id = request.get("id") if isinstance(request, dict) and _is_valid_id(request.get("id")) else None
+    async def _answer(self, request: Any, ctx: RequestContext, path_method: str | None,
+                      shared: Mapping[Any, int] | None = None) -> str | None:
+        """One serialized response for one batch member, or None for a notification.
+
+        Args:
+            shared: ids used by more than one member of the batch, with their counts; such members are refused.
+        """
+        request_id = _request_id(request)
         try:
             name, raw_params = _check_envelope(request)
+            if shared and "id" in request and request["id"] in shared:
+                shown = json.dumps(request["id"])[:_MAX_REPR]
+                raise _invalid_request(f"id {shown} is used by {shared[request['id']]} requests in this batch; "
+                                       "ids must be unique, so none of them was run")
         except _EdgeError as exc:  # invalid requests are answered even without an id
             return _error_reply(request_id, to_jsonrpc_error(exc))
         is_notification = "id" not in request
@@ -167,9 +202,14 @@ class Dispatcher:
 
 
 def _parse(body: bytes, max_depth: int) -> Any:
-    """Decode a body as strict JSON (UTF-8, no NaN/Infinity) no deeper than `max_depth`."""
+    """Decode a body as strict JSON (UTF-8, no NaN/Infinity) no deeper than `max_depth`.
+
+    Out-of-range numbers and objects with repeated member names are kept as markers (`_OUT_OF_RANGE`,
+    `_Repeated`) so that the envelope check or the params check can name where they are.
+    """
     try:
-        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        doc = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int,
+                         parse_float=_parse_float, object_pairs_hook=_parse_object)
     except UnicodeDecodeError:
         raise _EdgeError(PARSE_ERROR, "Parse error", {"reason": "body is not valid UTF-8"}) from None
     except json.JSONDecodeError as exc:
@@ -184,6 +224,29 @@ def _parse(body: bytes, max_depth: int) -> Any:
 
 def _reject_constant(name: str) -> Any:
     raise _EdgeError(PARSE_ERROR, "Parse error", {"reason": f"{name} is not valid JSON"})
+
+
+def _parse_int(text: str) -> int | _OutOfRange:
+    if len(text) - text.startswith("-") > _MAX_INT_DIGITS:
+        return _OUT_OF_RANGE
+    try:
+        return int(text)
+    except ValueError:  # the interpreter's digit cap was lowered below ours
+        return _OUT_OF_RANGE
+
+
+def _parse_float(text: str) -> float | _OutOfRange:
+    value = float(text)  # 1e400 overflows to inf, which no JSON encoder can write back
+    return value if math.isfinite(value) else _OUT_OF_RANGE
+
+
+def _parse_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    repeated = sorted({name for name, _ in pairs if name in seen or seen.add(name)})
+    return _Repeated(pairs, repeated)
 
 
 def _too_deep(max_depth: int) -> _EdgeError:
@@ -205,13 +268,37 @@ def _exceeds_depth(doc: Any, max_depth: int) -> bool:
 
 
 def _is_valid_id(value: Any) -> bool:
-    return value is None or isinstance(value, str) or (isinstance(value, int | float) and not isinstance(value, bool))
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _request_id(request: Any) -> Any:
+    """The id to echo in a reply: the request's, when it has exactly one valid id; else null."""
+    if not isinstance(request, dict) or (isinstance(request, _Repeated) and "id" in request.repeated):
+        return None
+    value: Any = cast(dict[str, Any], request).get("id")
+    return value if _is_valid_id(value) else None
+
+
+def _shared_ids(batch: list[Any]) -> dict[Any, int]:
+    """Ids (1 and 1.0 are one id) carried by more than one member of a batch, with how many carry each."""
+    counts: Counter[Any] = Counter()
+    for member in batch:
+        if isinstance(member, dict) and "id" in member:
+            value: Any = cast(dict[str, Any], member)["id"]
+            if _is_valid_id(value):
+                counts[value] += 1
+    return {value: count for value, count in counts.items() if count > 1}
 
 
 def _check_envelope(request: Any) -> tuple[str, Any]:
     """The method name and raw params of a valid request object; raises -32600 otherwise."""
     if not isinstance(request, dict):
         raise _invalid_request("a request must be a JSON object")
+    if isinstance(request, _Repeated):
+        names = ", ".join(_printable(name) for name in request.repeated)
+        raise _invalid_request(f"repeated members: {names}"[: 2 * _MAX_REPR])
     if unknown := sorted(set(request) - _ENVELOPE_KEYS):
         raise _invalid_request(f"unknown members: {', '.join(unknown)}")
     if request.get("jsonrpc") != "2.0":
@@ -236,7 +323,9 @@ def _validate(entry: _Entry, raw: dict[str, Any] | list[Any]) -> BaseModel:
             reason = f"expected at most {len(entry.positional)} positional params, got {len(raw)}"
             raise InvalidParamsError({"params": reason})
         raw = dict(zip(entry.positional, raw))
-    fields: dict[str, str] = {}
+    fields = _unrepresentable(raw, "params")
+    if fields:  # before the schema: its messages would quote these values
+        raise InvalidParamsError(fields)
     for error in entry.validator.iter_errors(raw):
         for path, reason in _describe(error):
             fields.setdefault(path, reason)
@@ -248,8 +337,53 @@ def _validate(entry: _Entry, raw: dict[str, Any] | list[Any]) -> BaseModel:
         raise InvalidParamsError({_path(e["loc"]): f"invalid ({e['type']})" for e in exc.errors()}) from None
 
 
+def _unrepresentable(value: Any, path: str) -> dict[str, str]:
+    """Fields no model, store or reply could carry faithfully: out-of-range numbers, lone surrogates, repeated names."""
+    found: dict[str, str] = {}
+    queue: list[tuple[Any, str]] = [(value, path)]
+    for node, where in queue:  # breadth first, in document order; the queue grows while we walk it
+        if node is _OUT_OF_RANGE:
+            found[where] = _OUT_OF_RANGE_REASON
+        elif isinstance(node, str):
+            if (at := _lone_surrogate(node)) is not None:
+                found[where] = f"not valid Unicode: lone surrogate at character {at}"
+        elif isinstance(node, dict):
+            obj = cast(dict[str, Any], node)
+            repeated: list[str] = getattr(obj, "repeated", [])
+            for name in repeated:
+                found[f"{where}.{_printable(name)}"] = "member name repeated"
+            for name, child in obj.items():
+                child_path = f"{where}.{_printable(name)}"
+                if (at := _lone_surrogate(name)) is not None:
+                    found[child_path] = f"member name is not valid Unicode: lone surrogate at character {at}"
+                queue.append((child, child_path))
+        elif isinstance(node, list):
+            queue.extend((child, f"{where}.{i}") for i, child in enumerate(cast(list[Any], node)))
+    return found
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """Where `text` holds a UTF-16 surrogate that is not part of a pair ("\\ud800" in JSON), if it does."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
+def _printable(name: str) -> str:
+    """A member name fit for a field path: lone surrogates spelled as JSON escapes, at most _MAX_REPR characters."""
+    if _lone_surrogate(name) is not None:
+        name = "".join(f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c for c in name)
+    return name if len(name) <= _MAX_REPR else name[:_MAX_REPR] + "..."
+
+
 def _describe(error: SchemaError) -> list[tuple[str, str]]:
     """Field paths and short reasons for one JSON Schema error."""
+    if error.validator in ("anyOf", "oneOf") and error.context:  # e.g. `int | None`: say why the int failed
+        return _describe(_closest(error.context))
     base = _path(error.absolute_path)
     instance: Any = error.instance
     if error.validator == "required" and isinstance(instance, dict):
@@ -261,6 +395,11 @@ def _describe(error: SchemaError) -> list[tuple[str, str]]:
     text = repr(instance)
     message = error.message.replace(text, text[:_MAX_REPR] + "...") if len(text) > _MAX_REPR else error.message
     return [(base, f"{error.validator}: {message[: 2 * _MAX_REPR]}")]
+
+
+def _closest(alternatives: Sequence[SchemaError]) -> SchemaError:
+    """The failure of the alternative the value came closest to: the first branch of its own type, if any."""
+    return next((e for e in alternatives if e.validator != "type"), alternatives[0])
 
 
 def _path(parts: Iterable[str | int]) -> str:

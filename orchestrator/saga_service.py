@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Protocol
 
 from orchestrator.adapters.saga_store import SagaStore
@@ -24,6 +25,7 @@ class CoordinatorClient(Protocol):
 class SagaService:
     def __init__(self, settings: Settings, store: SagaStore, coordinator: CoordinatorClient) -> None:
         self._workflows = settings.all_workflows()
+        self._max_input_bytes = settings.limits.max_context_bytes
         self._store = store
         self._coordinator = coordinator
 
@@ -33,6 +35,9 @@ class SagaService:
             known = ", ".join(sorted(self._workflows))
             raise InvalidParamsError({"params.workflow": f"unknown workflow {params.workflow!r}; known: {known}"})
         errors = schema_errors(workflow.input_schema, params.input, "params.input")
+        size, limit = len(json.dumps(params.input)), self._max_input_bytes
+        if size > limit:
+            errors["params.input"] = f"larger than {limit} bytes"
         if errors:
             raise InvalidParamsError(errors)
         saga_id, duplicate = await self._coordinator.run_saga(

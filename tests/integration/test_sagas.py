@@ -292,6 +292,8 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     assert "known: code_pipeline, deploy_then_fail" in unknown["error"]["data"]["fields"]["params.workflow"]
     missing = rpc(system.base_url, "run_saga", {"workflow": "code_pipeline", "input": {"task": "x"}})
     assert missing["error"]["data"]["fields"] == {"params.input.artifact": "required"}
+    huge = rpc(system.base_url, "run_saga", {"workflow": "three", "input": {"blob": "x" * 300_000}})
+    assert huge["error"]["data"]["fields"] == {"params.input": "larger than 262144 bytes"}
     absent = rpc(system.base_url, "get_saga", {"saga_id": "nope"})
     assert absent["error"]["code"] == -32009
     workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}

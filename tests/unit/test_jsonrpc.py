@@ -344,10 +344,10 @@ async def test_too_deep_is_invalid_request(rpc: Dispatcher) -> None:
 
 
 async def test_batch_limit(rpc: Dispatcher) -> None:
-    member = {"jsonrpc": "2.0", "method": "get_data", "id": 1}
-    assert await call(rpc, [member] * 100) == [ok(["hello", 5], 1)] * 100
+    batch = [{"jsonrpc": "2.0", "method": "get_data", "id": i} for i in range(101)]
+    assert await call(rpc, batch[:100]) == [ok(["hello", 5], i) for i in range(100)]
     reason = "batch of 101 requests exceeds the limit of 100"
-    assert await call(rpc, [member] * 101) == err(-32600, "Invalid Request", {"reason": reason, "max_batch": 100})
+    assert await call(rpc, batch) == err(-32600, "Invalid Request", {"reason": reason, "max_batch": 100})
 
 
 async def test_batch_members_run_concurrently_in_order(rpc: Dispatcher) -> None:
