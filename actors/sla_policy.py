@@ -16,7 +16,7 @@ from orchestrator.adapters.task_store import TaskStore
 from orchestrator.analytics import summarize
 from orchestrator.models import RouterOverview
 from orchestrator.settings import Settings
-from orchestrator.sla import Decision, PoolMemory, PoolMetrics, decide
+from orchestrator.sla import Decision, PoolMemory, PoolMetrics, SlaTargets, decide
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class SlaPolicyActor:
         now = self._clock()
         merged, since = await self._stats.window(now, self._settings.sla.window_s)
         waits = summarize(merged, self._settings.sla.window_s, since).by_worker_type
-        for worker_type, targets in self._settings.sla.pools.items():
+        overrides = {t: SlaTargets.model_validate(v) for t, v in (await self._store.sla_targets()).items()}
+        for worker_type, targets in {**self._settings.sla.pools, **overrides}.items():
             metrics = _measure(overview, worker_type, waits.get(worker_type))
             decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
             self._memory[worker_type] = decision.memory

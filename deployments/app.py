@@ -85,8 +85,7 @@ def build_app(settings: Settings) -> Any:
     settings = with_imported_tools(settings)
     start_router(settings)
     start_saga_coordinator(settings)
-    if settings.sla.pools:
-        _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings, "ready")
+    _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings, "ready")  # idle until a pool has SLA targets
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,

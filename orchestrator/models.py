@@ -95,18 +95,21 @@ class ControlParams(Params):
 
     `dead_letters` (count): tasks given up on · `requeue` (task_id): put a dead letter back ·
     `scale` (worker_type, workers): resize a pool (surplus workers drain: no task is lost) ·
+    `sla` (worker_type, targets): change a pool's SLA targets, min/max workers included ·
     `drain` (worker): retire one worker after its tasks · `pause` / `resume` (worker_type): stop or
     restart dispatching a pool's queued tasks · `preempt` (task_id): checkpoint and requeue a running
     task · `cancel` (task_id) · `audit_log` (count): the latest operator actions.
     """
 
     action: Literal["dead_letters", "requeue", "scale", "drain", "pause", "resume", "preempt", "cancel",
-                    "audit_log"]
+                    "audit_log", "sla"]
     task_id: str | None = Field(default=None, min_length=1, max_length=64, description="requeue, preempt, cancel")
     count: int = Field(default=100, ge=1, le=1000, description="dead_letters, audit_log")
     worker_type: str | None = Field(default=None, min_length=1, max_length=64, description="scale, pause, resume")
     workers: int | None = Field(default=None, ge=0, le=1000, description="scale")
     worker: str | None = Field(default=None, min_length=1, max_length=128, description="drain")
+    targets: JsonObject | None = Field(default=None, description="sla: SLA target fields to change for worker_type "
+                                       "(min_workers, max_workers, queue_wait_p95_s, ...)")
 
 
 class InjectParams(Params):
@@ -150,6 +153,7 @@ class ControlResult(BaseModel):
     audit_log: list[AuditEntry] | None = None
     done: bool = True
     status: str | None = Field(default=None, description="cancel: the task's status after the request")
+    sla_targets: JsonObject | None = Field(default=None, description="sla: the pool's targets now")
 
 
 class TaskError(BaseModel):

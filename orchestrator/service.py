@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
@@ -28,6 +30,7 @@ from orchestrator.models import (
     TaskStatus,
 )
 from orchestrator.settings import Settings
+from orchestrator.sla import SlaTargets
 from orchestrator.tools import registry
 
 
@@ -153,13 +156,31 @@ class TaskService:
                                 self._clock())
         return InjectResult(action="correct", task_id=task_id, status=record.status.value, requeued=requeued)
 
+    async def _sla_targets(self, worker_type: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Merge `changes` into the pool's SLA targets (set through control, else settings, else defaults)."""
+        current = (await self._store.sla_targets()).get(worker_type)
+        if current is None:
+            current = self._settings.sla.pools.get(worker_type, SlaTargets()).model_dump()
+        try:
+            targets = SlaTargets.model_validate({**current, **changes})
+        except ValidationError as exc:
+            raise InvalidParamsError({".".join(["params.targets", *(str(p) for p in e["loc"])]): e["msg"]
+                                      for e in exc.errors()}) from None
+        if targets.max_workers < targets.min_workers:
+            raise InvalidParamsError({"params.targets.max_workers": "less than min_workers"})
+        await self._store.save_sla_targets(worker_type, targets.model_dump())
+        return targets.model_dump()
+
     async def _change(self, params: ControlParams) -> ControlResult:
         action = params.action
-        if action in ("scale", "pause", "resume"):
+        if action in ("scale", "pause", "resume", "sla"):
             worker_type = _required(params.worker_type, "worker_type", action)
             if worker_type not in self._settings.pools:
                 known = ", ".join(sorted(self._settings.pools))
                 raise InvalidParamsError({"params.worker_type": f"no pool {worker_type!r}; pools: {known}"})
+            if action == "sla":
+                targets = await self._sla_targets(worker_type, _required(params.targets, "targets", action))
+                return ControlResult(action=action, sla_targets=targets)
             if action == "scale":
                 await self._router.scale(worker_type, _required(params.workers, "workers", action))
             else:

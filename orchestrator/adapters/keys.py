@@ -101,6 +101,11 @@ class Keys:
         return f"{self.prefix}:mcp_session:{session_id}"
 
     @property
+    def sla_targets(self) -> str:
+        """Hash: worker type → SLA targets set through `control` (JSON); they override the settings."""
+        return f"{self.prefix}:sla_targets"
+
+    @property
     def sla_state(self) -> str:
         """Hash: worker type → the SLA policy's latest measurement and decision (JSON)."""
         return f"{self.prefix}:sla_state"

@@ -157,6 +157,15 @@ class TaskStore:
             else:
                 await self.redis.srem(self.keys.paused_pools, worker_type)
 
+    async def save_sla_targets(self, worker_type: str, targets: Mapping[str, Any]) -> None:
+        with storage_errors():
+            await self.redis.hset(self.keys.sla_targets, worker_type, _dumps(dict(targets)))
+
+    async def sla_targets(self) -> dict[str, dict[str, Any]]:
+        with storage_errors():
+            raw = await self.redis.hgetall(self.keys.sla_targets)
+        return {worker_type: json.loads(targets) for worker_type, targets in raw.items()}
+
     async def save_sla_state(self, worker_type: str, state: Mapping[str, Any]) -> None:
         with storage_errors():
             await self.redis.hset(self.keys.sla_state, worker_type, _dumps(dict(state)))

@@ -13,7 +13,7 @@ import ray
 
 from orchestrator.naming import SLA_POLICY_NAME
 from tests.conftest import Deployed, deployed, make_settings
-from tests.integration.test_spine import finished, result
+from tests.integration.test_spine import finished, result, rpc
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -71,3 +71,21 @@ def test_status_and_top_show_pools_and_the_sla_state(system: Deployed) -> None:
     top = shown["top"]
     assert "pools" in top and "reasoning" in top and "SLA target" in top and "running (highest priority first)" in top
     assert "tasks/s" in top and "active 0" in top
+
+
+def test_sla_targets_can_be_changed_through_control(system: Deployed) -> None:
+    def codegen_workers() -> int:
+        return sum(1 for w in result(system.base_url, "status")["workers"]
+                   if w["worker_type"] == "codegen" and not w["draining"])
+
+    assert codegen_workers() == 1  # no SLA targets for codegen in the settings
+    reply = result(system.base_url, "control", {"action": "sla", "worker_type": "codegen",
+                                                "targets": {"min_workers": 2, "max_workers": 2}})
+    assert reply["sla_targets"]["min_workers"] == 2 and reply["sla_targets"]["queue_wait_p95_s"] == 5.0
+    wait_until(lambda: codegen_workers() == 2, 30, "the SLA policy to apply the new min_workers")
+    bad = rpc(system.base_url, "control", {"action": "sla", "worker_type": "codegen",
+                                           "targets": {"max_workers": 0, "colour": "red"}})
+    assert set(bad["error"]["data"]["fields"]) == {"params.targets.max_workers", "params.targets.colour"}
+    audit = result(system.base_url, "control", {"action": "audit_log", "count": 50})["audit_log"]
+    change = next(e for e in audit if e["action"] == "sla")
+    assert change["details"]["targets"] == {"min_workers": 2, "max_workers": 2}
