@@ -9,6 +9,7 @@ import os
 import time
 
 import ray
+from ray.util import metrics
 
 from actors.offload import RayOffload
 from orchestrator.adapters.artifact_store import ArtifactStore
@@ -45,6 +46,13 @@ class WorkerActor:
         self._entries: dict[str, str] = {}  # task id → stream entry id, for heartbeats
         self._heartbeat_s = settings.router.heartbeat_interval_s
         self._node = ray.get_runtime_context().get_node_id()
+        # Also in the Ray dashboard's metrics (Ray's Prometheus endpoint, prefixed `ray_`).
+        self._tags = {"worker": name, "worker_type": worker_type}
+        self._finished_metric = metrics.Counter("orchestrator_worker_tasks_finished",
+                                                description="Task attempts this worker ended, by status.",
+                                                tag_keys=("worker", "worker_type", "status"))
+        self._busy_metric = metrics.Gauge("orchestrator_worker_busy_slots", description="Slots running a task.",
+                                          tag_keys=("worker", "worker_type"))
         self._loops = [asyncio.create_task(self._slot_loop(), name=f"slot-{i}") for i in range(self._slots)]
         self._loops.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
 
@@ -104,8 +112,12 @@ class WorkerActor:
         while True:
             *_, task, future = await self._mailbox.get()
             try:
+                self._busy_metric.set(len(self._running) + 1, tags=self._tags)
                 status = await execute(task, self._tools.get(task.tool), self._store, self._name, time.time,
                                        self._running, self._limits, self._stats)
+                self._busy_metric.set(len(self._running), tags=self._tags)
+                if status is not None:
+                    self._finished_metric.inc(tags={**self._tags, "status": status.value})
                 if not future.done():
                     future.set_result(status)
             except Exception as exc:  # Redis down after retries: the router requeues the task

@@ -21,6 +21,9 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+RAY_METRICS_PORT: list[int] = []  # where the session's Ray exports its Prometheus metrics
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[int]:
     """A local Ray of our own (never the machine's), with Serve's HTTP proxy on a free port; yields the port."""
@@ -30,8 +33,9 @@ def ray_session() -> Iterator[int]:
     from deployments.app import init_local_ray
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    RAY_METRICS_PORT.append(free_port())
     init_local_ray(num_cpus=4, include_dashboard=False, namespace="tests", log_to_driver=False,
-             _temp_dir=tempfile.mkdtemp(prefix="orch-ray-"))
+                   _temp_dir=tempfile.mkdtemp(prefix="orch-ray-"), _metrics_export_port=RAY_METRICS_PORT[0])
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port

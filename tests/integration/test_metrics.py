@@ -9,10 +9,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from deployments.fake_provider import FakeProviderConfig
-from tests.conftest import Deployed, deployed, make_settings
+from tests.conftest import RAY_METRICS_PORT, Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
 from tests.integration.test_spine import finished, result
-from tests.support import RedisServer
+from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -63,3 +63,22 @@ def test_metrics_parse_and_move_as_tasks_run(system: Deployed, provider: Running
     assert after[("orchestrator_provider_calls_total", (("outcome", "ok"), ("provider", "fake")))] >= 1
     assert after[("orchestrator_tokens_total", (("tool", "llm"),))] > 0
     assert after[("orchestrator_active_tasks", ())] == 0
+
+
+def test_worker_metrics_reach_rays_prometheus_endpoint(system: Deployed) -> None:
+    """ray.util.metrics from the worker actors: what the Ray dashboard's metrics show."""
+    task_id = result(system.base_url, "run_task", {"tool": "echo", "prompt": "ray metrics"})["task_id"]
+    finished(system.base_url, task_id)
+    url = f"http://127.0.0.1:{RAY_METRICS_PORT[0]}/metrics"
+
+    def exported() -> bool:
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.HTTPError:
+            return False
+        return any(sample.name.startswith("ray_orchestrator_worker_tasks_finished") and
+                   sample.labels.get("worker_type") == "reasoning" and sample.labels.get("status") == "succeeded"
+                   and sample.value >= 1
+                   for family in text_string_to_metric_families(text) for sample in family.samples)
+
+    wait_until(exported, 60, "the worker's task counter on Ray's metrics endpoint")
