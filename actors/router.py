@@ -57,6 +57,7 @@ class WorkerSlot:
     capacity: int  # slots + prefetch
     assigned: dict[str, Assignment] = field(default_factory=dict)
     draining: bool = False  # takes no new tasks; retired once its tasks are done
+    ready: bool = False  # placed and constructed: a new worker may wait for a node for a while
 
 
 @ray.remote
@@ -110,7 +111,10 @@ class RouterActor:
             for w in self._workers.values() for a in w.assigned.values()
         ]
         matrix = {t: {str(p): n for p, n in self._ready.depth_by_priority(t).items()} for t in self._settings.pools}
-        return RouterOverview(pools=pools, workers=workers, matrix=matrix, running=running)
+        alive = [node for node in ray.nodes() if node.get("Alive")]
+        cpus = sum(node.get("Resources", {}).get("CPU", 0.0) for node in alive)
+        return RouterOverview(pools=pools, workers=workers, matrix=matrix, running=running, nodes=len(alive),
+                              cluster_cpus=cpus)
 
     # --- internals ------------------------------------------------------------------------------
 
@@ -179,8 +183,20 @@ class RouterActor:
             name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
             max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
         ).remote(self._settings, name, worker_type)
-        self._workers[name] = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch,
-                                         draining=draining)
+        slot = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch, draining=draining)
+        self._workers[name] = slot
+        self._background.append(asyncio.create_task(self._await_ready(slot), name=f"ready-{name}"))
+
+    async def _await_ready(self, worker: WorkerSlot) -> None:
+        """Give a worker tasks only once it runs: until Ray places it (maybe on a node the autoscaler is
+        still adding), tasks assigned to it would wait behind it while other workers are free."""
+        while not worker.ready and self._workers.get(worker.name) is worker:
+            try:
+                await worker.handle.held.remote()
+                worker.ready = True
+            except RayActorError:
+                await asyncio.sleep(1.0)  # it died while starting; Ray restarts it
+        self._dispatch()
 
     def _retire_idle(self) -> None:
         """Workers that were draining and hold nothing exit (for good: no restart)."""
@@ -243,6 +259,7 @@ class RouterActor:
                 async with asyncio.timeout(self._settings.router.call_timeout_s):
                     for task_id in await worker.handle.held.remote():
                         held[task_id] = worker
+                worker.ready = True
             except (RayActorError, TimeoutError):
                 logger.warning("worker did not report its tasks", extra={"worker": worker.name})
         for task in await self._store.read(CONSUMER, count=1_000_000, block_ms=None, pending=True):
@@ -258,7 +275,7 @@ class RouterActor:
         for worker_type in self._settings.pools:
             if worker_type in self._paused:
                 continue
-            pool = [w for w in self._workers.values() if w.worker_type == worker_type and not w.draining]
+            pool = [w for w in self._workers.values() if w.worker_type == worker_type and w.ready and not w.draining]
             while (task := self._ready.peek(worker_type, now)) is not None:
                 name = choose_worker(WorkerLoad(w.name, w.capacity, len(w.assigned)) for w in pool)
                 if name is None and task.priority >= self._settings.router.preempt_threshold:

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import ray
+from ray.autoscaler.sdk import request_resources
 
 from actors.clients import ActorRouterClient
 from orchestrator.adapters.stats_store import StatsStore
@@ -30,6 +31,7 @@ class SlaPolicyActor:
         self._router = ActorRouterClient(settings)
         self._memory: dict[str, PoolMemory] = {}
         self._last: dict[str, dict[str, Any]] = {}
+        self._requested: list[dict[str, float]] | None = None
         self._clock = time.time
         self._loop = asyncio.create_task(self._run(), name="sla")
 
@@ -55,12 +57,14 @@ class SlaPolicyActor:
         merged, since = await self._stats.window(now, self._settings.sla.window_s)
         waits = summarize(merged, self._settings.sla.window_s, since).by_worker_type
         overrides = {t: SlaTargets.model_validate(v) for t, v in (await self._store.sla_targets()).items()}
+        sizes = {p.worker_type: p.workers for p in overview.pools}
         for worker_type, targets in {**self._settings.sla.pools, **overrides}.items():
             metrics = _measure(overview, worker_type, waits.get(worker_type))
             decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
             self._memory[worker_type] = decision.memory
             self._last[worker_type] = _report(metrics, decision, now)
             await self._store.save_sla_state(worker_type, self._last[worker_type])
+            sizes[worker_type] = decision.workers
             if decision.workers != metrics.workers:
                 logger.info("SLA resize", extra={"pool": worker_type, "from": metrics.workers,
                                                  "to": decision.workers, "reason": decision.reason})
@@ -68,6 +72,17 @@ class SlaPolicyActor:
                 await self._store.audit("sla-policy", "scale", {"worker_type": worker_type,
                                                                 "workers": decision.workers,
                                                                 "reason": decision.reason}, now)
+        self._request_nodes(sizes)
+
+    def _request_nodes(self, sizes: dict[str, int]) -> None:
+        """Tell Ray's autoscaler the resources every planned worker needs, so that nodes are added when
+        new workers cannot be placed and released when pools shrink (each request replaces the last)."""
+        bundles = [{"CPU": self._settings.pools[t].num_cpus} for t, n in sorted(sizes.items()) for _ in range(n)
+                   if self._settings.pools[t].num_cpus > 0]
+        if bundles != self._requested:
+            request_resources(bundles=bundles)
+            logger.info("requested resources from the autoscaler", extra={"bundles": len(bundles)})
+            self._requested = bundles
 
 
 def _measure(overview: RouterOverview, worker_type: str, window: Any) -> PoolMetrics:

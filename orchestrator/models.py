@@ -241,6 +241,8 @@ class RouterOverview(BaseModel):
     workers: list[WorkerStatus]
     matrix: dict[str, dict[str, int]] = Field(description="queued tasks per worker type × priority")
     running: list[RunningTask]
+    nodes: int = Field(default=0, description="alive Ray nodes")
+    cluster_cpus: float = Field(default=0.0, description="CPUs of the alive Ray nodes")
 
 
 class ToolInfo(BaseModel):
