@@ -12,6 +12,7 @@ import ray
 from ray.autoscaler.sdk import request_resources
 
 from actors.clients import ActorRouterClient
+from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.analytics import summarize
@@ -29,6 +30,7 @@ class SlaPolicyActor:
         self._store = TaskStore.from_settings(settings.redis)
         self._stats = StatsStore(self._store.redis, settings.redis.prefix)
         self._router = ActorRouterClient(settings)
+        self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._memory: dict[str, PoolMemory] = {}
         self._last: dict[str, dict[str, Any]] = {}
         self._requested: list[dict[str, float]] | None = None
@@ -59,7 +61,7 @@ class SlaPolicyActor:
         overrides = {t: SlaTargets.model_validate(v) for t, v in (await self._store.sla_targets()).items()}
         sizes = {p.worker_type: p.workers for p in overview.pools}
         for worker_type, targets in {**self._settings.sla.pools, **overrides}.items():
-            metrics = _measure(overview, worker_type, waits.get(worker_type))
+            metrics = _measure(overview, worker_type, waits.get(worker_type), await self._provider_waits(worker_type))
             decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
             self._memory[worker_type] = decision.memory
             self._last[worker_type] = _report(metrics, decision, now)
@@ -74,6 +76,13 @@ class SlaPolicyActor:
                                                                 "reason": decision.reason}, now)
         self._request_nodes(sizes)
 
+    async def _provider_waits(self, worker_type: str) -> int:
+        """Calls of the pool's LLM tools waiting on their providers' limits (rate, tokens, concurrency)."""
+        tools = self._settings.tools
+        providers = {self._settings.provider_of(n) for n, t in tools.items()
+                     if t.worker_type == worker_type and t.kind == "openai"}
+        return sum([await self._gate.waiting(p) for p in sorted(providers)])
+
     def _request_nodes(self, sizes: dict[str, int]) -> None:
         """Tell Ray's autoscaler the resources every planned worker needs, so that nodes are added when
         new workers cannot be placed and released when pools shrink (each request replaces the last)."""
@@ -85,7 +94,7 @@ class SlaPolicyActor:
             self._requested = bundles
 
 
-def _measure(overview: RouterOverview, worker_type: str, window: Any) -> PoolMetrics:
+def _measure(overview: RouterOverview, worker_type: str, window: Any, provider_waits: int) -> PoolMetrics:
     workers = [w for w in overview.workers if w.worker_type == worker_type and not w.draining]
     slots = sum(w.slots for w in workers)
     running = sum(w.running for w in workers)
@@ -94,10 +103,12 @@ def _measure(overview: RouterOverview, worker_type: str, window: Any) -> PoolMet
     wait_p95_ms = None if window is None or queued == 0 else window.queue_wait_ms.p95
     return PoolMetrics(workers=len(workers), queue_depth=queued,
                        queue_wait_p95_s=None if wait_p95_ms is None else wait_p95_ms / 1000,
-                       utilisation=running / slots if slots else 1.0)
+                       utilisation=running / slots if slots else 1.0,
+                       provider_wait_share=min(1.0, provider_waits / running) if running else 0.0)
 
 
 def _report(metrics: PoolMetrics, decision: Decision, now: float) -> dict[str, Any]:
     return {"at": now, "workers": metrics.workers, "queue_depth": metrics.queue_depth,
+            "provider_wait_share": round(metrics.provider_wait_share, 3),
             "queue_wait_p95_s": metrics.queue_wait_p95_s, "utilisation": round(metrics.utilisation, 3),
             "target_workers": decision.workers, "reason": decision.reason}

@@ -125,6 +125,11 @@ class Keys:
         """Hash of analytics counters of finished tasks, one per minute (unix time // 60)."""
         return f"{self.prefix}:stats:{minute}"
 
+    def provider_waiting(self, provider: str) -> str:
+        """Sorted set of calls waiting on a provider's limits (permit → expiry): what the SLA policy reads
+        to tell a provider-bound pool (more workers would only wait too)."""
+        return f"{self.prefix}:provider:{provider}:waiting"
+
     def of_task(self, task_id: str) -> list[str]:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),

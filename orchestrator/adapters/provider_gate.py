@@ -16,7 +16,9 @@ different processes (and on different nodes) see one budget and one breaker per 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import time
 import uuid
 from collections import defaultdict
 
@@ -28,6 +30,7 @@ from orchestrator.resilience import Account, CircuitOpenError, Outcome, Permit
 from orchestrator.settings import ProviderSettings
 
 IDLE_TTL_MS = 600_000  # an account's state is dropped after ten idle minutes
+WAITING_TTL_S = 600.0  # a waiter that died is no longer counted after this
 CONCURRENCY_POLL_S = 0.01  # a full concurrency budget frees up at an unknown time: look again this often
 
 _NOW = """
@@ -147,16 +150,37 @@ class RedisProviderGate:
             limits.max_concurrency or 0, int(lease_s * 1000), permit.permit_id, IDLE_TTL_MS,
         ]
         keys = self._keys.of_provider(account.provider, account.key_fingerprint)[:3]
-        async with self._queues[account]:
-            while True:
-                with storage_errors():
-                    admitted, wait_ms = await self._acquire(keys=keys, args=args)
-                if admitted == 1:
-                    return permit
-                if admitted == -1:
-                    raise CircuitOpenError(account.provider, wait_ms / 1000)
-                # Pacing, not synchronisation: the meter said when the budget admits this call.
-                await asyncio.sleep(max(wait_ms / 1000, CONCURRENCY_POLL_S) * self._rng.uniform(1.0, 1.05))
+        queue = self._queues[account]
+        waiting = False
+        try:
+            if queue.locked():  # another call of this account is waiting for the budget: so will this one
+                waiting = await self._mark_waiting(account.provider, permit.permit_id)
+            async with queue:
+                while True:
+                    with storage_errors():
+                        admitted, wait_ms = await self._acquire(keys=keys, args=args)
+                    if admitted == 1:
+                        return permit
+                    if admitted == -1:
+                        raise CircuitOpenError(account.provider, wait_ms / 1000)
+                    waiting = await self._mark_waiting(account.provider, permit.permit_id)
+                    # Pacing, not synchronisation: the meter said when the budget admits this call.
+                    await asyncio.sleep(max(wait_ms / 1000, CONCURRENCY_POLL_S) * self._rng.uniform(1.0, 1.05))
+        finally:
+            if waiting:
+                with contextlib.suppress(Exception):
+                    await self._client.zrem(self._keys.provider_waiting(account.provider), permit.permit_id)
+
+    async def _mark_waiting(self, provider: str, permit_id: str) -> bool:
+        """Count this call among those waiting on the provider (until it is admitted, or for WAITING_TTL_S)."""
+        with storage_errors():
+            await self._client.zadd(self._keys.provider_waiting(provider), {permit_id: time.time() + WAITING_TTL_S})
+        return True
+
+    async def waiting(self, provider: str) -> int:
+        """Calls waiting on the provider's limits now, across every worker."""
+        with storage_errors():
+            return int(await self._client.zcount(self._keys.provider_waiting(provider), time.time(), "+inf"))
 
     async def release(
         self, permit: Permit, limits: ProviderSettings, outcome: Outcome,
