@@ -64,7 +64,10 @@ class SlaPolicyActor:
             metrics = _measure(overview, worker_type, waits.get(worker_type), await self._provider_waits(worker_type))
             decision = decide(metrics, targets, self._memory.get(worker_type, PoolMemory()), now)
             self._memory[worker_type] = decision.memory
-            self._last[worker_type] = _report(metrics, decision, now)
+            window = waits.get(worker_type)
+            run_p95_ms = None if window is None else window.run_ms.p95
+            self._last[worker_type] = {**_report(metrics, decision, now),
+                                       "run_p95_s": None if run_p95_ms is None else run_p95_ms / 1000}
             await self._store.save_sla_state(worker_type, self._last[worker_type])
             sizes[worker_type] = decision.workers
             if decision.workers != metrics.workers:
