@@ -95,7 +95,8 @@ def _scale_up(metrics: PoolMetrics, targets: SlaTargets, memory: PoolMemory, now
     wait_ratio = (metrics.queue_wait_p95_s or 0) / targets.queue_wait_p95_s
     wanted = max(current + 1, math.ceil(current * max(wait_ratio, 1.0)))  # grow with how late tasks start
     target = min(wanted, current + targets.max_step, high)
-    return Decision(target, f"SLA breached (queue wait p95 {metrics.queue_wait_p95_s}s, "
+    wait = "n/a" if metrics.queue_wait_p95_s is None else f"{metrics.queue_wait_p95_s:.2f}s"
+    return Decision(target, f"SLA breached (queue wait p95 {wait}, "
                             f"utilisation {metrics.utilisation:.0%}, {metrics.queue_depth} queued)",
                     PoolMemory(now, None))
 
