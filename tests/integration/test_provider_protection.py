@@ -130,7 +130,7 @@ async def test_circuit_opens_skips_the_provider_and_recovers(
                 break
             except ToolError:
                 assert time.monotonic() < deadline, "the circuit never let a probe through"
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # poll interval of the retrying caller (bounded by the deadline)
         assert result["text"] == "echo: hi"
         assert await gate.breaker_state("primary") == "closed"
         assert primary.stats()["requests"] == 3  # one probe, no stampede
