@@ -36,18 +36,16 @@ def workers(system: Deployed) -> int:
 
 def test_a_burst_grows_the_pool_and_idleness_brings_it_back(system: Deployed) -> None:
     ids = [result(system.base_url, "run_task", {"tool": "echo", "prompt": f"b{i}",
-                                                "context": {"delay_ms": 800, "steps": 4}})["task_id"]
-           for i in range(16)]
-    sizes: list[int] = []
+                                                "context": {"delay_ms": 1000, "steps": 4}})["task_id"]
+           for i in range(40)]  # 10 s of work for the first worker's 2 slots: the queue outlasts the growth
+    wait_until(lambda: workers(system) == 3, 30, "the SLA policy to grow the pool to max_workers")
 
-    def grown() -> bool:
-        sizes.append(workers(system))
-        return sizes[-1] == 3
+    def newest_runs() -> bool:
+        return any(r["worker"] == "worker:reasoning:2" for r in result(system.base_url, "status")["running"])
 
-    wait_until(grown, 30, "the SLA policy to grow the pool to max_workers")
+    wait_until(newest_runs, 30, "the newest worker to take queued tasks once placed")
     records = [finished(system.base_url, task_id, timeout_s=60) for task_id in ids]
-    assert [r["status"] for r in records] == ["succeeded"] * 16
-    assert len({r["worker"] for r in records}) == 3  # the new workers took part
+    assert [r["status"] for r in records] == ["succeeded"] * len(ids)
     assert all(r["attempts"] == 1 for r in records)  # draining lost nothing
     wait_until(lambda: workers(system) == 1, 30, "the pool to shrink back to min_workers when idle")
     state: dict[str, Any] = ray.get(ray.get_actor(SLA_POLICY_NAME, namespace=system.settings.namespace)
