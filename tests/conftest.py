@@ -87,3 +87,14 @@ def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deploy
     """The default test system, deployed once per test module."""
     with deployed(make_settings(redis_server.url), ray_session) as system:
         yield system
+
+
+@pytest.fixture(scope="module")
+def provider() -> Iterator[Any]:
+    """The fake OpenAI-compatible provider with its default config, for one test module
+    (a module needing another config defines its own `provider`)."""
+    from deployments.fake_provider import FakeProviderConfig
+    from tests.fakeprovider import fake_provider
+
+    with fake_provider(FakeProviderConfig()) as running:
+        yield running

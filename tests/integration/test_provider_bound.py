@@ -6,19 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from deployments.fake_provider import FakeProviderConfig
 from tests.conftest import Deployed, deployed, make_settings
-from tests.fakeprovider import RunningFakeProvider, fake_provider
+from tests.fakeprovider import RunningFakeProvider
 from tests.integration.test_spine import finished, result
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def provider() -> Iterator[RunningFakeProvider]:
-    with fake_provider(FakeProviderConfig()) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
