@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,15 @@ def _pids_mentioning(directory: str) -> list[int]:
     return found
 
 
+@dataclass(frozen=True)
+class FakeCluster:
+    address: str  # its GCS
+    auth_env: dict[str, str]  # what a process connecting to it needs: token auth mode and the cluster's token
+
+
 @pytest.fixture
-def fake_cluster() -> Iterator[str]:
-    """A fake autoscaling cluster of our own: a 1-CPU head, up to 2 fake nodes of 2 CPUs; its GCS address."""
+def fake_cluster() -> Iterator[FakeCluster]:
+    """A fake autoscaling cluster of our own: a 1-CPU head, up to 2 fake nodes of 2 CPUs."""
     root = tempfile.mkdtemp(prefix="orch-fake-")  # short: Ray's socket paths have a length limit
     port = free_port()
     config = {
@@ -64,13 +72,18 @@ def fake_cluster() -> Iterator[str]:
     }
     config_file = Path(root) / "autoscaler.yaml"
     config_file.write_text(json.dumps(config))  # JSON is YAML
-    env = {**os.environ, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    # A token of its own: connecting by address needs token auth (Ray 2.60), and ~/.ray/auth_token may not exist.
+    token_file = Path(root) / "auth_token"
+    token_file.write_text(secrets.token_hex(32))
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file)}
+    env = {**os.environ, **auth_env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+           "RAY_USAGE_STATS_ENABLED": "0"}
     started = _ray("start", "--head", f"--port={port}", f"--autoscaling-config={config_file}", "--num-cpus=1",
                    f"--temp-dir={root}/ray", "--include-dashboard=false",
                    f"--dashboard-agent-listen-port={free_port()}", env=env)
     try:
         assert started.returncode == 0, started.stdout + started.stderr
-        yield f"127.0.0.1:{port}"
+        yield FakeCluster(f"127.0.0.1:{port}", auth_env)
     finally:  # stop exactly what this cluster started (its processes name our temp dir), never `ray stop`
         for pid in _pids_mentioning(root):
             try:
@@ -80,16 +93,17 @@ def fake_cluster() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_sla_policy_adds_and_releases_nodes(fake_cluster: str, tmp_path: Path) -> None:
+def test_the_sla_policy_adds_and_releases_nodes(fake_cluster: FakeCluster, tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCH_")}
+    env.update(fake_cluster.auth_env)
     env.update(ORCH_DATA_DIR=str(tmp_path), RAY_USAGE_STATS_ENABLED="0", ORCH_POOLS__CODEGEN__WORKERS="0",
                ORCH_POOLS__ML__WORKERS="0", ORCH_POOLS__REASONING__WORKERS="1", ORCH_POOLS__REASONING__SLOTS="2",
                ORCH_POOLS__REASONING__NUM_CPUS="1", ORCH_SLA__INTERVAL_S="1",
                ORCH_SLA__POOLS__REASONING__MIN_WORKERS="1", ORCH_SLA__POOLS__REASONING__MAX_WORKERS="3",
                ORCH_SLA__POOLS__REASONING__QUEUE_WAIT_P95_S="0.5", ORCH_SLA__POOLS__REASONING__COOLDOWN_UP_S="0",
                ORCH_SLA__POOLS__REASONING__COOLDOWN_DOWN_S="0", ORCH_SLA__POOLS__REASONING__SCALE_DOWN_AFTER_S="2")
-    up = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--address", fake_cluster, "--port", str(port),
+    up = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--address", fake_cluster.address, "--port", str(port),
                          "--no-dashboard", "--timeout", "240"], env=env, capture_output=True, text=True, timeout=300,
                         check=False)
     try:
