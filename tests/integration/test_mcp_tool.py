@@ -145,11 +145,11 @@ async def test_unstartable_stdio_server_is_a_retryable_error(connections: McpCon
 
 
 async def test_timeout_is_retryable_and_the_connection_survives(connections: McpConnections) -> None:
-    server = stdio_settings(timeout_s=0.5)
+    server = stdio_settings(timeout_s=2)  # also the bound of the calls after it: not too tight for a loaded machine
     with pytest.raises(ToolError) as caught:
         await run(tool("sleep", server, connections), {"seconds": 30})
     assert caught.value.tool_retryable is True
-    assert "within 0.5s" in str(caught.value)
+    assert "within 2s" in str(caught.value)
     assert (await run(tool("add", server, connections), {"a": 1, "b": 1}))["text"] == "2"
     assert (await run(tool("handshakes", server, connections), {}))["structured"]["result"] == 1
 
