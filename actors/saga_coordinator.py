@@ -20,7 +20,7 @@ from typing import Any
 import ray
 
 from actors.clients import ActorRouterClient
-from orchestrator import saga
+from orchestrator import auth, saga
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
@@ -32,7 +32,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import RunTaskParamsV2, TaskRecord
 from orchestrator.service import TaskService
-from orchestrator.settings import Settings
+from orchestrator.settings import QuotaSettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +67,16 @@ class SagaCoordinatorActor:
         return os.getpid()
 
     async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None) -> tuple[str, bool]:
-        """Persist a new saga and queue it by priority; (saga id, whether the key named an earlier one)."""
+                       idempotency_key: str | None, agent: str | None, tenant: str | None = None,
+                       quota: QuotaSettings | None = None) -> tuple[str, bool]:
+        """Persist a new saga of `tenant` (within its submit quota) and queue it by priority; (saga id, whether
+        the key named an earlier one)."""
         definition = self._settings.all_workflows().get(workflow)
         if definition is None:
             known = ", ".join(sorted(self._settings.all_workflows()))
             raise InvalidParamsError({"params.workflow": f"unknown workflow {workflow[:128]!r}; known: {known}"})
-        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent)
-        saga_id, duplicate = await self._sagas.create(state, idempotency_key)
+        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent, tenant)
+        saga_id, duplicate = await self._sagas.create(state, idempotency_key, quota)
         if not duplicate:
             await self._mailbox.put((-priority, next(self._seq), saga_id))
         return saga_id, duplicate
@@ -149,7 +151,7 @@ class SagaCoordinatorActor:
             await self._sagas.save(state)
             return await self._finished(state, command.step, command.compensation, task_id, interruptible=True)
         if isinstance(command, saga.Cancel):
-            await self._tasks.cancel_task(command.task_id)
+            await self._tasks.cancel_task(command.task_id, auth.system(state.tenant))
             return await self._finished(state, command.step, False, command.task_id, interruptible=False)
         if isinstance(command, saga.Fail):
             return await self._failed_to_render(state, command)
@@ -170,7 +172,7 @@ class SagaCoordinatorActor:
                                  idempotency_key=command.key, agent=state.agent, deadline=deadline)
         while True:
             try:
-                return (await self._tasks.run_task(params)).task_id
+                return (await self._tasks.run_task(params, auth.system(state.tenant))).task_id
             except (QueueFullError, StorageUnavailableError):
                 await asyncio.sleep(RESUBMIT_DELAY_S)  # retryable refusals: the step is not lost, only later
 
@@ -201,7 +203,7 @@ class SagaCoordinatorActor:
 
         async def finished() -> bool:
             nonlocal record
-            record = await self._tasks.get_task(task_id)
+            record = await self._tasks.get_task(task_id, auth.system(None))
             return record.status.finished
 
         with self._waiter.watch(task_id) as watch:

@@ -13,6 +13,7 @@ from actors.router import RouterActor
 from actors.saga_coordinator import SagaCoordinatorActor
 from actors.sla_policy import SlaPolicyActor
 from deployments.ingress import RpcIngress
+from orchestrator.auth import unsafe_bind
 from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME, SLA_POLICY_NAME, worker_name
 from orchestrator.settings import Settings, ToolSettings
 
@@ -82,6 +83,9 @@ def start_saga_coordinator(settings: Settings) -> Any:
 
 def build_app(settings: Settings) -> Any:
     """The Serve application: start the router and the saga coordinator, then bind the ingress."""
+    refused = unsafe_bind(settings.http.host, settings.auth)
+    if refused is not None:
+        raise ValueError(refused)
     settings = with_imported_tools(settings)
     start_router(settings)
     start_saga_coordinator(settings)
@@ -89,6 +93,9 @@ def build_app(settings: Settings) -> Any:
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,
+        # A stopping replica looks this often for its last requests to end (Serve's default, 2 s, makes
+        # every shutdown and redeploy take that long even when nothing is in flight).
+        graceful_shutdown_wait_loop_s=0.2,
         ray_actor_options={"num_cpus": 0},
     ).bind(settings)
 

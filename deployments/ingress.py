@@ -8,11 +8,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response, Security
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPBearer
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
+from deployments.http_auth import caller, refusal
 from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
 from orchestrator.adapters.provider_gate import RedisProviderGate
@@ -20,7 +22,15 @@ from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
-from orchestrator.errors import ActorUnavailableError, InvalidParamsError, OrchestratorError, TaskNotFoundError
+from orchestrator.auth import METRICS, READ, Authenticator, Principal
+from orchestrator.errors import (
+    ActorUnavailableError,
+    ForbiddenError,
+    InvalidParamsError,
+    OrchestratorError,
+    TaskNotFoundError,
+    UnauthenticatedError,
+)
 from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
 from orchestrator.saga_service import SagaService
 from orchestrator.settings import Settings
@@ -49,6 +59,9 @@ _ENVELOPE: dict[str, Any] = {
     },
     "additionalProperties": False,
 }
+# Declares the bearer scheme in the OpenAPI document (/docs gets an "Authorize" button); checking the key
+# is the Authenticator's job, so this never refuses anything itself.
+_KEYED = [Security(HTTPBearer(auto_error=False, description="an API key: `orchestrator keys create` makes one"))]
 _RPC_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -86,6 +99,7 @@ class RpcIngress:
         from orchestrator.service import TaskService
 
         self._settings = settings
+        self._auth = Authenticator(settings.auth)
         self._store = TaskStore.from_settings(settings.redis)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
         self._router = ActorRouterClient(settings)
@@ -94,7 +108,8 @@ class RpcIngress:
         self._events = TaskStore.from_settings(sse_redis)
         self._stats = StatsStore(self._store.redis, settings.redis.prefix)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
-        service = TaskService(settings, self._store, self._waiter, self._router, time.time, self._stats)
+        self._service = service = TaskService(settings, self._store, self._waiter, self._router, time.time,
+                                              self._stats)
         redis = settings.redis
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
@@ -107,7 +122,7 @@ class RpcIngress:
         }
         # The MCP tools are the v2 methods, answered by the v2 dispatcher.
         self._mcp = McpFace(settings, methods[2], self._mcp_rpc, self._events,
-                            SessionRegistry(self._store.redis, redis.prefix), version=app.version)
+                            SessionRegistry(self._store.redis, redis.prefix), self._auth, version=app.version)
 
     def __del__(self) -> None:
         # Serve calls this when it stops the replica; the MCP face owns a background task.
@@ -115,66 +130,77 @@ class RpcIngress:
         if face is not None:
             face.close()
 
-    @app.post("/v1/rpc", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, API v1 (all methods)")
+    @app.post("/v1/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, API v1 (all methods)")
     async def rpc_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1)
 
-    @app.post("/v2/rpc", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, API v2 (run_task takes `input`, `deadline`)")
+    @app.post("/v2/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, API v2 (run_task takes `input`, `deadline`)")
     async def rpc_v2(self, request: Request) -> Response:
         return await self._rpc(request, 2)
 
-    @app.post("/v1/run_task", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `run_task` only")
+    @app.post("/v1/run_task", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, `run_task` only")
     async def run_task_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "run_task")
 
-    @app.post("/v2/run_task", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, v2 `run_task` only")
+    @app.post("/v2/run_task", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, v2 `run_task` only")
     async def run_task_v2(self, request: Request) -> Response:
         return await self._rpc(request, 2, "run_task")
 
-    @app.post("/v1/status", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `status` only")
+    @app.post("/v1/status", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, `status` only")
     async def status_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "status")
 
-    @app.post("/v1/control", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `control` only")
+    @app.post("/v1/control", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, `control` only")
     async def control_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "control")
 
-    @app.post("/v1/inject", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `inject` only")
+    @app.post("/v1/inject", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, `inject` only")
     async def inject_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "inject")
 
-    @app.post("/v1/analytics", openapi_extra=_RPC_BODY, summary="JSON-RPC 2.0, `analytics` only")
+    @app.post("/v1/analytics", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, `analytics` only")
     async def analytics_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1, "analytics")
 
-    @app.get("/v1/tasks/{task_id}/events", summary="Server-Sent Events: the task's history, then live, to the end")
+    @app.get("/v1/tasks/{task_id}/events", dependencies=_KEYED,
+             summary="Server-Sent Events: the task's history, then live, to the end")
     async def task_events(self, task_id: str, request: Request) -> Response:
+        try:
+            principal = self._caller(request, READ, "task events")
+        except (UnauthenticatedError, ForbiddenError) as exc:
+            return refusal(exc)
         try:
             after = events.check_event_id(request.headers.get("last-event-id"))
             if len(task_id) > 64:
                 raise TaskNotFoundError(task_id[:64])
+            await self._service.get_task(task_id, principal)  # another tenant's task is not found either
             frames = events.follow(self._events, task_id, after)
-            first = await anext(frames)  # surfaces "not found" as a JSON error, not a broken stream
+            first = await anext(frames)  # surfaces a store failure as a JSON error, not a broken stream
         except (OrchestratorError, InvalidParamsError) as exc:
             status = 404 if isinstance(exc, TaskNotFoundError) else 400
             return JSONResponse({"error": to_jsonrpc_error(exc)}, status_code=status)
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/mcp", summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
+    @app.post("/mcp", dependencies=_KEYED, summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
     async def mcp_post(self, request: Request) -> Response:
         return self._mcp.response()
 
-    @app.get("/mcp", summary="MCP: no server-initiated stream is offered (405)")
+    @app.get("/mcp", dependencies=_KEYED, summary="MCP: no server-initiated stream is offered (405)")
     async def mcp_get(self, request: Request) -> Response:
         return self._mcp.response()
 
-    @app.delete("/mcp", summary="MCP: end the session named by the Mcp-Session-Id header")
+    @app.delete("/mcp", dependencies=_KEYED, summary="MCP: end the session named by the Mcp-Session-Id header")
     async def mcp_delete(self, request: Request) -> Response:
         return self._mcp.response()
 
-    @app.get("/metrics", summary="Prometheus metrics of the whole system (text exposition format)")
-    async def prometheus_metrics(self) -> Response:
+    @app.get("/metrics", dependencies=_KEYED,
+             summary="Prometheus metrics of the whole system (text exposition format); needs scope `metrics`")
+    async def prometheus_metrics(self, request: Request) -> Response:
+        try:
+            self._caller(request, METRICS, "GET /metrics")
+        except (UnauthenticatedError, ForbiddenError) as exc:
+            return refusal(exc)
         settings = self._settings
         try:
             overview = await self._router.overview()
@@ -201,17 +227,29 @@ class RpcIngress:
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
-    async def _mcp_rpc(self, body: bytes, request: Request | None) -> bytes | None:
+    def _caller(self, request: Request, scope: str, what: str) -> Principal:
+        """The request's caller, if it may do `what` (which needs `scope`); raises Unauthenticated/ForbiddenError."""
+        principal = caller(self._auth, request.headers)
+        if not principal.can(scope):
+            raise ForbiddenError(what, scope)
+        return principal
+
+    async def _mcp_rpc(self, body: bytes, principal: Principal) -> bytes | None:
         """An MCP tool call, as a JSON-RPC request to the v2 dispatcher."""
-        return await self._dispatchers[2].handle(body, RequestContext(version=2))
+        return await self._dispatchers[2].handle(body, RequestContext(version=2, principal=principal))
 
     async def _rpc(self, request: Request, version: int, method: str | None = None) -> Response:
+        try:  # before the body is read: nothing of an unauthenticated request is looked at
+            principal = caller(self._auth, request.headers)
+        except UnauthenticatedError as exc:
+            return refusal(exc)
         body = await _read_limited(request, self._settings.limits.max_body_bytes)
         if body is None:
             error = {"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid Request",
                      "data": {"reason": f"body larger than {self._settings.limits.max_body_bytes} bytes"}}}
             return Response(json.dumps(error), status_code=413, media_type="application/json")
-        reply = await self._dispatchers[version].handle(body, RequestContext(version=version), path_method=method)
+        context = RequestContext(version=version, principal=principal)
+        reply = await self._dispatchers[version].handle(body, context, path_method=method)
         if reply is None:
             return Response(status_code=204)
         return Response(reply, media_type="application/json")

@@ -1,9 +1,10 @@
 """The MCP face at `/mcp`: the JSON-RPC methods as MCP tools over Streamable HTTP, served by any replica.
 
-Every tool call is a JSON-RPC request handed to the same dispatcher as `/v2/rpc`, so both faces accept
-exactly the same params and answer the same results and errors. The SDK serves each request statelessly
-(any replica can answer it); the sessions of the `initialize` handshake live in Redis, so a session opened
-on one replica is served, and ended, by every other one.
+Every tool call is a JSON-RPC request handed to the same dispatcher as `/v2/rpc`, with the caller's API
+key, so both faces accept exactly the same params and answer the same results and errors. The SDK serves
+each request statelessly (any replica can answer it); the sessions of the `initialize` handshake live in
+Redis, so a session opened on one replica is served, and ended, by every other one — for the key that
+opened it only.
 """
 
 from __future__ import annotations
@@ -34,17 +35,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from deployments.http_auth import caller, refusal
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import TaskStore, storage_errors
-from orchestrator.errors import OrchestratorError
+from orchestrator.auth import Authenticator, Principal
+from orchestrator.errors import OrchestratorError, UnauthenticatedError
 from orchestrator.jsonrpc import Method, to_jsonrpc_error
 from orchestrator.models import FINISHED, RunTaskResult, WaitSeconds
 from orchestrator.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-Rpc = Callable[[bytes, Request | None], Awaitable[bytes | None]]
-"""Answers one JSON-RPC request body (API v2) for the HTTP request that carried the MCP call."""
+Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
+"""Answers one JSON-RPC request body (API v2) for a caller."""
 
 TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
@@ -52,6 +55,8 @@ TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga
 READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows"})
 SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
 MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output
+_PRINCIPAL = "orchestrator.principal"  # where a request's caller is kept in its ASGI scope
+_NOBODY = Principal("nobody", None, frozenset())  # a request that did not come through __call__ may do nothing
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 _WAIT: TypeAdapter[float] = TypeAdapter(WaitSeconds)
@@ -177,7 +182,8 @@ def transport_security(host: str) -> TransportSecuritySettings:
 
 
 class SessionRegistry:
-    """MCP sessions in Redis (id → negotiated protocol version), shared by every replica; idle ones expire."""
+    """MCP sessions in Redis (id → negotiated protocol version and the key that opened it), shared by every
+    replica; idle ones expire."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, idle_s: int = SESSION_IDLE_S) -> None:
         self._redis, self._keys, self._idle_s = client, Keys(prefix), idle_s
@@ -185,20 +191,28 @@ class SessionRegistry:
     def _key(self, session_id: str) -> str:
         return self._keys.mcp_session(session_id)
 
-    async def open(self, protocol_version: str) -> str:
+    async def open(self, protocol_version: str, principal: Principal) -> str:
         """A new session's id."""
         session_id = uuid.uuid4().hex
+        value = json.dumps({"version": protocol_version, "key": principal.key_id})
         with storage_errors():
-            await self._redis.set(self._key(session_id), protocol_version, ex=self._idle_s)
+            await self._redis.set(self._key(session_id), value, ex=self._idle_s)
         return session_id
 
-    async def touch(self, session_id: str) -> str | None:
-        """The session's protocol version (its idle time restarts), or None when it does not exist."""
+    async def touch(self, session_id: str, principal: Principal) -> str | None:
+        """The session's protocol version (its idle time restarts), or None when it does not exist — or was
+        opened with another key: a session id is no key of its own."""
         if len(session_id) > 64 or not SESSION_ID_PATTERN.fullmatch(session_id):
             return None
         with storage_errors():
-            version = await self._redis.getex(self._key(session_id), ex=self._idle_s)
-        return None if version is None else str(version)
+            raw = await self._redis.getex(self._key(session_id), ex=self._idle_s)
+        try:
+            session = json.loads(raw) if raw is not None else None
+        except ValueError:  # written by an older version: the client initializes again
+            return None
+        if not isinstance(session, dict) or session.get("key") != principal.key_id:
+            return None
+        return str(session.get("version"))
 
     async def close(self, session_id: str) -> None:
         with storage_errors():
@@ -209,10 +223,12 @@ class McpFace:
     """The MCP server of one ingress replica, as an ASGI app; `response()` hands it one HTTP exchange."""
 
     def __init__(self, settings: Settings, methods: Sequence[Method], rpc: Rpc, events: TaskStore,
-                 sessions: SessionRegistry, *, version: str = "") -> None:
+                 sessions: SessionRegistry, authenticator: Authenticator, *, version: str = "") -> None:
         self._settings, self._rpc, self._events, self._sessions = settings, rpc, events, sessions
+        self._auth = authenticator
         self._tools = tool_definitions(methods)
         self._tool_names = frozenset(tool.name for tool in self._tools)
+        self._scopes = {method.name: method.scope for method in methods}
         self._server: Server[Any] = Server(
             "mcp-orchestrator",
             version=version,
@@ -252,6 +268,12 @@ class McpFace:
         if rejected is not None:
             await rejected(scope, receive, send)
             return
+        try:
+            principal = caller(self._auth, request.headers)
+        except UnauthenticatedError as exc:
+            await refusal(exc)(scope, receive, send)
+            return
+        scope[_PRINCIPAL] = principal  # the SDK hands handlers a Request over this same scope
         version = request.headers.get(MCP_PROTOCOL_VERSION_HEADER)
         if version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS:
             # 2026-07-28 and later: every request carries its own envelope; there are no sessions.
@@ -260,13 +282,13 @@ class McpFace:
         session_id = request.headers.get(MCP_SESSION_ID_HEADER)
         try:
             if session_id is None:
-                await self._without_session(scope, receive, send)
+                await self._without_session(principal, scope, receive, send)
             else:
-                await self._in_session(session_id, scope, receive, send)
+                await self._in_session(session_id, principal, scope, receive, send)
         except OrchestratorError as exc:  # Redis unreachable: a clear, retryable error
             await _json_error(to_jsonrpc_error(exc), 503)(scope, receive, send)
 
-    async def _without_session(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _without_session(self, principal: Principal, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope["method"]
         if method == "GET":  # the standalone stream belongs to a session
             await _method_not_allowed(scope, receive, send)
@@ -283,15 +305,16 @@ class McpFace:
         if negotiated is None:  # not an `initialize`: served without a session, as the SDK's stateless mode does
             await self._manager.handle_request(scope, receive, send)
             return
-        session_id = await self._sessions.open(negotiated)
+        session_id = await self._sessions.open(negotiated, principal)
         status = await _serve(self._manager.handle_request, scope, receive, _with_session_header(send, session_id))
         if status is None or status >= 400:  # the handshake failed: nothing was established
             await self._sessions.close(session_id)
         else:
             logger.info("mcp session opened", extra={"protocol_version": negotiated})
 
-    async def _in_session(self, session_id: str, scope: Scope, receive: Receive, send: Send) -> None:
-        version = await self._sessions.touch(session_id)
+    async def _in_session(self, session_id: str, principal: Principal, scope: Scope, receive: Receive,
+                          send: Send) -> None:
+        version = await self._sessions.touch(session_id, principal)
         if version is None:  # unknown, expired or ended: the client must initialize again (spec)
             await _json_error({"code": types.INVALID_REQUEST, "message": "Session not found"}, 404)(
                 scope, receive, send)
@@ -330,7 +353,11 @@ class McpFace:
 
     async def _list_tools(self, ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
                           ) -> types.ListToolsResult:
-        return types.ListToolsResult(tools=self._tools)
+        """The tools the caller's key may call."""
+        principal = _principal_of(ctx)
+        allowed = [tool for tool in self._tools if (scope := self._scopes.get(tool.name)) is None
+                   or principal.can(scope)]
+        return types.ListToolsResult(tools=allowed)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
                          ) -> types.CallToolResult:
@@ -338,27 +365,27 @@ class McpFace:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}",
                            data={"known": sorted(self._tool_names)})
         arguments = params.arguments or {}
-        request = ctx.request if isinstance(ctx.request, Request) else None
+        principal = _principal_of(ctx)
         token = progress_token_from_params(ctx.params)
         wait_s = _valid_wait(arguments.get("wait")) if params.name == "run_task" else None
         if token is not None and wait_s is not None:
-            reply = await self._run_task_reporting(arguments, wait_s, request, ctx)
+            reply = await self._run_task_reporting(arguments, wait_s, principal, ctx)
         else:
-            reply = await self._call(params.name, arguments, request)
+            reply = await self._call(params.name, arguments, principal)
         return to_tool_result(reply)
 
-    async def _call(self, method: str, params: Mapping[str, Any], request: Request | None) -> dict[str, Any]:
-        """One JSON-RPC request through the dispatcher; its decoded response."""
+    async def _call(self, method: str, params: Mapping[str, Any], principal: Principal) -> dict[str, Any]:
+        """One JSON-RPC request through the dispatcher, as the caller; its decoded response."""
         # ASCII JSON: what the client sent arrives exactly as it would over /v2/rpc (NaN included, which the
         # dispatcher refuses as it refuses it there).
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
-        reply = await self._rpc(body, request)
+        reply = await self._rpc(body, principal)
         if reply is None:  # only a notification goes unanswered, and this request has an id
             raise MCPError(code=types.INTERNAL_ERROR, message="no reply from the dispatcher")
         decoded: dict[str, Any] = json.loads(reply)
         return decoded
 
-    async def _run_task_reporting(self, arguments: Mapping[str, Any], wait_s: float, request: Request | None,
+    async def _run_task_reporting(self, arguments: Mapping[str, Any], wait_s: float, principal: Principal,
                                   ctx: ServerRequestContext[Any]) -> dict[str, Any]:
         """`run_task` with `wait`, reporting the task's events as progress while it waits.
 
@@ -366,7 +393,7 @@ class McpFace:
         the task's event stream until it finishes or the wait (capped like the dispatcher's) runs out, and
         answer what `run_task` with `wait` answers: the finished record, else `{task_id, status, duplicate}`.
         """
-        submitted = await self._call("run_task", {k: v for k, v in arguments.items() if k != "wait"}, request)
+        submitted = await self._call("run_task", {k: v for k, v in arguments.items() if k != "wait"}, principal)
         if "error" in submitted:
             return submitted
         task_id, duplicate = submitted["result"]["task_id"], bool(submitted["result"].get("duplicate"))
@@ -375,7 +402,7 @@ class McpFace:
             await self._follow(task_id, timeout_s, ctx.session.report_progress)
         except OrchestratorError:  # events unreadable (Redis away): answer as the task stands now
             logger.warning("could not follow task events", extra={"task_id": task_id}, exc_info=True)
-        current = await self._call("get_task", {"task_id": task_id}, request)
+        current = await self._call("get_task", {"task_id": task_id}, principal)
         if "error" in current or current["result"]["status"] in FINISHED:
             return current
         answer = RunTaskResult(task_id=task_id, status=current["result"]["status"], duplicate=duplicate)
@@ -412,6 +439,13 @@ class _Exchange(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._face(scope, receive, send)
+
+
+def _principal_of(ctx: ServerRequestContext[Any]) -> Principal:
+    """The caller of an MCP request: set on the scope by `McpFace.__call__` (nothing else reaches the SDK)."""
+    request = ctx.request
+    principal = request.scope.get(_PRINCIPAL) if isinstance(request, Request) else None
+    return principal if isinstance(principal, Principal) else _NOBODY
 
 
 def _valid_wait(value: Any) -> float | None:

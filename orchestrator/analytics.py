@@ -27,7 +27,7 @@ NO_TENANT = "-"
 class FinishedTask:
     worker_type: str
     tool: str
-    tenant: str | None
+    tenant: str | None  # its API key's tenant (None: auth off)
     status: str  # succeeded, failed, cancelled
     e2e_ms: float
     wait_ms: float | None  # None: never started
@@ -35,12 +35,14 @@ class FinishedTask:
     retries: int  # attempts after the first
     preemptions: int
     tokens: int
+    agent: str | None = None  # as the caller declared it: the tenant label when auth is off
 
 
 def counters(task: FinishedTask) -> dict[str, int]:
     """The counter increments one finished task makes, keyed `<group>|<counter>`."""
     increments: dict[str, int] = {}
-    groups = ("all", f"worker_type:{task.worker_type}", f"tool:{task.tool}", f"tenant:{task.tenant or NO_TENANT}")
+    tenant = task.tenant or task.agent or NO_TENANT
+    groups = ("all", f"worker_type:{task.worker_type}", f"tool:{task.tool}", f"tenant:{tenant}")
     latencies = {"e2e": task.e2e_ms, "wait": task.wait_ms, "run": task.run_ms}
     for group in groups:
         increments[f"{group}|n"] = 1

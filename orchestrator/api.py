@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult
+from orchestrator.auth import ADMIN, READ, SUBMIT
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.models import (
     CancelSagaResult,
@@ -42,67 +43,70 @@ def methods(service: TaskService, version: int, sagas: SagaService | None = None
 
 def saga_methods(sagas: SagaService) -> list[Method]:
     async def run_saga(params: Any, ctx: RequestContext) -> RunSagaResult:
-        return await sagas.run_saga(cast(RunSagaParams, params))
+        return await sagas.run_saga(cast(RunSagaParams, params), ctx.principal)
 
     async def get_saga(params: Any, ctx: RequestContext) -> SagaState:
-        return await sagas.get_saga(cast(SagaIdParams, params).saga_id)
+        return await sagas.get_saga(cast(SagaIdParams, params).saga_id, ctx.principal)
 
     async def cancel_saga(params: Any, ctx: RequestContext) -> CancelSagaResult:
-        return await sagas.cancel_saga(cast(SagaIdParams, params).saga_id)
+        return await sagas.cancel_saga(cast(SagaIdParams, params).saga_id, ctx.principal)
 
     async def list_workflows(params: Any, ctx: RequestContext) -> list[WorkflowDefinition]:
         return sagas.list_workflows()
 
     return [
         Method("run_saga", RunSagaParams, RunSagaResult,
-               "Start a saga of a workflow; answers {saga_id, status} once it is durably accepted.", run_saga),
+               "Start a saga of a workflow; answers {saga_id, status} once it is durably accepted.", run_saga,
+               SUBMIT),
         Method("get_saga", SagaIdParams, SagaState,
-               "The saga: status, and every step with its attempts, output, timings and compensation.", get_saga),
+               "The saga: status, and every step with its attempts, output, timings and compensation.", get_saga,
+               READ),
         Method("cancel_saga", SagaIdParams, CancelSagaResult,
-               "Cancel a saga: its running step is cancelled and its completed steps compensated.", cancel_saga),
+               "Cancel a saga: its running step is cancelled and its completed steps compensated.", cancel_saga,
+               SUBMIT),
         Method("list_workflows", ListWorkflowsParams, list[WorkflowDefinition],
-               "The workflows sagas can run, with their definitions.", list_workflows),
+               "The workflows sagas can run, with their definitions.", list_workflows, READ),
     ]
 
 
 def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def run_task(params: Any, ctx: RequestContext) -> RunTaskResult | TaskRecord:
-        return await service.run_task(params)
+        return await service.run_task(params, ctx.principal)
 
     async def get_task(params: Any, ctx: RequestContext) -> TaskRecord:
-        return await service.get_task(cast(TaskIdParams, params).task_id)
+        return await service.get_task(cast(TaskIdParams, params).task_id, ctx.principal)
 
     async def cancel_task(params: Any, ctx: RequestContext) -> CancelTaskResult:
-        return await service.cancel_task(cast(TaskIdParams, params).task_id)
+        return await service.cancel_task(cast(TaskIdParams, params).task_id, ctx.principal)
 
     async def status(params: Any, ctx: RequestContext) -> StatusResult:
-        return await service.status()
+        return await service.status(ctx.principal)
 
     async def control(params: Any, ctx: RequestContext) -> ControlResult:
-        return await service.control(cast(ControlParams, params), ctx.principal or "anonymous")
+        return await service.control(cast(ControlParams, params), ctx.principal)
 
     async def inject(params: Any, ctx: RequestContext) -> InjectResult:
-        return await service.inject(cast(InjectParams, params), ctx.principal or "anonymous")
+        return await service.inject(cast(InjectParams, params), ctx.principal)
 
     async def analytics(params: Any, ctx: RequestContext) -> AnalyticsResult:
-        return await service.analytics(cast(AnalyticsParams, params))
+        return await service.analytics(cast(AnalyticsParams, params), ctx.principal)
 
     return [
         Method("run_task", RunTaskParams if version == 1 else RunTaskParamsV2, RunTaskResult | TaskRecord,
-               RUN_TASK_SUMMARY, run_task),
+               RUN_TASK_SUMMARY, run_task, SUBMIT),
         Method("get_task", TaskIdParams, TaskRecord, "The task's record: status, result or error, timings.",
-               get_task),
+               get_task, READ),
         Method("cancel_task", TaskIdParams, CancelTaskResult,
-               "Cancel a queued task at once, or interrupt a running one.", cancel_task),
-        Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status),
+               "Cancel a queued task at once, or interrupt a running one.", cancel_task, SUBMIT),
+        Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status, READ),
         Method("control", ControlParams, ControlResult,
                "Operator actions: scale, drain, pause/resume a pool, preempt or cancel a task, dead letters, "
-               "audit log. Every change is audited.", control),
+               "audit log. Every change is audited.", control, ADMIN),
         Method("inject", InjectParams, InjectResult,
                "Admin: add a task by hand, or correct the priority or input of one not yet started. Audited.",
-               inject),
+               inject, ADMIN),
         Method("analytics", AnalyticsParams, AnalyticsResult,
                "Latency p50/p95/p99 (end to end, queue wait, run), throughput, outcomes, retries, preemptions "
                "and tokens over the last window_s seconds, per worker type, tool and tenant; pool utilisation.",
-               analytics),
+               analytics, READ),
     ]

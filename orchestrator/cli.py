@@ -18,9 +18,9 @@ from pydantic import ValidationError
 from rich.console import Console, Group
 from rich.table import Table
 
-from orchestrator import local
+from orchestrator import auth, local
 from orchestrator.local import Appendfsync, CliError, Layout, State
-from orchestrator.settings import Settings
+from orchestrator.settings import ApiKeySettings, Settings
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,18 @@ app = typer.Typer(
 # ---------------------------------------------------------------- commands
 
 
+ApiKey = Annotated[str | None, typer.Option(envvar="ORCH_API_KEY", show_envvar=True,
+                                           help="the API key to send (needed once auth.keys are configured)")]
+keys_app = typer.Typer(help="API keys: make one (`create`), or hash one you have (`hash`).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
 @app.command()
 def up(
-    host: Annotated[str, typer.Option(help="interface the HTTP ingress listens on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="port of the HTTP ingress")] = 8000,
+    host: Annotated[str | None, typer.Option(help="interface the HTTP ingress listens on (default: http.host, "
+                                             "127.0.0.1); another than loopback needs auth.keys")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="port of the HTTP ingress (default: "
+                                             "http.port, 8000)")] = None,
     redis_url: Annotated[
         str | None,
         typer.Option(help="use this running Redis (default: ORCH_REDIS__URL, else start a local redis-server)"),
@@ -63,6 +71,11 @@ def up(
 ) -> None:
     """Start the orchestrator in the background (Ray, Serve, router, workers; a local Redis unless given one)."""
     settings = _load_settings()
+    host = settings.http.host if host is None else host
+    port = settings.http.port if port is None else port
+    refused = auth.unsafe_bind(host, settings.auth)
+    if refused is not None:
+        raise CliError(f"orchestrator up: {refused}.")
     layout = _layout(settings)
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     with local.locked(layout):
@@ -105,6 +118,11 @@ def up(
             raise CliError("orchestrator up failed: stopped what it had started.")
     ray_desc = f"ray {address}" if address else "ray local"
     out.print(f"orchestrator up: {url} (redis {effective_redis}, {ray_desc})", markup=False)
+    if settings.auth.keys:
+        out.print(f"auth on: {len(settings.auth.keys)} API key(s); clients send `Authorization: Bearer <key>`.")
+    else:
+        out.print("auth off: no API keys are configured, so it listens on loopback only "
+                  "(`orchestrator keys create` makes one).")
 
 
 @app.command()
@@ -135,8 +153,9 @@ def run(
     context: Annotated[str | None, typer.Option(help='JSON object passed to the tool, e.g. \'{"steps": 3}\'')] = None,
     wait: Annotated[bool, typer.Option(help="wait for the result (else print the task id)")] = True,
     wait_s: Annotated[float, typer.Option(min=0, help="seconds to wait (capped by the server)")] = 60.0,
-    agent: Annotated[str | None, typer.Option(help="the submitting agent or tenant")] = None,
+    agent: Annotated[str | None, typer.Option(help="the submitting agent")] = None,
     url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
+    api_key: ApiKey = None,
 ) -> None:
     """Submit a task with `run_task`; print the finished record, or {task_id, status} with --no-wait."""
     params: dict[str, Any] = {"tool": tool, "prompt": prompt}
@@ -148,7 +167,7 @@ def run(
         params["wait"] = wait_s
     if agent is not None:
         params["agent"] = agent
-    result = _call(_resolve_url(url), "run_task", params, timeout_s=(wait_s if wait else 0) + 30)
+    result = _call(_resolve_url(url), "run_task", params, timeout_s=(wait_s if wait else 0) + 30, api_key=api_key)
     out.print_json(data=result)
 
 
@@ -156,9 +175,10 @@ def run(
 def status(
     url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw `status` result")] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """Show pools, workers, tools and queue depth."""
-    result = _call(_resolve_url(url), "status", {}, timeout_s=30)
+    result = _call(_resolve_url(url), "status", {}, timeout_s=30, api_key=api_key)
     if as_json:
         out.print_json(data=result)
         return
@@ -171,6 +191,7 @@ def top(
     interval_s: Annotated[float, typer.Option("--interval", min=0.2, help="seconds between refreshes")] = 2.0,
     window_s: Annotated[int, typer.Option("--window", min=60, max=86_400, help="analytics window (s)")] = 300,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
+    api_key: ApiKey = None,
 ) -> None:
     """A live view: pools with their SLA state, throughput and latency per pool, the running tasks."""
     from rich.live import Live
@@ -178,8 +199,8 @@ def top(
     base = _resolve_url(url)
 
     def frame() -> Group:
-        status = _call(base, "status", {}, timeout_s=30)
-        figures = _call(base, "analytics", {"window_s": window_s}, timeout_s=30)
+        status = _call(base, "status", {}, timeout_s=30, api_key=api_key)
+        figures = _call(base, "analytics", {"window_s": window_s}, timeout_s=30, api_key=api_key)
         return _top_frame(base, status, figures, window_s)
 
     if once:
@@ -279,6 +300,43 @@ def fake_llm(
     out.print("fake-llm stopped.")
 
 
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="the tenant the key acts for: it sees only this tenant's tasks")],
+    scope: Annotated[list[str], typer.Option(help="repeat for several: submit, read, admin (everything), "
+                                                "metrics")],
+    name: Annotated[str | None, typer.Option(help="the key's name in settings and audits (default: the tenant and "
+                                             "a few characters of the hash)")] = None,
+) -> None:
+    """Make a new API key: prints the key once, and the settings that accept it (only its hash)."""
+    key = auth.new_key()
+    digest = auth.hash_key(key)
+    name = name or f"{tenant}-{digest[-6:]}"  # never a piece of the key: names show up in audits
+    try:
+        config = ApiKeySettings.model_validate({"hash": digest, "tenant": tenant, "scopes": scope})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}.") from None
+    out.print(f"API key (shown only now; give it to the client, keep it secret):\n{key}\n", markup=False)
+    out.print("Accept it with these settings (the config file named by ORCH_CONFIG_FILE):\n", markup=False)
+    out.print(_key_toml(name, config), markup=False)
+
+
+@keys_app.command("hash")
+def keys_hash() -> None:
+    """Read a key from standard input and print the hash to configure for it (auth.keys.<name>.hash)."""
+    key = sys.stdin.readline().strip()
+    if not key:
+        raise CliError("no key on standard input.")
+    out.print(auth.hash_key(key), markup=False)
+
+
+def _key_toml(name: str, config: ApiKeySettings) -> str:
+    scopes = ", ".join(json.dumps(s) for s in config.scopes)
+    return (f"[auth.keys.{json.dumps(name)}]\nhash = {json.dumps(config.hash)}\ntenant = {json.dumps(config.tenant)}\n"
+            f"scopes = [{scopes}]")
+
+
 def main() -> None:
     """Entry point of the `orchestrator` console script."""
     try:
@@ -371,11 +429,12 @@ class _FieldsFormatter(logging.Formatter):
 # ---------------------------------------------------------------- JSON-RPC client
 
 
-def _call(url: str, method: str, params: dict[str, Any], *, timeout_s: float) -> Any:
+def _call(url: str, method: str, params: dict[str, Any], *, timeout_s: float, api_key: str | None = None) -> Any:
     """One JSON-RPC call; any failure becomes a CliError (a JSON-RPC error is printed with its data first)."""
     body = {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        reply = httpx.post(f"{url}/v1/rpc", json=body, timeout=timeout_s)
+        reply = httpx.post(f"{url}/v1/rpc", json=body, headers=headers, timeout=timeout_s)
     except httpx.ConnectError:
         raise CliError(f"no orchestrator answers at {url}: start it with `orchestrator up`.") from None
     except httpx.TimeoutException:

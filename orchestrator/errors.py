@@ -5,6 +5,9 @@ Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); applicatio
   -32003 task not cancellable     -32004 tool failed
   -32005 storage unavailable (retryable)  -32006 actor unavailable, e.g. the router restarting (retryable)
   -32009 saga not found           -32010 saga already finished (nothing to cancel)
+  -32011 unauthenticated: no or an unknown API key (HTTP 401)
+  -32012 forbidden: the key lacks the scope the method needs
+  -32013 tenant quota exceeded (retryable, carries retry_after_s)
 """
 
 from __future__ import annotations
@@ -119,6 +122,54 @@ class SagaFinishedError(OrchestratorError):
 
     def __str__(self) -> str:
         return f"saga {self.saga_id} already finished ({self.status})"
+
+
+class UnauthenticatedError(OrchestratorError):
+    """No API key, or one that is not configured; the reason never quotes the key."""
+
+    code = -32011
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"unauthenticated: {self.reason}"
+
+
+class ForbiddenError(OrchestratorError):
+    code = -32012
+
+    def __init__(self, method: str, scope: str) -> None:
+        super().__init__(method, scope)
+        self.method, self.scope = method, scope
+
+    def __str__(self) -> str:
+        return f"forbidden: {self.method} needs an API key with scope {self.scope!r}"
+
+    def data(self) -> dict[str, object]:
+        return {"retryable": False, "scope": self.scope}
+
+
+class QuotaExceededError(OrchestratorError):
+    """A tenant is over its quota: too many unfinished tasks, or submitting faster than its rate."""
+
+    code = -32013
+    retryable = True
+
+    def __init__(self, tenant: str, quota: str, limit: float, retry_after_s: float) -> None:
+        super().__init__(tenant, quota, limit, retry_after_s)
+        self.tenant, self.quota, self.limit, self.retry_after_s = tenant, quota, limit, retry_after_s
+
+    def __str__(self) -> str:
+        if self.quota == "max_active_tasks":
+            what = f"has {self.limit:g} unfinished tasks, its limit"
+        else:
+            what = f"submits faster than its limit of {self.limit:g} per second"
+        return f"quota exceeded: tenant {self.tenant} {what}; retry in {self.retry_after_s:g} s"
+
+    def data(self) -> dict[str, object]:
+        return {"retryable": True, "retry_after_s": self.retry_after_s, "quota": self.quota, "limit": self.limit}
 
 
 class InvalidParamsError(Exception):

@@ -23,8 +23,10 @@ def check_event_id(last_event_id: str | None) -> str:
 
 
 async def follow(store: TaskStore, task_id: str, after: str, block_ms: int = 15_000) -> AsyncIterator[str]:
-    """SSE frames for the task's events after `after`; a comment while idle; ends after the final state."""
-    await store.get(task_id)  # not found → TaskNotFoundError before any byte is sent
+    """SSE frames for the task's events after `after`; a comment while idle; ends after the final state.
+
+    The caller checks first that the task exists and is the client's to follow.
+    """
     while True:
         events = await store.events(task_id, after, block_ms)
         if not events:

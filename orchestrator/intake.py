@@ -13,8 +13,10 @@ from orchestrator.tasks import TaskSpec, new_task_id
 from orchestrator.tools import registry
 
 
-def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float) -> tuple[TaskSpec, list[TaskSpec]]:
-    """The task to accept and its fanout children; raises InvalidParamsError naming every offending field."""
+def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float,
+               tenant: str | None = None) -> tuple[TaskSpec, list[TaskSpec]]:
+    """The task to accept and its fanout children (all the tenant's); raises InvalidParamsError naming every
+    offending field."""
     errors: dict[str, str] = {}
     if len(params.children) > settings.limits.max_children:
         errors["params.children"] = f"more than {settings.limits.max_children} children"
@@ -27,13 +29,13 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
             continue
         spec = _spec(settings, errors, where, child.tool, child.prompt, child.input, child.context, now,
                      priority=params.priority if child.priority is None else child.priority, agent=params.agent,
-                     parent=task_id)
+                     tenant=tenant, parent=task_id)
         if spec is not None:
             children.append(spec)
     v1 = isinstance(params, RunTaskParams)
     task = _spec(
         settings, errors, "params", params.tool, params.prompt if v1 else None, None if v1 else params.input,
-        params.context, now, priority=params.priority, agent=params.agent,
+        params.context, now, priority=params.priority, agent=params.agent, tenant=tenant,
         deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
         idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
     )

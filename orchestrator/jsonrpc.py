@@ -18,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as ModelError
 from pydantic_core import to_jsonable_python
 
-from orchestrator.errors import InvalidParamsError, OrchestratorError
+from orchestrator.auth import ANONYMOUS, Principal
+from orchestrator.errors import ForbiddenError, InvalidParamsError, OrchestratorError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ _OUT_OF_RANGE_REASON = f"number out of range: not a finite double, or an integer
 @dataclass(frozen=True, slots=True)
 class RequestContext:
     version: int = 1  # API version of the endpoint (1 or 2)
-    principal: str | None = None  # authenticated caller
+    principal: Principal = ANONYMOUS  # the authenticated caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,7 @@ class Method:
     result: Any  # anything pydantic.TypeAdapter accepts
     summary: str
     handler: Callable[[BaseModel, RequestContext], Awaitable[Any]]
+    scope: str | None = None  # what the caller's key needs; None: any authenticated caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,9 @@ class Dispatcher:
         is_notification = "id" not in request
         try:
             entry = self._resolve(name, path_method)
+            scope = entry.method.scope
+            if scope is not None and not ctx.principal.can(scope):  # before validation: no hints for outsiders
+                raise ForbiddenError(name, scope)
             params = _validate(entry, raw_params)
             result = await entry.method.handler(params, ctx)
             if is_notification:
@@ -445,6 +450,7 @@ def _build_openrpc(methods: Sequence[Method], title: str, version: str) -> dict[
                 "paramStructure": "either",
                 "params": params,
                 "result": {"name": "result", "schema": result_schema},
+                **({"x-scope": method.scope} if method.scope else {}),  # what the caller's API key needs
             }
         )
     return {

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from orchestrator.settings import TenantName
+
 JsonObject = dict[str, Any]
 
 
@@ -121,6 +123,8 @@ class InjectParams(Params):
     task_id: str | None = Field(default=None, min_length=1, max_length=64, description="correct")
     priority: Priority | None = Field(default=None, description="correct: the new priority")
     input: JsonObject | None = Field(default=None, description="correct: the new input (checked against the tool)")
+    tenant: TenantName | None = Field(default=None, description="add: the tenant the task belongs to (default: "
+                                      "the admin key's own)")
 
 
 class InjectResult(BaseModel):
@@ -172,6 +176,7 @@ class TaskRecord(BaseModel):
     input: JsonObject = Field(default_factory=dict)
     context: JsonObject = Field(default_factory=dict)
     agent: str | None = None
+    tenant: str | None = Field(default=None, description="the tenant of the API key that submitted it")
     result: Any = None
     error: TaskError | None = None
     attempts: int = 0
@@ -230,6 +235,7 @@ class RunningTask(BaseModel):
     priority: int
     worker: str
     agent: str | None = None
+    tenant: str | None = None
     since: float = Field(description="unix seconds it was dispatched")
     preemptions: int = 0
 

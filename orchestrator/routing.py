@@ -36,7 +36,7 @@ class _Level:
         self.size = 0
 
     def push(self, task: TaskSpec) -> None:
-        queue = self.tenants.setdefault(task.agent or "", [])
+        queue = self.tenants.setdefault(task.owner, [])
         bisect.insort(queue, task, key=lambda t: t.created_at)  # a requeued task keeps its place by age
         self.size += 1
 

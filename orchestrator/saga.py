@@ -217,6 +217,7 @@ class SagaState(BaseModel):
     input: dict[str, Any]
     priority: int
     agent: str | None = None
+    tenant: str | None = None  # its API key's; the steps' tasks are the tenant's too
     status: SagaStatus = SagaStatus.RUNNING
     error: str | None = None
     cancel_requested: bool = False
@@ -232,9 +233,9 @@ class SagaState(BaseModel):
 
 
 def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str, Any], priority: int,
-             now: float, agent: str | None = None) -> SagaState:
+             now: float, agent: str | None = None, tenant: str | None = None) -> SagaState:
     return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
-                     priority=priority, agent=agent, steps=[StepState(name=s.name) for s in definition.steps],
+                     priority=priority, agent=agent, tenant=tenant, steps=[StepState(name=s.name) for s in definition.steps],
                      created_at=now, updated_at=now)
 
 

@@ -6,10 +6,11 @@ import json
 from typing import Any, Protocol
 
 from orchestrator.adapters.saga_store import SagaStore
-from orchestrator.errors import InvalidParamsError, SagaFinishedError
+from orchestrator.auth import Principal
+from orchestrator.errors import InvalidParamsError, SagaFinishedError, SagaNotFoundError
 from orchestrator.models import CancelSagaResult, RunSagaParams, RunSagaResult
 from orchestrator.saga import SagaState, WorkflowDefinition
-from orchestrator.settings import Settings
+from orchestrator.settings import QuotaSettings, Settings
 from orchestrator.tools.registry import schema_errors
 
 
@@ -17,19 +18,22 @@ class CoordinatorClient(Protocol):
     """What the API needs from the saga coordinator; the deployment implements it with actor calls."""
 
     async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None) -> tuple[str, bool]: ...
+                       idempotency_key: str | None, agent: str | None, tenant: str | None,
+                       quota: QuotaSettings | None) -> tuple[str, bool]: ...
 
     async def cancel_saga(self, saga_id: str) -> None: ...
 
 
 class SagaService:
     def __init__(self, settings: Settings, store: SagaStore, coordinator: CoordinatorClient) -> None:
+        self._auth = settings.auth
         self._workflows = settings.all_workflows()
         self._max_input_bytes = settings.limits.max_context_bytes
         self._store = store
         self._coordinator = coordinator
 
-    async def run_saga(self, params: RunSagaParams) -> RunSagaResult:
+    async def run_saga(self, params: RunSagaParams, who: Principal) -> RunSagaResult:
+        """Start a saga of the caller's tenant (counted against its submit rate unless the caller is an admin)."""
         workflow = self._workflows.get(params.workflow)
         if workflow is None:
             known = ", ".join(sorted(self._workflows))
@@ -40,16 +44,21 @@ class SagaService:
             errors["params.input"] = f"larger than {limit} bytes"
         if errors:
             raise InvalidParamsError(errors)
+        quota = None if who.admin or who.tenant is None else self._auth.quota_for(who.tenant)
         saga_id, duplicate = await self._coordinator.run_saga(
-            params.workflow, params.input, params.priority, params.idempotency_key, params.agent)
+            params.workflow, params.input, params.priority, params.idempotency_key, params.agent, who.tenant, quota)
         status = (await self._store.load(saga_id)).status.value if duplicate else "running"
         return RunSagaResult(saga_id=saga_id, status=status, duplicate=duplicate)
 
-    async def get_saga(self, saga_id: str) -> SagaState:
-        return await self._store.load(saga_id)
-
-    async def cancel_saga(self, saga_id: str) -> CancelSagaResult:
+    async def get_saga(self, saga_id: str, who: Principal) -> SagaState:
+        """The saga, if the caller may see it: another tenant's saga is "not found", like a missing one."""
         state = await self._store.load(saga_id)
+        if not who.sees(state.tenant):
+            raise SagaNotFoundError(saga_id)
+        return state
+
+    async def cancel_saga(self, saga_id: str, who: Principal) -> CancelSagaResult:
+        state = await self.get_saga(saga_id, who)
         if state.status.finished:
             raise SagaFinishedError(saga_id, state.status.value)
         await self._coordinator.cancel_saga(saga_id)

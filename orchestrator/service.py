@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol
 
 from pydantic import ValidationError
@@ -11,7 +12,8 @@ from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
-from orchestrator.errors import InvalidParamsError
+from orchestrator.auth import Principal
+from orchestrator.errors import InvalidParamsError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.models import (
     AuditEntry,
@@ -77,11 +79,13 @@ class TaskService:
         self._clock = clock
         self._stats = stats
 
-    async def run_task(self, params: RunTaskParams | RunTaskParamsV2) -> RunTaskResult | TaskRecord:
-        """Accept a task (durably, before answering); with `wait`, answer with the record once finished."""
-        task, children = build_task(params, self._settings, self._clock())
+    async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal) -> RunTaskResult | TaskRecord:
+        """Accept a task of the caller's tenant (durably, before answering; within the tenant's quota unless the
+        caller is an admin); with `wait`, answer with the record once finished."""
+        task, children = build_task(params, self._settings, self._clock(), who.tenant)
         limits = self._settings.limits
-        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children)
+        quota = None if who.admin or who.tenant is None else self._settings.auth.quota_for(who.tenant)
+        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children, quota)
         if not params.wait:
             task_id, duplicate = await submit
             status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
@@ -99,12 +103,16 @@ class TaskService:
         status = record.status if record is not None else TaskStatus.QUEUED
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
 
-    async def get_task(self, task_id: str) -> TaskRecord:
-        return await self._store.get(task_id)
-
-    async def cancel_task(self, task_id: str) -> CancelTaskResult:
-        """Cancel a queued task at once; ask the router to interrupt a running one."""
+    async def get_task(self, task_id: str, who: Principal) -> TaskRecord:
+        """The task's record, if the caller may see it: another tenant's task is "not found", like a missing one."""
         record = await self._store.get(task_id)
+        if not who.sees(record.tenant):
+            raise TaskNotFoundError(task_id)
+        return record
+
+    async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:
+        """Cancel a queued task at once; ask the router to interrupt a running one."""
+        record = await self.get_task(task_id, who)
         status = await self._store.cancel(task_id, self._clock(), record.children)
         if status is TaskStatus.CANCELLED and record.status is not TaskStatus.CANCELLED and self._stats is not None:
             await self._stats.record(finished_task(await self._store.get(task_id)), self._clock())
@@ -115,7 +123,7 @@ class TaskService:
             status = (await self._store.get(task_id)).status
         return CancelTaskResult(task_id=task_id, status=status)
 
-    async def control(self, params: ControlParams, who: str) -> ControlResult:
+    async def control(self, params: ControlParams, who: Principal) -> ControlResult:
         """Operator actions; each one that changes something is recorded in the audit log with `who`."""
         action = params.action
         if action == "dead_letters":
@@ -124,35 +132,38 @@ class TaskService:
         if action == "audit_log":
             entries = [AuditEntry(**e) for e in await self._store.audit_log(params.count)]
             return ControlResult(action=action, audit_log=entries)
-        result = await self._change(params)
+        result = await self._change(params, who)
         details = params.model_dump(exclude_none=True, exclude={"action", "count"})
-        await self._store.audit(who, action, {**details, "done": result.done}, self._clock())
+        await self._store.audit(who.key_id, action, {**details, "done": result.done}, self._clock())
         return result
 
-    async def inject(self, params: InjectParams, who: str) -> InjectResult:
-        """Add a task by hand, or correct one that has not started; audited with `who`."""
+    async def inject(self, params: InjectParams, who: Principal) -> InjectResult:
+        """Add a task by hand (for the caller's tenant, or the one named), or correct one that has not started;
+        audited with `who`."""
         if params.action == "add":
             task = _required(params.task, "task", "add")
-            accepted = await self.run_task(task.model_copy(update={"wait": None}))
+            owner = replace(who, tenant=params.tenant) if params.tenant else who
+            accepted = await self.run_task(task.model_copy(update={"wait": None}), owner)
             assert isinstance(accepted, RunTaskResult)
-            await self._store.audit(who, "inject.add", {"task_id": accepted.task_id, "tool": task.tool,
-                                                        "priority": task.priority}, self._clock())
+            details = {"task_id": accepted.task_id, "tool": task.tool, "priority": task.priority,
+                       "tenant": owner.tenant}
+            await self._store.audit(who.key_id, "inject.add", details, self._clock())
             return InjectResult(action="add", task_id=accepted.task_id, status=accepted.status.value)
         task_id = _required(params.task_id, "task_id", "correct")
         if params.priority is None and params.input is None:
             raise InvalidParamsError({"params": "give priority and/or input to correct"})
-        record = await self._store.get(task_id)
+        record = await self.get_task(task_id, who)
         if params.input is not None:
             errors = registry.input_errors(self._settings.tools[record.tool], params.input, "params.input")
             if errors:
                 raise InvalidParamsError(errors)
-        outcome = await self._store.correct(task_id, self._clock(), who, params.priority, params.input)
+        outcome = await self._store.correct(task_id, self._clock(), who.key_id, params.priority, params.input)
         if outcome != "corrected":
             raise InvalidParamsError({"params.task_id": f"the task is {outcome}: only a task that has not "
                                                         "started can be corrected"})
         requeued = await self._router.correct(task_id, params.priority, params.input)
         details = {"task_id": task_id, "priority": params.priority, "input": params.input}
-        await self._store.audit(who, "inject.correct", {k: v for k, v in details.items() if v is not None},
+        await self._store.audit(who.key_id, "inject.correct", {k: v for k, v in details.items() if v is not None},
                                 self._clock())
         return InjectResult(action="correct", task_id=task_id, status=record.status.value, requeued=requeued)
 
@@ -171,7 +182,7 @@ class TaskService:
         await self._store.save_sla_targets(worker_type, targets.model_dump())
         return targets.model_dump()
 
-    async def _change(self, params: ControlParams) -> ControlResult:
+    async def _change(self, params: ControlParams, who: Principal) -> ControlResult:
         action = params.action
         if action in ("scale", "pause", "resume", "sla"):
             worker_type = _required(params.worker_type, "worker_type", action)
@@ -198,22 +209,24 @@ class TaskService:
             return ControlResult(action=action, requeued=task_id)
         if action == "preempt":
             return ControlResult(action=action, done=await self._router.preempt_task(task_id))
-        cancelled = await self.cancel_task(task_id)
+        cancelled = await self.cancel_task(task_id, who)
         return ControlResult(action=action, status=cancelled.status.value)
 
-    async def status(self) -> StatusResult:
+    async def status(self, who: Principal) -> StatusResult:
+        """Pools, workers, queues and tools (system-wide figures), and the running tasks the caller may see."""
         overview = await self._router.overview()
+        overview.running = [task for task in overview.running if who.sees(task.tenant)]
         counts = await self._store.counts()
         return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts,
                             sla=await self._store.sla_state())
 
-    async def analytics(self, params: AnalyticsParams) -> AnalyticsResult:
+    async def analytics(self, params: AnalyticsParams, who: Principal) -> AnalyticsResult:
         """Latency percentiles, throughput, outcomes and tokens over the window, per worker type, tool and
-        tenant; and each pool's utilisation now."""
+        tenant — of every task for an admin, else of the caller's tenant's; and each pool's utilisation now."""
         if self._stats is None:
             raise RuntimeError("analytics needs a stats store")
         now = self._clock()
-        merged, since = await self._stats.window(now, params.window_s)
+        merged, since = await self._stats.window(now, params.window_s, None if who.admin else who.tenant)
         result = summarize(merged, params.window_s, since)
         overview = await self._router.overview()
         slots: dict[str, list[int]] = {}

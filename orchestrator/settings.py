@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import platformdirs
 from jsonschema import Draft202012Validator
@@ -231,6 +231,54 @@ class LimitSettings(BaseModel):
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
 
 
+SCOPES = ("submit", "read", "admin", "metrics")
+Scope = Literal["submit", "read", "admin", "metrics"]
+TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="a tenant's name")]
+
+
+class ApiKeySettings(BaseModel):
+    """One API key, configured by its hash: the key itself is never stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="`orchestrator keys create` prints it")
+    tenant: TenantName
+    scopes: list[Scope] = Field(min_length=1, description="submit, read, admin (everything), metrics")
+
+
+class QuotaSettings(BaseModel):
+    """What one tenant's keys may submit (admin keys and the saga coordinator are exempt)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_active_tasks: int | None = Field(default=None, ge=1, description="accepted and not finished, children "
+                                         "included; beyond it run_task is refused")
+    submits_per_s: float | None = Field(default=None, gt=0, description="run_task and run_saga calls per second")
+    submit_burst: int = Field(default=10, ge=1, description="submits allowed back to back")
+
+
+class AuthSettings(BaseModel):
+    """API keys; with none configured auth is off and the orchestrator serves loopback only."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    keys: dict[str, ApiKeySettings] = Field(default_factory=dict, description="by key name (shown in audits)")
+    default_quota: QuotaSettings = QuotaSettings()
+    quotas: dict[str, QuotaSettings] = Field(default_factory=dict, description="per tenant, instead of the default")
+
+    @model_validator(mode="after")
+    def _hashes_are_unique(self) -> AuthSettings:
+        names: dict[str, str] = {}
+        for name, key in self.keys.items():
+            if key.hash in names:
+                raise ValueError(f"auth.keys.{names[key.hash]} and auth.keys.{name} have the same hash")
+            names[key.hash] = name
+        return self
+
+    def quota_for(self, tenant: str) -> QuotaSettings:
+        return self.quotas.get(tenant, self.default_quota)
+
+
 class RouterSettings(BaseModel):
     read_count: int = Field(default=256, ge=1, description="entries per XREADGROUP")
     read_block_ms: int = Field(default=1000, ge=1)
@@ -265,6 +313,7 @@ class Settings(BaseSettings):
     mcp_servers: dict[str, McpServerSettings] = Field(default_factory=dict)
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
+    auth: AuthSettings = AuthSettings()
 
     @model_validator(mode="before")
     @classmethod

@@ -24,12 +24,18 @@ class TaskSpec:
     created_at: float
     context: Mapping[str, Any] = field(default_factory=dict)
     prompt: str | None = None
-    agent: str | None = None
+    agent: str | None = None  # as the caller declared it
+    tenant: str | None = None  # as its API key says (None: auth off)
     deadline: float | None = None
     idempotency_key: str | None = None
     parent: str | None = None
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
     entry_id: str | None = None  # the stream entry, once written
+
+    @property
+    def owner(self) -> str:
+        """Whom fairness and analytics count the task under: its tenant, else (auth off) its agent."""
+        return self.tenant or self.agent or ""
 
     def payload(self) -> str:
         """The JSON carried in the stream entry's `payload` field."""

@@ -41,8 +41,10 @@ class Keys:
         """Stream of tasks given up on, with the reason."""
         return f"{self.prefix}:dead_letters"
 
-    def idempotency(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+    def idempotency(self, key: str, tenant: str | None = None) -> str:
+        """Where an idempotency key maps to its task: per tenant, so tenants cannot find each other's tasks
+        (tenant names cannot hold ':' or '@', so the two forms never meet)."""
+        return f"{self.prefix}:idem@{tenant}:{key}" if tenant else f"{self.prefix}:idem:{key}"
 
     def events(self, task_id: str) -> str:
         """The task's event stream: every state change and progress report, replayable."""
@@ -72,8 +74,18 @@ class Keys:
         """Set of saga ids a caller asked to cancel (durable: a restarted coordinator still sees it)."""
         return f"{self.prefix}:sagas:cancel"
 
-    def saga_idempotency(self, key: str) -> str:
-        return f"{self.prefix}:saga_idem:{key}"
+    def saga_idempotency(self, key: str, tenant: str | None = None) -> str:
+        return f"{self.prefix}:saga_idem@{tenant}:{key}" if tenant else f"{self.prefix}:saga_idem:{key}"
+
+    @property
+    def tenant_active(self) -> str:
+        """Hash: tenant → its accepted, unfinished tasks (what `max_active_tasks` quotas are checked against)."""
+        return f"{self.prefix}:tenants:active"
+
+    @property
+    def tenant_submits(self) -> str:
+        """Hash: tenant → the theoretical arrival time of its next submit (the `submits_per_s` meter, GCRA)."""
+        return f"{self.prefix}:tenants:submits"
 
     @property
     def saga_dead_letters(self) -> str:
@@ -121,9 +133,10 @@ class Keys:
         what /metrics exports as Prometheus counters."""
         return f"{self.prefix}:totals"
 
-    def stats(self, minute: int) -> str:
-        """Hash of analytics counters of finished tasks, one per minute (unix time // 60)."""
-        return f"{self.prefix}:stats:{minute}"
+    def stats(self, minute: int, tenant: str | None = None) -> str:
+        """Hash of analytics counters of finished tasks, one per minute (unix time // 60): of all tasks, or
+        of one tenant's."""
+        return f"{self.prefix}:stats:{minute}" + (f"@{tenant}" if tenant else "")
 
     def provider_waiting(self, provider: str) -> str:
         """Sorted set of calls waiting on a provider's limits (permit → expiry): what the SLA policy reads
@@ -133,7 +146,7 @@ class Keys:
     def of_task(self, task_id: str) -> list[str]:
         """The KEYS every task script takes, in this order."""
         return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),
-                self.checkpoints(task_id), self.dead_letters]
+                self.checkpoints(task_id), self.dead_letters, self.tenant_active]
 
     def of_children(self, child_ids: Iterable[str]) -> list[str]:
         """A (record, events) pair per fanout child, after a script's other KEYS."""

@@ -23,14 +23,17 @@ class StatsStore:
         self._keys = Keys(prefix)
 
     async def record(self, task: FinishedTask, now: float) -> None:
-        """Count one finished task; best effort (a lost sample must never fail or delay a task)."""
-        key = self._keys.stats(int(now // 60))
+        """Count one finished task, in all tasks' figures and its tenant's own; best effort (a lost sample must
+        never fail or delay a task)."""
+        minute = int(now // 60)
+        minutes = [self._keys.stats(minute)] + ([self._keys.stats(minute, task.tenant)] if task.tenant else [])
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for field, value in counters(task).items():
-                    pipe.hincrby(key, field, value)
-                    pipe.hincrby(self._keys.totals, field, value)
-                pipe.expire(key, RETENTION_S)
+                    for key in [*minutes, self._keys.totals]:
+                        pipe.hincrby(key, field, value)
+                for key in minutes:
+                    pipe.expire(key, RETENTION_S)
                 await pipe.execute()
         except Exception:
             logger.warning("analytics sample lost", extra={"tool": task.tool}, exc_info=True)
@@ -41,14 +44,15 @@ class StatsStore:
             raw = await self._redis.hgetall(self._keys.totals)
         return {field: int(value) for field, value in raw.items()}
 
-    async def window(self, now: float, window_s: float) -> tuple[dict[str, int], float]:
-        """Counters merged over the minutes of the last `window_s` seconds, and where the window starts."""
+    async def window(self, now: float, window_s: float, tenant: str | None = None) -> tuple[dict[str, int], float]:
+        """Counters merged over the minutes of the last `window_s` seconds (of all tasks, or of one tenant's),
+        and where the window starts."""
         last = int(now // 60)
         first = last - max(1, math.ceil(window_s / 60)) + 1
         with storage_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for minute in range(first, last + 1):
-                    pipe.hgetall(self._keys.stats(minute))
+                    pipe.hgetall(self._keys.stats(minute, tenant))
                 minutes = await pipe.execute()
         return merge(minutes), first * 60.0
 
@@ -59,7 +63,8 @@ def finished_task(record: TaskRecord) -> FinishedTask:
     usage = record.result.get("usage") if isinstance(record.result, dict) else None
     tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
     return FinishedTask(
-        worker_type=record.worker_type, tool=record.tool, tenant=record.agent, status=record.status.value,
+        worker_type=record.worker_type, tool=record.tool, tenant=record.tenant, agent=record.agent,
+        status=record.status.value,
         e2e_ms=(finished_at - record.created_at) * 1000,
         wait_ms=record.queue_wait_ms, run_ms=record.run_ms,
         retries=max(0, record.attempts - 1 - record.preemptions), preemptions=record.preemptions,

@@ -1,8 +1,9 @@
 """The Lua scripts behind every task state change: each change is one atomic step in Redis.
 
 Every script takes KEYS = Keys.of_task(id): record, stream, active, finished-channel, events,
-checkpoints, dead-letters (SUBMIT then the idempotency key), then a (record, events) pair per fanout
-child; and ARGV starting with now, group, retention_s. Each change also appends an event to the
+checkpoints, dead-letters, tenants' active counts (SUBMIT then the idempotency key and the tenants'
+submit meters), then a (record, events) pair per fanout child; and ARGV starting with now, group,
+retention_s. Each change also appends an event to the
 task's event stream, so history can be replayed and followed. When a task ends, its waiting
 children are queued (with its result) if it succeeded, and cancelled otherwise — in the same step.
 """
@@ -15,16 +16,21 @@ local now, group, retention = ARGV[1], ARGV[2], ARGV[3]
 local function emit(kind, data)
   redis.call('XADD', KEYS[5], 'MAXLEN', '~', 1000, '*', 'type', kind, 'time', now, 'data', data)
 end
-local child_keys = 8  -- after of_task's seven (SUBMIT, which never finalizes, has one more)
+local child_keys = 9  -- after of_task's eight (SUBMIT, which never finalizes, has two more)
+local function count_tenant(record, by)  -- a tenant's unfinished tasks, for its quota
+  local tenant = redis.call('HGET', record, 'tenant')
+  if tenant and redis.call('HINCRBY', KEYS[8], tenant, by) <= 0 then redis.call('HDEL', KEYS[8], tenant) end
+end
 local function release_children(status, result)
   local parent = redis.call('HGET', KEYS[1], 'task_id')
   for i = child_keys, #KEYS, 2 do
     local record, events = KEYS[i], KEYS[i + 1]
     if redis.call('HGET', record, 'status') == 'waiting' then
-      local child = redis.call('HMGET', record, 'task_id', 'priority', 'worker_type', 'payload', 'agent')
+      local child = redis.call('HMGET', record, 'task_id', 'priority', 'worker_type', 'payload', 'agent', 'tenant')
       if status == 'succeeded' then
         local entry = redis.call('XADD', KEYS[2], '*', 'task_id', child[1], 'priority', child[2], 'type', child[3],
-          'payload', child[4], 'time', now, 'agent', child[5] or '', 'parent_result', result)
+          'payload', child[4], 'time', now, 'agent', child[5] or '', 'tenant', child[6] or '',
+          'parent_result', result)
         redis.call('HSET', record, 'status', 'queued', 'entry_id', entry)
         redis.call('XADD', events, 'MAXLEN', '~', 1000, '*', 'type', 'queued', 'time', now, 'data',
           cjson.encode({parent = parent}))
@@ -36,6 +42,7 @@ local function release_children(status, result)
         redis.call('EXPIRE', record, retention)
         redis.call('EXPIRE', events, retention)
         redis.call('DECR', KEYS[3])
+        count_tenant(record, -1)
         redis.call('PUBLISH', KEYS[4], child[1])
       end
     end
@@ -49,39 +56,68 @@ local function finalize(status, data, result)
   local entry = redis.call('HGET', KEYS[1], 'entry_id')
   if entry then redis.call('XACK', KEYS[2], group, entry) end
   redis.call('DECR', KEYS[3])
+  count_tenant(KEYS[1], -1)
   redis.call('PUBLISH', KEYS[4], redis.call('HGET', KEYS[1], 'task_id'))
 end
 local function num(field) return tonumber(redis.call('HGET', KEYS[1], field) or '0') end
 """
 
-# Accept a task and its fanout children: idempotency check, backpressure, records, stream entry — all
-# or nothing. A retried call (reply lost) finds the record and answers as the first did.
-# KEYS: of_task + idempotency + child pairs  ARGV: now, group, retention, task_id, max_active,
-#       idem_ttl (0 = none), priority, type, payload, agent, children's records (JSON list of flat
-#       field/value lists), then the task's record field/value pairs.
-SUBMIT = _COMMON + """
+# A tenant's submit meter (GCRA on Redis's clock): `burst` submits back to back, then one every 1/rate s.
+# Returns nil and counts the submit when admitted, else how many seconds until one would be.
+METER = """
+local function meter_submit(key, tenant, rate, burst)
+  local t = redis.call('TIME')
+  local clock = tonumber(t[1]) + tonumber(t[2]) / 1000000
+  local interval = 1 / rate
+  local tat = math.max(tonumber(redis.call('HGET', key, tenant) or '0'), clock)
+  local early = tat - clock - (burst - 1) * interval
+  if early > 0 then return early end
+  redis.call('HSET', key, tenant, string.format('%.6f', tat + interval))
+  return nil
+end
+"""
+
+# Accept a task and its fanout children: idempotency check, backpressure, the tenant's quota, records,
+# stream entry — all or nothing. A retried call (reply lost) finds the record and answers as the first did.
+# KEYS: of_task + idempotency + tenants' submit meters + child pairs
+# ARGV: now, group, retention, task_id, max_active, idem_ttl (0 = none), priority, type, payload, agent,
+#       tenant ('' = none), the tenant's max active (0 = no quota), its submits per second (0 = no quota),
+#       its burst, children's records (JSON list of flat field/value lists), then the task's record pairs.
+# Returns {task_id, duplicate (1/0)}, or {false, refusal, figure}: queue_full (active tasks),
+# max_active_tasks (the tenant's), submits_per_s (seconds to wait).
+SUBMIT = _COMMON + METER + """
 if tonumber(ARGV[6]) > 0 then
-  local existing = redis.call('GET', KEYS[8])
+  local existing = redis.call('GET', KEYS[9])
   if existing then return {existing, 1} end
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return {ARGV[4], 0} end
-local children = cjson.decode(ARGV[11])
+local children = cjson.decode(ARGV[15])
+local tenant = ARGV[11]
 local active = tonumber(redis.call('GET', KEYS[3]) or '0')
-if active + 1 + #children > tonumber(ARGV[5]) then return {false, active} end
+if active + 1 + #children > tonumber(ARGV[5]) then return {false, 'queue_full', active} end
+if tenant ~= '' and tonumber(ARGV[12]) > 0 then
+  local mine = tonumber(redis.call('HGET', KEYS[8], tenant) or '0')
+  if mine + 1 + #children > tonumber(ARGV[12]) then return {false, 'max_active_tasks', mine} end
+end
+if tenant ~= '' and tonumber(ARGV[13]) > 0 then
+  local wait = meter_submit(KEYS[10], tenant, tonumber(ARGV[13]), tonumber(ARGV[14]))
+  if wait then return {false, 'submits_per_s', tostring(wait)} end
+end
 local record = {}
-for i = 12, #ARGV do record[#record + 1] = ARGV[i] end
+for i = 16, #ARGV do record[#record + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(record))
 for i, fields in ipairs(children) do
-  redis.call('HSET', KEYS[7 + 2 * i], unpack(fields))
-  redis.call('XADD', KEYS[8 + 2 * i], 'MAXLEN', '~', 1000, '*', 'type', 'waiting', 'time', now, 'data',
+  redis.call('HSET', KEYS[9 + 2 * i], unpack(fields))
+  redis.call('XADD', KEYS[10 + 2 * i], 'MAXLEN', '~', 1000, '*', 'type', 'waiting', 'time', now, 'data',
     cjson.encode({parent = ARGV[4]}))
 end
 redis.call('INCRBY', KEYS[3], #children)
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[4], 'priority', ARGV[7], 'type', ARGV[8],
-  'payload', ARGV[9], 'time', now, 'agent', ARGV[10])
+  'payload', ARGV[9], 'time', now, 'agent', ARGV[10], 'tenant', tenant)
 redis.call('HSET', KEYS[1], 'entry_id', entry)
 redis.call('INCR', KEYS[3])
-if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[8], ARGV[4], 'EX', ARGV[6]) end
+if tenant ~= '' then redis.call('HINCRBY', KEYS[8], tenant, 1 + #children) end
+if tonumber(ARGV[6]) > 0 then redis.call('SET', KEYS[9], ARGV[4], 'EX', ARGV[6]) end
 emit('queued', cjson.encode({priority = tonumber(ARGV[7])}))
 return {ARGV[4], 0}
 """
@@ -196,7 +232,7 @@ return 1
 """
 
 # Requeue a dead letter: a fresh stream entry and a fresh allowance of attempts.
-# ARGV: now, group, retention, priority, type, payload, agent
+# ARGV: now, group, retention, priority, type, payload, agent, tenant
 REQUEUE = _COMMON + """
 local dead = redis.call('HGET', KEYS[1], 'dead_letter')
 if redis.call('HGET', KEYS[1], 'status') ~= 'failed' or not dead then return 0 end
@@ -205,9 +241,10 @@ redis.call('HDEL', KEYS[1], 'dead_letter', 'error', 'finished_at', 'last_failure
 redis.call('HSET', KEYS[1], 'attempts_base', num('attempts') - num('preemptions'), 'status', 'queued')
 for _, key in ipairs({KEYS[1], KEYS[5], KEYS[6]}) do redis.call('PERSIST', key) end
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', redis.call('HGET', KEYS[1], 'task_id'),
-  'priority', ARGV[4], 'type', ARGV[5], 'payload', ARGV[6], 'time', now, 'agent', ARGV[7])
+  'priority', ARGV[4], 'type', ARGV[5], 'payload', ARGV[6], 'time', now, 'agent', ARGV[7], 'tenant', ARGV[8])
 redis.call('HSET', KEYS[1], 'entry_id', entry)
 redis.call('INCR', KEYS[3])
+count_tenant(KEYS[1], 1)
 emit('queued', '{"requeued":true}')
 return 1
 """

@@ -18,9 +18,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from orchestrator.adapters import task_scripts as scripts
 from orchestrator.adapters.keys import ROUTER_GROUP, Keys
-from orchestrator.errors import QueueFullError, StorageUnavailableError, TaskNotCancellableError, TaskNotFoundError
+from orchestrator.errors import (
+    QueueFullError,
+    QuotaExceededError,
+    StorageUnavailableError,
+    TaskNotCancellableError,
+    TaskNotFoundError,
+)
 from orchestrator.models import TaskRecord, TaskStatus
-from orchestrator.settings import RedisSettings
+from orchestrator.settings import QuotaSettings, RedisSettings
 from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -28,7 +34,7 @@ logger = logging.getLogger(__name__)
 JSON_FIELDS = ("input", "context", "result", "error", "progress", "checkpoint", "resumed_from", "children")
 FLOAT_FIELDS = ("created_at", "started_at", "first_started_at", "finished_at", "deadline", "preempted_at")
 INT_FIELDS = ("priority", "attempts", "preemptions", "restarts", "checkpoints")
-TEXT_FIELDS = ("task_id", "status", "tool", "worker_type", "prompt", "agent", "worker", "idempotency_key",
+TEXT_FIELDS = ("task_id", "status", "tool", "worker_type", "prompt", "agent", "tenant", "worker", "idempotency_key",
                "last_failure", "dead_letter", "parent")
 
 
@@ -93,21 +99,32 @@ class TaskStore:
     # --- ingress side -------------------------------------------------------------------------
 
     async def submit(self, task: TaskSpec, max_active: int, retry_after_s: float,
-                     children: Sequence[TaskSpec] = ()) -> tuple[str, bool]:
+                     children: Sequence[TaskSpec] = (), quota: QuotaSettings | None = None) -> tuple[str, bool]:
         """Accept a task (and its fanout children, waiting for it) durably; returns (task_id, duplicate).
-        Raises QueueFullError."""
-        key = task.idempotency_key
+
+        Args:
+            quota: the task's tenant's quota, checked in the same step; None: not limited.
+        Raises QueueFullError, QuotaExceededError.
+        """
+        key, tenant = task.idempotency_key, task.tenant or ""
+        limits = quota or QuotaSettings()
         child_records = [_initial_record(c, TaskStatus.WAITING) + ["payload", c.payload()] for c in children]
-        task_id, flag = await self._run(
+        task_id, *refusal = await self._run(
             "SUBMIT", task.task_id, task.created_at,
             task.task_id, max_active, self._settings.idempotency_ttl_s if key else 0, task.priority,
-            task.worker_type, task.payload(), task.agent or "", json.dumps(child_records),
+            task.worker_type, task.payload(), task.agent or "", tenant, limits.max_active_tasks or 0,
+            limits.submits_per_s or 0, limits.submit_burst, json.dumps(child_records),
             *_initial_record(task, TaskStatus.QUEUED),
-            keys=[self.keys.idempotency(key or "")], children=task.children,
+            keys=[self.keys.idempotency(key or "", task.tenant), self.keys.tenant_submits], children=task.children,
         )
-        if task_id is None:
-            raise QueueFullError(int(flag), max_active, retry_after_s)
-        return task_id, bool(flag)
+        if task_id is not None:
+            return task_id, bool(refusal[0])
+        kind, figure = refusal
+        if kind == "queue_full":
+            raise QueueFullError(int(figure), max_active, retry_after_s)
+        if kind == "max_active_tasks":
+            raise QuotaExceededError(tenant, kind, limits.max_active_tasks or 0, retry_after_s)
+        raise QuotaExceededError(tenant, kind, limits.submits_per_s or 0, round(float(figure), 3))
 
     async def get(self, task_id: str) -> TaskRecord:
         with storage_errors():
@@ -207,10 +224,10 @@ class TaskStore:
         record = await self.get(task_id)
         task = TaskSpec(task_id=task_id, tool=record.tool, worker_type=record.worker_type, priority=record.priority,
                         input=record.input, context=record.context, prompt=record.prompt, agent=record.agent,
-                        deadline=record.deadline, idempotency_key=record.idempotency_key,
+                        tenant=record.tenant, deadline=record.deadline, idempotency_key=record.idempotency_key,
                         created_at=record.created_at)
         return bool(await self._run("REQUEUE", task_id, now, task.priority, task.worker_type, task.payload(),
-                                    task.agent or ""))
+                                    task.agent or "", task.tenant or ""))
 
     # --- router side ----------------------------------------------------------------------------
 
@@ -322,7 +339,7 @@ def _initial_record(task: TaskSpec, status: TaskStatus) -> list[str]:
     return _encode_record({
         "task_id": task.task_id, "status": status.value, "tool": task.tool, "worker_type": task.worker_type,
         "priority": task.priority, "prompt": task.prompt, "input": task.input, "context": task.context,
-        "agent": task.agent, "attempts": 0, "created_at": task.created_at, "deadline": task.deadline,
+        "agent": task.agent, "tenant": task.tenant, "attempts": 0, "created_at": task.created_at, "deadline": task.deadline,
         "idempotency_key": task.idempotency_key, "parent": task.parent, "children": list(task.children) or None,
     })
 

@@ -13,10 +13,12 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
+from orchestrator.auth import Principal
 from orchestrator.errors import InvalidParamsError, QueueFullError, TaskNotFoundError
 from orchestrator.jsonrpc import Dispatcher, Method, RequestContext, to_jsonrpc_error
 
 CTX = RequestContext()
+READER = Principal("alice-ci", "alice", frozenset({"read", "submit"}))
 
 
 class Forbid(BaseModel):
@@ -108,7 +110,7 @@ class Recorder:
             return [Scheduled(name="a", at=datetime(2030, 1, 1, tzinfo=UTC))]
 
         async def whoami(p: BaseModel, ctx: RequestContext) -> dict[str, Any]:
-            return {"version": ctx.version, "principal": ctx.principal}
+            return {"version": ctx.version, "principal": ctx.principal.key_id, "tenant": ctx.principal.tenant}
 
         async def nan(p: BaseModel, ctx: RequestContext) -> float:
             return float("nan")
@@ -136,6 +138,8 @@ class Recorder:
             Method("nan", Forbid, float, "an unserializable result", nan),
             Method("wait_gate", Forbid, str, "waits for open_gate", wait_gate),
             Method("open_gate", Forbid, str, "opens the gate", open_gate),
+            Method("admin_sum", SumParams, int, "a + b + c, for admins", add, scope="admin"),
+            Method("read_data", Forbid, list[Any], "fixed data, for readers", get_data, scope="read"),
         ]
 
 
@@ -306,9 +310,25 @@ async def test_failing_notifications_stay_silent(rpc: Dispatcher) -> None:
 
 
 async def test_request_context_reaches_the_handler(rpc: Dispatcher) -> None:
-    ctx = RequestContext(version=2, principal="alice")
+    ctx = RequestContext(version=2, principal=READER)
     reply = await call(rpc, {"jsonrpc": "2.0", "method": "whoami", "id": 1}, ctx=ctx)
-    assert reply == ok({"version": 2, "principal": "alice"}, 1)
+    assert reply == ok({"version": 2, "principal": "alice-ci", "tenant": "alice"}, 1)
+
+
+async def test_a_method_needs_its_scope_before_its_params_are_looked_at(rpc: Dispatcher, recorder: Recorder) -> None:
+    ctx = RequestContext(principal=READER)
+    forbidden = err(-32012, "forbidden: admin_sum needs an API key with scope 'admin'",
+                    {"retryable": False, "scope": "admin"}, 1)
+    assert await call(rpc, {"jsonrpc": "2.0", "method": "admin_sum", "params": {"a": 1}, "id": 1}, ctx=ctx) == forbidden
+    assert await call(rpc, {"jsonrpc": "2.0", "method": "admin_sum", "params": {"a": "x"}, "id": 1}, ctx=ctx) == forbidden
+    assert await call(rpc, {"jsonrpc": "2.0", "method": "read_data", "id": 2}, ctx=ctx) == ok(["hello", 5], 2)
+    assert recorder.calls == []
+    admin = RequestContext(principal=Principal("ops", "ops", frozenset({"admin"})))
+    assert await call(rpc, {"jsonrpc": "2.0", "method": "admin_sum", "params": {"a": 1}, "id": 3}, ctx=admin) == ok(1, 3)
+    # In a batch each member is judged on its own; rpc.discover needs no scope.
+    batch = [{"jsonrpc": "2.0", "method": "admin_sum", "id": 4}, {"jsonrpc": "2.0", "method": "rpc.discover", "id": 5}]
+    replies = await call(rpc, batch, ctx=ctx)
+    assert replies[0]["error"]["code"] == -32012 and "result" in replies[1]
 
 
 # --- parsing limits ---

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from orchestrator import api
+from orchestrator.auth import Principal
 from orchestrator.errors import InvalidParamsError, SagaNotFoundError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.jsonrpc import Dispatcher, RequestContext
@@ -34,7 +35,7 @@ from orchestrator.models import (
 )
 from orchestrator.saga import SagaState, new_saga
 from orchestrator.saga_service import SagaService
-from orchestrator.settings import Settings, ToolSettings
+from orchestrator.settings import QuotaSettings, Settings, ToolSettings
 from orchestrator.tasks import TaskSpec
 from orchestrator.tools import registry
 
@@ -64,8 +65,8 @@ class MemoryTasks:
         self.settings = settings
         self.tasks: dict[str, TaskSpec] = {}
 
-    async def run_task(self, params: RunTaskParams | RunTaskParamsV2) -> RunTaskResult | TaskRecord:
-        task, children = build_task(params, self.settings, 1.0)
+    async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal) -> RunTaskResult | TaskRecord:
+        task, children = build_task(params, self.settings, 1.0, who.tenant)
         for spec in (task, *children):  # what the store would write: strict JSON (no NaN), valid UTF-8
             json.loads(spec.payload().encode("utf-8"), parse_constant=_no_constants)
         for spec in (task, *children):
@@ -74,20 +75,20 @@ class MemoryTasks:
             return self._record(task, TaskStatus.SUCCEEDED)
         return RunTaskResult(task_id=task.task_id, status=TaskStatus.QUEUED)
 
-    async def get_task(self, task_id: str) -> TaskRecord:
+    async def get_task(self, task_id: str, who: Principal) -> TaskRecord:
         if task_id not in self.tasks:
             raise TaskNotFoundError(task_id)
         return self._record(self.tasks[task_id], TaskStatus.QUEUED)
 
-    async def cancel_task(self, task_id: str) -> CancelTaskResult:
-        await self.get_task(task_id)
+    async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:
+        await self.get_task(task_id, who)
         return CancelTaskResult(task_id=task_id, status=TaskStatus.CANCELLED)
 
-    async def status(self) -> StatusResult:
+    async def status(self, who: Principal) -> StatusResult:
         return StatusResult(pools=[], workers=[], matrix={}, running=[], tools=registry.describe(self.settings.tools),
                             stream_length=len(self.tasks), stream_pending=0, active_tasks=len(self.tasks))
 
-    async def control(self, params: ControlParams) -> ControlResult:
+    async def control(self, params: ControlParams, who: Principal) -> ControlResult:
         if params.action == "dead_letters":
             return ControlResult(action=params.action, dead_letters=[])
         raise InvalidParamsError({"params.task_id": "not a dead letter"})
@@ -114,7 +115,8 @@ class MemorySagas:
         return self.sagas[saga_id]
 
     async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None) -> tuple[str, bool]:
+                       idempotency_key: str | None, agent: str | None, tenant: str | None,
+                       quota: QuotaSettings | None) -> tuple[str, bool]:
         json.dumps(saga_input, ensure_ascii=False, allow_nan=False).encode("utf-8")  # what a store would write
         saga_id = uuid.uuid4().hex
         self.sagas[saga_id] = new_saga(saga_id, self.workflows[workflow], saga_input, priority, 1.0, agent)
