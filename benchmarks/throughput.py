@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing
+import os
 import queue
 import signal
 import sys
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from orchestrator.auth import hash_key, new_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
 from harness import own_system, percentile, raise_interrupt, wait_healthy
@@ -54,6 +57,7 @@ class Load:
     priority: int
     wait_s: float  # 0: submit only, then poll get_task
     timeout_s: float  # for the whole run, after which unfinished tasks count as lost
+    api_key: str | None = None  # sent as a bearer token
 
 
 @dataclass(slots=True)
@@ -185,7 +189,8 @@ async def run_client(load: Load, batches: Sequence[Sequence[int]], concurrency: 
     """Send `batches` over `concurrency` connections, polling (on one more) what replies left unfinished."""
     limits = httpx.Limits(max_connections=concurrency + 1, max_keepalive_connections=concurrency + 1)
     timeout = httpx.Timeout(load.wait_s + 30, connect=10)
-    async with httpx.AsyncClient(base_url=load.base_url, timeout=timeout, limits=limits) as client:
+    headers = {"Authorization": f"Bearer {load.api_key}"} if load.api_key else {}
+    async with httpx.AsyncClient(base_url=load.base_url, timeout=timeout, limits=limits, headers=headers) as client:
         # Open every connection before the clock starts.
         await asyncio.gather(*(client.get("/healthz") for _ in range(concurrency + 1)))
         ready()
@@ -252,9 +257,9 @@ def drive(load: Load, n: int, concurrency: int, processes: int) -> tuple[list[Ou
                 child.join()
 
 
-async def warm_up(base_url: str, size: int, wait_s: float) -> None:
+async def warm_up(base_url: str, size: int, wait_s: float, api_key: str | None) -> None:
     """One small waited batch, not counted: the first tasks pay for connections and lazy starts."""
-    load = Load(base_url, f"warmup{uuid.uuid4().hex[:6]}", size, 0, 5, wait_s, wait_s + 60)
+    load = Load(base_url, f"warmup{uuid.uuid4().hex[:6]}", size, 0, 5, wait_s, wait_s + 60, api_key)
     outcomes, _ = await run_client(load, [list(range(size))], 1, lambda: None)
     bad = [o for o in outcomes if not o.ok]
     if bad:
@@ -325,7 +330,8 @@ def print_report(report: dict[str, Any]) -> None:
         value = report.get(key)
         return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
-    print(f"target        {report['url'] or 'self-hosted'} ({report['mode']}; batch {report['batch']}, "
+    print(f"target        {report['url'] or 'self-hosted'}{' with an API key' if report['auth'] else ''} "
+          f"({report['mode']}; batch {report['batch']}, "
           f"concurrency {report['concurrency']} over {report['processes']} process(es), delay {report['delay_ms']} ms, "
           f"reasoning workers {fmt('workers')} x slots {fmt('slots')})")
     print(f"tasks         {report['tasks']}  succeeded {report['succeeded']}  failures {report['failures']}")
@@ -369,6 +375,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=20, help="tasks in the uncounted warm-up batch (0: none)")
     parser.add_argument("--slots", type=int, help="self-hosted: slots per reasoning worker")
     parser.add_argument("--workers", type=int, help="self-hosted: reasoning workers")
+    parser.add_argument("--api-key", default=os.environ.get("ORCH_API_KEY"),
+                        help="with --url: the API key to send (default: $ORCH_API_KEY)")
+    parser.add_argument("--auth", action="store_true",
+                        help="self-hosted: with an API key and a tenant quota, so every request pays for both")
     parser.add_argument("--keep-logs", action="store_true", help="self-hosted: keep Ray's temp dir (its logs)")
     parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     args = parser.parse_args(argv)
@@ -376,19 +386,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.processes = min(2, args.concurrency)
     if args.n < 1 or args.batch < 1 or args.concurrency < 1 or not 1 <= args.processes <= args.concurrency:
         parser.error("need n, batch, concurrency >= 1 and 1 <= processes <= concurrency")
-    if args.url and (args.slots is not None or args.workers is not None):
-        parser.error("--slots/--workers size a self-hosted system; they do not apply with --url")
+    if args.url and (args.slots is not None or args.workers is not None or args.auth):
+        parser.error("--slots/--workers/--auth shape a self-hosted system; they do not apply with --url")
     return args
 
 
 def run(args: argparse.Namespace, base_url: str, pool: dict[str, Any]) -> dict[str, Any]:
     wait_s = 0.0 if args.no_wait else args.wait
     if args.warmup:
-        asyncio.run(warm_up(base_url, min(args.warmup, MAX_RPC_BATCH), max(args.wait, 30.0)))
-    load = Load(base_url, uuid.uuid4().hex[:8], args.batch, args.delay_ms, args.priority, wait_s, args.timeout_s)
+        asyncio.run(warm_up(base_url, min(args.warmup, MAX_RPC_BATCH), max(args.wait, 30.0), args.api_key))
+    load = Load(base_url, uuid.uuid4().hex[:8], args.batch, args.delay_ms, args.priority, wait_s, args.timeout_s,
+                args.api_key)
     outcomes, poll_errors = drive(load, args.n, args.concurrency, args.processes)
     report = summarize(outcomes, args.n, wait_mode=not args.no_wait) | {"poll_errors": poll_errors}
-    params = {"url": args.url, "mode": "no-wait" if args.no_wait else "wait", "n": args.n, "batch": args.batch,
+    params = {"url": args.url, "auth": bool(args.api_key), "mode": "no-wait" if args.no_wait else "wait", "n": args.n,
+              "batch": args.batch,
               "concurrency": args.concurrency, "processes": args.processes, "delay_ms": args.delay_ms,
               "priority": args.priority, "wait_s": wait_s, **pool}
     return params | report
@@ -408,6 +420,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides: dict[str, Any] = {"limits": {"max_wait_s": max(args.wait, 60.0)}}
             if reasoning:
                 overrides["pools"] = {"reasoning": reasoning}
+            if args.auth:  # a quota the load stays within: measured is the cost of checking it
+                args.api_key = new_key()
+                overrides["auth"] = {"keys": {"bench": {"hash": hash_key(args.api_key), "tenant": "bench",
+                                                         "scopes": ["submit", "read"]}},
+                                     "default_quota": {"max_active_tasks": args.n + MAX_RPC_BATCH,
+                                                       "submits_per_s": 1e6, "submit_burst": 1_000_000}}
             with own_system(overrides, args.keep_logs) as (base_url, settings):
                 pool = settings.pools["reasoning"]
                 report = run(args, base_url, {"workers": pool.workers, "slots": pool.slots})

@@ -80,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--url", default=os.environ.get("ORCH_URL", "http://127.0.0.1:8000"),
                         help="orchestrator base URL (default: $ORCH_URL or http://127.0.0.1:8000)")
+    parser.add_argument("--api-key", default=os.environ.get("ORCH_API_KEY"),
+                        help="API key with scopes submit and read (default: $ORCH_API_KEY; none when auth is off)")
     parser.add_argument("--datasets", default="iris,wine,breast_cancer", help="comma-separated bundled datasets")
     parser.add_argument("--models", default="svc,random_forest", help="comma-separated autotune models")
     parser.add_argument("--cv", type=int, default=5, help="cross-validation folds (2..10)")
@@ -119,10 +121,10 @@ def plan(args: argparse.Namespace) -> list[Entry]:
 class Client:
     """JSON-RPC batches to `/v2/rpc`, retrying what a restart or overload makes fail for a while."""
 
-    def __init__(self, url: str, deadline: float) -> None:
+    def __init__(self, url: str, deadline: float, api_key: str | None = None) -> None:
         self.url = url.rstrip("/") + "/v2/rpc"
         self.deadline = deadline
-        self.http = httpx.Client(timeout=30.0)
+        self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
 
     def batch(self, calls: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         """Replies in call order; an HTTP or connection failure is retried until the deadline."""
@@ -153,7 +155,8 @@ class Client:
             raise JobError(f"{self.url} answered HTTP {response.status_code} with a non-JSON body") from None
         if not isinstance(replies, list):  # a whole-request error (e.g. the body too large)
             error = replies.get("error", {}) if isinstance(replies, dict) else {}
-            raise JobError(f"{self.url} refused the batch: {error.get('message', replies)}")
+            hint = " (pass --api-key or set ORCH_API_KEY)" if response.status_code == 401 else ""
+            raise JobError(f"{self.url} refused the batch: {error.get('message', replies)}{hint}")
         return replies
 
 
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.monotonic()
     entries = plan(args)
-    client = Client(args.url, started + args.timeout_s)
+    client = Client(args.url, started + args.timeout_s, args.api_key)
     log(f"batch_ml: {len(entries)} {TOOL} tasks ({', '.join(args.datasets)} × {', '.join(args.models)}) "
         f"to {args.url}")
     problem = None

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator.auth import hash_key, new_key
 from tests.support import alive, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -89,9 +90,10 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def rpc(url: str, method: str, params: dict[str, object]) -> dict[str, object]:
-    reply = httpx.post(f"{url}/v1/rpc", timeout=30, json={"jsonrpc": "2.0", "id": 1, "method": method,
-                                                          "params": params}).json()
+def rpc(url: str, method: str, params: dict[str, object], key: str | None = None) -> dict[str, object]:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    reply = httpx.post(f"{url}/v1/rpc", timeout=30, headers=headers,
+                       json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).json()
     return dict(reply["result"])
 
 
@@ -102,6 +104,7 @@ def test_down_then_up_resumes_unfinished_tasks(data_dir: Path) -> None:
 
     started = ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
     assert f"orchestrator up: {url} (redis redis://127.0.0.1:" in started and "ray local" in started
+    assert "auth off: no API keys are configured, so it listens on loopback only" in started
     assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
     state = read_state(data_dir)
     assert state is not None
@@ -133,21 +136,37 @@ def test_down_then_up_resumes_unfinished_tasks(data_dir: Path) -> None:
     assert list((data_dir / "redis").rglob("*.aof")), "no AOF file under the data dir"
     assert "nothing is running" in ok(cli(env, "down"))
 
-    ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
+    # Up again, now with an API key (set in the environment) and on every interface.
+    admin_key = new_key()
+    keyed = {**env, "ORCH_AUTH__KEYS__OPS__HASH": hash_key(admin_key), "ORCH_AUTH__KEYS__OPS__TENANT": "ops",
+             "ORCH_AUTH__KEYS__OPS__SCOPES": '["admin"]'}
+    assert "auth on: 1 API key(s)" in ok(cli(keyed, "up", "--host", "0.0.0.0", "--port", str(port), "--no-dashboard"))
     again = read_state(data_dir)
     assert again is not None and again["redis_url"] == state["redis_url"]  # same port, same data
+    refused = cli(keyed, "status")
+    assert refused.returncode == 1 and "error -32011: unauthenticated: no API key" in refused.stderr
+    assert "worker:reasoning:0" in ok(cli({**keyed, "ORCH_API_KEY": admin_key}, "status"))
     # Unfinished work resumes: the interrupted task from its checkpoint, the queued one from the stream.
     def done(task_id: str) -> bool:
-        return rpc(url, "get_task", {"task_id": task_id})["status"] == "succeeded"
+        return rpc(url, "get_task", {"task_id": task_id}, admin_key)["status"] == "succeeded"
 
     wait_until(lambda: done(running["task_id"]) and done(accepted["task_id"]), 60, "unfinished tasks to finish")
-    kept = rpc(url, "get_task", {"task_id": accepted["task_id"]})
+    kept = rpc(url, "get_task", {"task_id": accepted["task_id"]}, admin_key)
     assert kept["prompt"] == "kept" and kept["priority"] == 2 and kept["result"]["text"] == "kept"
-    resumed = rpc(url, "get_task", {"task_id": running["task_id"]})
+    resumed = rpc(url, "get_task", {"task_id": running["task_id"]}, admin_key)
     assert resumed["attempts"] == 2 and resumed["resumed_from"]["step"] >= 2
     assert resumed["result"] == {"text": "long", "steps": 20}
     ok(cli(env, "down"))
     wait_until(lambda: not alive(again["daemon_pid"]) and not alive(again["redis_pid"]), 10, "all stopped")
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "example.com"])
+def test_up_refuses_other_interfaces_than_loopback_without_keys(data_dir: Path, host: str) -> None:
+    done = cli(cli_env(data_dir), "up", "--host", host, "--port", str(free_port()))
+    assert done.returncode == 1
+    assert f"refusing to listen on {host!r} without API keys" in done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert read_state(data_dir) is None  # nothing was started
 
 
 def test_up_without_redis_server_on_path(data_dir: Path, tmp_path: Path) -> None:
