@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as ModelError
 from pydantic_core import to_jsonable_python
 
-from orchestrator.auth import ANONYMOUS, Principal
+from orchestrator.auth import Principal
 from orchestrator.errors import ForbiddenError, InvalidParamsError, OrchestratorError
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ _OUT_OF_RANGE_REASON = f"number out of range: not a finite double, or an integer
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
+    principal: Principal  # the authenticated caller (auth.ANONYMOUS when auth is off): no default, fails closed
     version: int = 1  # API version of the endpoint (1 or 2)
-    principal: Principal = ANONYMOUS  # the authenticated caller
 
 
 @dataclass(frozen=True, slots=True)

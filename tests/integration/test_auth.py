@@ -248,9 +248,10 @@ def test_a_tenant_sees_follows_and_cancels_only_its_own_tasks(system: Deployed) 
             assert refused == {**missing, "message": missing["message"].replace("0" * 32, other)}
         events = httpx.get(f"{system.base_url}/v1/tasks/{other}/events", headers=headers("bob"), timeout=30)
         assert events.status_code == 404 and events.json()["error"]["code"] == -32001
-        _, over_mcp = mcp_post(system, "bob", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                                               "params": {"name": "get_task", "arguments": {"task_id": other}}})
-        assert over_mcp["result"]["structuredContent"]["error"]["code"] == -32001
+        for tool in ("get_task", "cancel_task"):
+            _, over_mcp = mcp_post(system, "bob", {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                                                   "params": {"name": tool, "arguments": {"task_id": other}}})
+            assert over_mcp["result"]["structuredContent"]["error"]["code"] == -32001
     # bob's idempotency keys are his own: the same key makes him a new task
     bobs = ok(system, "bob", "run_task", echo("bob's", idempotency_key="shared-key"))
     assert bobs["task_id"] != task_id and bobs["duplicate"] is False

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orchestrator.auth import ANONYMOUS, Authenticator, hash_key, is_loopback, new_key, unsafe_bind
@@ -42,6 +44,21 @@ def test_a_missing_or_wrong_key_is_refused_without_echoing_it(header: str | None
         Authenticator(AUTH).authenticate(header)
     assert refused.value.code == -32011
     assert ALICE not in str(refused.value) and "orch_wrong" not in str(refused.value)
+
+
+NEAR_MISSES = st.builds(lambda scheme, key, tail: scheme + key + tail, st.sampled_from(["Bearer ", "bearer  ", "Basic "]),
+                        st.sampled_from([ALICE, ADMIN, ALICE[:-1], ADMIN.upper()]), st.sampled_from(["", " ", "\x00", "=="]))
+
+
+@given(st.text() | NEAR_MISSES)
+def test_no_other_header_gets_in_and_none_breaks_the_check(header: str) -> None:
+    try:
+        principal = Authenticator(AUTH).authenticate(header)
+    except UnauthenticatedError as refused:
+        assert str(refused) in ("unauthenticated: invalid API key",
+                                "unauthenticated: no API key: send the header `Authorization: Bearer <key>`")
+        return
+    assert header.lower().startswith("bearer ") and header[7:].strip() in (ALICE, ADMIN), principal
 
 
 def test_without_keys_everyone_is_the_anonymous_operator() -> None:

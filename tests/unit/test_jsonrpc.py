@@ -13,11 +13,11 @@ import pytest
 from jsonschema import Draft202012Validator
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, JsonValue
 
-from orchestrator.auth import Principal
+from orchestrator.auth import ANONYMOUS, Principal
 from orchestrator.errors import InvalidParamsError, QueueFullError, TaskNotFoundError
 from orchestrator.jsonrpc import Dispatcher, Method, RequestContext, to_jsonrpc_error
 
-CTX = RequestContext()
+CTX = RequestContext(ANONYMOUS)
 READER = Principal("alice-ci", "alice", frozenset({"read", "submit"}))
 
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pydantic import SecretStr
 
 from orchestrator import api
-from orchestrator.auth import Principal
+from orchestrator.auth import ANONYMOUS, Principal
 from orchestrator.errors import InvalidParamsError, SagaNotFoundError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.jsonrpc import Dispatcher, RequestContext
@@ -142,7 +142,7 @@ class System:
         }
 
     def handle(self, body: bytes, version: int = 1, path_method: str | None = None) -> bytes | None:
-        return asyncio.run(self.dispatchers[version].handle(body, RequestContext(version=version),
+        return asyncio.run(self.dispatchers[version].handle(body, RequestContext(ANONYMOUS, version=version),
                                                             path_method=path_method))
 
 
