@@ -231,6 +231,13 @@ def test_an_mcp_session_belongs_to_the_key_that_opened_it(system: Deployed) -> N
     assert mine.status_code == 200 and stolen.status_code == 404
 
 
+def test_the_app_is_not_built_for_other_interfaces_without_keys(redis_server: RedisServer, ray_session: int) -> None:
+    from deployments.app import build_app
+
+    with pytest.raises(ValueError, match="refusing to listen on '0.0.0.0' without API keys"):
+        build_app(make_settings(redis_server.url, http={"host": "0.0.0.0"}))
+
+
 # ---------------------------------------------------------------- tenant isolation
 
 

@@ -77,6 +77,16 @@ def test_tenants_at_one_priority_are_served_round_robin() -> None:
     assert drain(queues) == ["a0", "b0", "a1", "a2", "a3"]
 
 
+def test_with_api_keys_the_tenant_is_the_unit_of_fairness_not_the_agent_label() -> None:
+    queues = ReadyQueues()
+    for i in range(4):  # one tenant's flood under four agent names is still one tenant
+        queues.push(TaskSpec(task_id=f"a{i}", tool="echo", worker_type="reasoning", priority=5, input={},
+                             created_at=float(i), agent=f"bot-{i}", tenant="alice"))
+    queues.push(TaskSpec(task_id="b0", tool="echo", worker_type="reasoning", priority=5, input={},
+                         created_at=10.0, agent="bot-0", tenant="bob"))
+    assert drain(queues) == ["a0", "b0", "a1", "a2", "a3"]
+
+
 def test_a_requeued_task_keeps_its_place_by_age() -> None:
     queues = ReadyQueues()
     for t in [task("b", 5, 2.0), task("c", 5, 3.0)]:
