@@ -107,7 +107,8 @@ class RouterActor:
         ]
         running = [
             RunningTask(task_id=a.task.task_id, tool=a.task.tool, priority=a.task.priority, worker=w.name,
-                        agent=a.task.agent, tenant=a.task.tenant, since=a.since, preemptions=self._preemptions.get(a.task.task_id, 0))
+                        agent=a.task.agent, tenant=a.task.tenant, since=a.since,
+                        preemptions=self._preemptions.get(a.task.task_id, 0))
             for w in self._workers.values() for a in w.assigned.values()
         ]
         matrix = {t: {str(p): n for p, n in self._ready.depth_by_priority(t).items()} for t in self._settings.pools}

@@ -134,7 +134,8 @@ class RpcIngress:
     async def rpc_v1(self, request: Request) -> Response:
         return await self._rpc(request, 1)
 
-    @app.post("/v2/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, API v2 (run_task takes `input`, `deadline`)")
+    @app.post("/v2/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED,
+              summary="JSON-RPC 2.0, API v2 (run_task takes `input`, `deadline`)")
     async def rpc_v2(self, request: Request) -> Response:
         return await self._rpc(request, 2)
 
@@ -182,7 +183,8 @@ class RpcIngress:
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/mcp", dependencies=_KEYED, summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
+    @app.post("/mcp", dependencies=_KEYED,
+              summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
     async def mcp_post(self, request: Request) -> Response:
         return self._mcp.response()
 

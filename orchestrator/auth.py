@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from orchestrator.errors import UnauthenticatedError
-from orchestrator.settings import SCOPES, ApiKeySettings, AuthSettings
+from orchestrator.settings import SCOPES, ApiKeySettings, AuthSettings, QuotaSettings
 
 KEY_PREFIX = "orch_"
 SUBMIT, READ, ADMIN, METRICS = SCOPES
@@ -49,6 +49,11 @@ ANONYMOUS = Principal("anonymous", None, frozenset(SCOPES))
 def system(tenant: str | None) -> Principal:
     """The orchestrator acting on its own, e.g. the saga coordinator submitting a tenant's steps."""
     return Principal("system", tenant, frozenset(SCOPES))
+
+
+def quota_of(who: Principal, settings: AuthSettings) -> QuotaSettings | None:
+    """The quota `who`'s submits are held to: its tenant's; None (not limited) for an admin or the system."""
+    return None if who.admin or who.tenant is None else settings.quota_for(who.tenant)
 
 
 def new_key() -> str:

@@ -235,8 +235,8 @@ class SagaState(BaseModel):
 def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str, Any], priority: int,
              now: float, agent: str | None = None, tenant: str | None = None) -> SagaState:
     return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
-                     priority=priority, agent=agent, tenant=tenant, steps=[StepState(name=s.name) for s in definition.steps],
-                     created_at=now, updated_at=now)
+                     priority=priority, agent=agent, tenant=tenant,
+                     steps=[StepState(name=s.name) for s in definition.steps], created_at=now, updated_at=now)
 
 
 # ---------------------------------------------------------------- commands

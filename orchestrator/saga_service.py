@@ -6,7 +6,7 @@ import json
 from typing import Any, Protocol
 
 from orchestrator.adapters.saga_store import SagaStore
-from orchestrator.auth import Principal
+from orchestrator.auth import Principal, quota_of
 from orchestrator.errors import InvalidParamsError, SagaFinishedError, SagaNotFoundError
 from orchestrator.models import CancelSagaResult, RunSagaParams, RunSagaResult
 from orchestrator.saga import SagaState, WorkflowDefinition
@@ -44,7 +44,7 @@ class SagaService:
             errors["params.input"] = f"larger than {limit} bytes"
         if errors:
             raise InvalidParamsError(errors)
-        quota = None if who.admin or who.tenant is None else self._auth.quota_for(who.tenant)
+        quota = quota_of(who, self._auth)
         saga_id, duplicate = await self._coordinator.run_saga(
             params.workflow, params.input, params.priority, params.idempotency_key, params.agent, who.tenant, quota)
         status = (await self._store.load(saga_id)).status.value if duplicate else "running"

@@ -12,7 +12,7 @@ from orchestrator.adapters.stats_store import StatsStore, finished_task
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
-from orchestrator.auth import Principal
+from orchestrator.auth import Principal, quota_of
 from orchestrator.errors import InvalidParamsError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.models import (
@@ -84,8 +84,8 @@ class TaskService:
         caller is an admin); with `wait`, answer with the record once finished."""
         task, children = build_task(params, self._settings, self._clock(), who.tenant)
         limits = self._settings.limits
-        quota = None if who.admin or who.tenant is None else self._settings.auth.quota_for(who.tenant)
-        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children, quota)
+        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children,
+                                    quota_of(who, self._settings.auth))
         if not params.wait:
             task_id, duplicate = await submit
             status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status

@@ -339,7 +339,8 @@ def _initial_record(task: TaskSpec, status: TaskStatus) -> list[str]:
     return _encode_record({
         "task_id": task.task_id, "status": status.value, "tool": task.tool, "worker_type": task.worker_type,
         "priority": task.priority, "prompt": task.prompt, "input": task.input, "context": task.context,
-        "agent": task.agent, "tenant": task.tenant, "attempts": 0, "created_at": task.created_at, "deadline": task.deadline,
+        "agent": task.agent, "tenant": task.tenant, "attempts": 0, "created_at": task.created_at,
+        "deadline": task.deadline,
         "idempotency_key": task.idempotency_key, "parent": task.parent, "children": list(task.children) or None,
     })
 

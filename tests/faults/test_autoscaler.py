@@ -103,8 +103,8 @@ def test_the_sla_policy_adds_and_releases_nodes(fake_cluster: FakeCluster, tmp_p
                ORCH_SLA__POOLS__REASONING__MIN_WORKERS="1", ORCH_SLA__POOLS__REASONING__MAX_WORKERS="3",
                ORCH_SLA__POOLS__REASONING__QUEUE_WAIT_P95_S="0.5", ORCH_SLA__POOLS__REASONING__COOLDOWN_UP_S="0",
                ORCH_SLA__POOLS__REASONING__COOLDOWN_DOWN_S="0", ORCH_SLA__POOLS__REASONING__SCALE_DOWN_AFTER_S="2")
-    up = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--address", fake_cluster.address, "--port", str(port),
-                         "--no-dashboard", "--timeout", "240"], env=env, capture_output=True, text=True, timeout=300,
+    up = subprocess.run([sys.executable, "-m", "orchestrator.cli", "up", "--address", fake_cluster.address,
+                         "--port", str(port), "--no-dashboard", "--timeout", "240"], env=env, capture_output=True, text=True, timeout=300,
                         check=False)
     try:
         assert up.returncode == 0, up.stdout + up.stderr

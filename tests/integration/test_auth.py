@@ -39,6 +39,8 @@ WRONG = "orch_this-key-was-never-configured-0123456789"
 HELLO = {"name": "hello", "steps": [{"name": "greet", "tool": "echo", "input": {"prompt": "hi {{ input.who }}"}}]}
 QUOTAS = {"tiny": {"max_active_tasks": 2}, "slow": {"submits_per_s": 0.05, "submit_burst": 2}}
 ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
 
 
 @pytest.fixture(scope="module")
@@ -192,13 +194,11 @@ def test_every_face_checks_the_key_and_its_scope(system: Deployed, face: str) ->
 
 
 def test_mcp_needs_a_key_for_the_handshake_too(system: Deployed) -> None:
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                  "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
     for key in (None, "wrong"):
-        reply = httpx.post(f"{system.base_url}/mcp", json=initialize, headers={**ACCEPT, **headers(key)}, timeout=30)
+        reply = httpx.post(f"{system.base_url}/mcp", json=INITIALIZE, headers={**ACCEPT, **headers(key)}, timeout=30)
         assert reply.status_code == 401 and reply.headers["www-authenticate"].startswith("Bearer ")
         assert WRONG not in reply.text
-    opened = httpx.post(f"{system.base_url}/mcp", json=initialize, headers={**ACCEPT, **headers("alice")}, timeout=30)
+    opened = httpx.post(f"{system.base_url}/mcp", json=INITIALIZE, headers={**ACCEPT, **headers("alice")}, timeout=30)
     assert opened.status_code == 200 and opened.headers["mcp-session-id"]
 
 
@@ -221,9 +221,7 @@ async def test_the_official_client_with_a_key_lists_what_the_key_may_call(system
 
 
 def test_an_mcp_session_belongs_to_the_key_that_opened_it(system: Deployed) -> None:
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                  "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
-    opened = httpx.post(f"{system.base_url}/mcp", json=initialize, headers={**ACCEPT, **headers("alice")}, timeout=30)
+    opened = httpx.post(f"{system.base_url}/mcp", json=INITIALIZE, headers={**ACCEPT, **headers("alice")}, timeout=30)
     session = {**ACCEPT, "mcp-session-id": opened.headers["mcp-session-id"]}
     listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
     mine = httpx.post(f"{system.base_url}/mcp", json=listing, headers={**session, **headers("alice")}, timeout=30)
@@ -281,7 +279,8 @@ def test_a_tenant_sees_and_cancels_only_its_own_sagas(system: Deployed) -> None:
     for method in ("get_saga", "cancel_saga"):
         refused = error(system, "bob", method, {"saga_id": saga_id})
         assert refused == {**missing, "message": missing["message"].replace("0" * 32, saga_id)}
-    assert ok(system, "bob", "run_saga", {"workflow": "hello", "input": {}, "idempotency_key": "s"})["saga_id"] != saga_id
+    bobs = ok(system, "bob", "run_saga", {"workflow": "hello", "input": {}, "idempotency_key": "s"})
+    assert bobs["saga_id"] != saga_id and bobs["duplicate"] is False
     state: dict[str, Any] = {}
 
     def settled() -> bool:

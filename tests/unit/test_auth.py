@@ -46,8 +46,10 @@ def test_a_missing_or_wrong_key_is_refused_without_echoing_it(header: str | None
     assert ALICE not in str(refused.value) and "orch_wrong" not in str(refused.value)
 
 
-NEAR_MISSES = st.builds(lambda scheme, key, tail: scheme + key + tail, st.sampled_from(["Bearer ", "bearer  ", "Basic "]),
-                        st.sampled_from([ALICE, ADMIN, ALICE[:-1], ADMIN.upper()]), st.sampled_from(["", " ", "\x00", "=="]))
+NEAR_MISSES = st.builds(lambda scheme, key, tail: scheme + key + tail,
+                        st.sampled_from(["Bearer ", "bearer  ", "Basic "]),
+                        st.sampled_from([ALICE, ADMIN, ALICE[:-1], ADMIN.upper()]),
+                        st.sampled_from(["", " ", "\x00", "=="]))
 
 
 @given(st.text() | NEAR_MISSES)
