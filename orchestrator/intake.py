@@ -77,8 +77,13 @@ def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str
 
 
 def _check_size(errors: dict[str, str], value: Any, field: str, limit: int) -> None:
-    if len(json.dumps(value)) > limit:
+    if json_size(value) > limit:
         errors[field] = f"larger than {limit} bytes"
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as the store writes it: compact UTF-8 JSON (an escaped "é" would count 6, not 2)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _v1_input(prompt: str, context: Mapping[str, Any], tool: ToolSettings) -> dict[str, Any]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any, Protocol
 
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.auth import Principal, quota_of
 from orchestrator.errors import InvalidParamsError, SagaFinishedError, SagaNotFoundError
+from orchestrator.intake import json_size
 from orchestrator.models import CancelSagaResult, RunSagaParams, RunSagaResult
 from orchestrator.saga import SagaState, WorkflowDefinition
 from orchestrator.settings import QuotaSettings, Settings
@@ -39,8 +39,7 @@ class SagaService:
             known = ", ".join(sorted(self._workflows))
             raise InvalidParamsError({"params.workflow": f"unknown workflow {params.workflow!r}; known: {known}"})
         errors = schema_errors(workflow.input_schema, params.input, "params.input")
-        size, limit = len(json.dumps(params.input)), self._max_input_bytes
-        if size > limit:
+        if json_size(params.input) > (limit := self._max_input_bytes):
             errors["params.input"] = f"larger than {limit} bytes"
         if errors:
             raise InvalidParamsError(errors)

@@ -47,3 +47,13 @@ def test_invalid_params_name_every_offending_field(params: RunTaskParams | RunTa
     with pytest.raises(InvalidParamsError) as caught:
         build_task(params, SETTINGS, 0)
     assert set(caught.value.fields) == fields
+
+
+def test_sizes_are_counted_in_utf8_bytes_as_stored() -> None:
+    def with_note(chars: int) -> RunTaskParamsV2:
+        return RunTaskParamsV2(tool="echo", input={"prompt": "x"}, context={"note": "é" * chars})
+
+    build_task(with_note(26), SETTINGS, 0)  # {"note":"é…"}: 11 + 2 × 26 = 63 bytes (escaped "\u00e9": 167)
+    with pytest.raises(InvalidParamsError) as caught:
+        build_task(with_note(27), SETTINGS, 0)
+    assert caught.value.fields == {"params.context": "larger than 64 bytes"}
