@@ -193,6 +193,16 @@ def test_every_face_checks_the_key_and_its_scope(system: Deployed, face: str) ->
     assert outcomes == {key: expected(key, scope) for key in keys}
 
 
+def test_the_documents_name_the_scopes_and_the_bearer_scheme(system: Deployed) -> None:
+    methods = {m["name"]: m.get("x-scope") for m in ok(system, "alice-reader", "rpc.discover")["methods"]}
+    assert methods["run_task"] == "submit" and methods["get_task"] == "read" and methods["control"] == "admin"
+    assert methods["rpc.discover"] is None
+    openapi = httpx.get(f"{system.base_url}/openapi.json", timeout=30).json()  # no key needed for the docs
+    assert openapi["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert openapi["paths"]["/v2/rpc"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert httpx.get(f"{system.base_url}/healthz", timeout=30).status_code == 200
+
+
 def test_mcp_needs_a_key_for_the_handshake_too(system: Deployed) -> None:
     for key in (None, "wrong"):
         reply = httpx.post(f"{system.base_url}/mcp", json=INITIALIZE, headers={**ACCEPT, **headers(key)}, timeout=30)
