@@ -74,10 +74,6 @@ class Authenticator:
             key.hash: _principal(name, key) for name, key in settings.keys.items()
         }
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._by_hash)
-
     def authenticate(self, authorization: str | None) -> Principal:
         """The caller named by a `Bearer <key>` header; raises UnauthenticatedError (never echoing the key)."""
         if not self._by_hash:

@@ -65,7 +65,6 @@ def test_no_other_header_gets_in_and_none_breaks_the_check(header: str) -> None:
 
 def test_without_keys_everyone_is_the_anonymous_operator() -> None:
     auth = Authenticator(AuthSettings())
-    assert not auth.enabled
     assert auth.authenticate(None) is ANONYMOUS and auth.authenticate("Bearer whatever") is ANONYMOUS
     assert ANONYMOUS.admin and ANONYMOUS.sees(None)
 
