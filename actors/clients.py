@@ -1,18 +1,21 @@
 """Calls to the orchestrator's actors by name, as the API's protocols want them: bounded, and an
-unreachable actor a retryable error."""
+unreachable actor a retryable error. What Redis knows is read from Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
+from orchestrator.adapters.task_store import TaskStore
 from orchestrator.errors import ActorUnavailableError
 from orchestrator.models import RouterOverview
-from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME
+from orchestrator.naming import SAGA_COORDINATOR_NAME
+from orchestrator.overview import overview
 from orchestrator.settings import QuotaSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -28,41 +31,54 @@ async def call_actor(namespace: str, timeout_s: float, actor: str, method: str, 
         raise ActorUnavailableError(actor) from None
 
 
-class ActorRouterClient:
-    """The router and workers, reached by name; every call bounded, failures a retryable error."""
+def cluster_size() -> tuple[int, float]:
+    """Alive Ray nodes and their CPUs."""
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    return len(alive), sum(node.get("Resources", {}).get("CPU", 0.0) for node in alive)
 
-    def __init__(self, settings: Settings) -> None:
+
+class ActorRouterClient:
+    """The pool manager (whichever router holds the pools lease) and the workers, reached by name; every call
+    bounded, failures a retryable error."""
+
+    def __init__(self, settings: Settings, store: TaskStore) -> None:
+        self._settings = settings
+        self._store = store
         self._namespace = settings.namespace
         self._timeout_s = settings.router.call_timeout_s
+
+    async def _manager(self) -> str:
+        holder = await self._store.redis.get(self._store.keys.pool_lease)
+        if not holder:
+            raise ActorUnavailableError("router")
+        return str(holder).rsplit(":", 1)[0].rsplit(".", 1)[0]  # `<router>.<incarnation>:<token>`
 
     async def _call(self, actor: str, method: str, *args: Any) -> Any:
         return await call_actor(self._namespace, self._timeout_s, actor, method, *args)
 
     async def overview(self) -> RouterOverview:
-        return await self._call(ROUTER_NAME, "overview")  # type: ignore[no-any-return]
+        nodes, cpus = await asyncio.to_thread(cluster_size)
+        return await overview(self._store, self._settings, nodes, cpus)
 
     async def interrupt(self, worker: str, task_id: str) -> None:
         await self._call(worker, "cancel", task_id)
 
     async def scale(self, worker_type: str, workers: int) -> None:
-        await self._call(ROUTER_NAME, "scale", worker_type, workers)
+        await self._call(await self._manager(), "scale", worker_type, workers)
 
     async def drain(self, worker: str) -> bool:
-        return bool(await self._call(ROUTER_NAME, "drain", worker))
+        return bool(await self._call(await self._manager(), "drain", worker))
 
     async def pause(self, worker_type: str, paused: bool) -> None:
-        await self._call(ROUTER_NAME, "pause", worker_type, paused)
+        await self._call(await self._manager(), "pause", worker_type, paused)
 
     async def preempt_task(self, task_id: str) -> bool:
-        return bool(await self._call(ROUTER_NAME, "preempt_task", task_id))
-
-    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool:
-        return bool(await self._call(ROUTER_NAME, "correct", task_id, priority, task_input))
+        worker = await self._store.claim_victim(task_id, time.time())
+        return worker is not None and bool(await self._call(worker, "preempt", task_id))
 
     async def ready(self) -> bool:
-        return bool(await self._call(ROUTER_NAME, "ready"))
-
-
+        """A router manages the pools."""
+        return bool(await self._store.redis.exists(self._store.keys.pool_lease))
 
 
 class ActorSagaCoordinatorClient:

@@ -1,394 +1,199 @@
-"""Router actor: the consumer-group reader of `mcp_tasks`; holds the priority matrix, fills worker slots, preempts."""
+"""Router actor: one of `router.replicas` shards of the routing layer. It owns a share of the task shards through
+leases with fencing tokens (sweeping their silent deliveries back into the queue) and, while it holds the
+pools lease, manages the worker pools. It holds no queue: workers take tasks from Redis themselves."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+import uuid
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from actors.worker import WorkerActor
-from orchestrator.adapters.keys import ROUTER_CONSUMER as CONSUMER
+from actors.pool_manager import PoolManager
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.models import (
-    PoolStatus,
-    RouterOverview,
-    RunningTask,
-    TaskStatus,
-    WorkerStatus,
-)
-from orchestrator.naming import worker_name
-from orchestrator.recovery import Held, sweep
-from orchestrator.routing import (
-    Aging,
-    ReadyQueues,
-    Running,
-    WorkerLoad,
-    choose_victim,
-    choose_worker,
-)
+from orchestrator.errors import ActorUnavailableError
+from orchestrator.naming import router_name
+from orchestrator.recovery import SLOW_CALL_S, may_sweep, orphaned, stuck
+from orchestrator.routing import lease_moves
 from orchestrator.settings import Settings
-from orchestrator.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
-    task: TaskSpec
-    since: float
-
-
-@dataclass
-class WorkerSlot:
-    name: str
-    worker_type: str
-    handle: Any
-    slots: int
-    capacity: int  # slots + prefetch
-    assigned: dict[str, Assignment] = field(default_factory=dict)
-    draining: bool = False  # takes no new tasks; retired once its tasks are done
-    ready: bool = False  # placed and constructed: a new worker may wait for a node for a while
-
-
 @ray.remote
 class RouterActor:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, index: int = 0) -> None:
         self._settings = settings
+        self._name = router_name(index)
+        # A lease is held by an incarnation: a restarted router waits for its predecessor's leases to expire and
+        # gets new fencing tokens, so the dead one's writes stay refused.
+        self._holder = f"{self._name}.{uuid.uuid4().hex[:8]}"
+        self._index = index
         self._store = TaskStore.from_settings(settings.redis)
-        self._ready = ReadyQueues(Aging(settings.router.aging_interval_s))
-        self._workers: dict[str, WorkerSlot] = {}
-        self._preemptions: dict[str, int] = {}  # task id → times preempted (bounds cascades)
-        self._preempting: set[str] = set()  # victims told to stop, not yet returned
-        self._paused: set[str] = set()  # worker types not dispatched
-        self._clock = time.time
+        self._owned: dict[int, str] = {}  # shard → our lease value (`<name>:<fencing token>`)
+        self._pools: PoolManager | None = None
+        self._pool_lease: str | None = None
+        self._reachable_since = time.time()
         self._started = asyncio.Event()
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
-        self._background: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._consume(), name="consume"),
-            asyncio.create_task(self._trim_loop(), name="trim"),
-            asyncio.create_task(self._sweep_loop(), name="sweep"),
-        ]
-
-    async def start(self) -> None:
-        """Wait until the pools are up and consumption has begun."""
-        await self._started.wait()
+        self._loops = [asyncio.create_task(self._lease_loop(), name="leases"),
+                       asyncio.create_task(self._sweep_loop(), name="sweep")]
 
     async def ready(self) -> bool:
+        """Leases taken for the first time (when this router is the pool manager: its pools are spawned)."""
         await self._started.wait()
         return True
 
-    async def overview(self) -> RouterOverview:
-        workers = [
-            WorkerStatus(name=w.name, worker_type=w.worker_type, slots=w.slots,
-                         running=min(len(w.assigned), w.slots), queued=max(len(w.assigned) - w.slots, 0),
-                         draining=w.draining)
-            for w in self._workers.values()
-        ]
-        pools = [
-            PoolStatus(
-                worker_type=worker_type,
-                workers=sum(1 for w in workers if w.worker_type == worker_type),
-                slots=sum(w.slots for w in workers if w.worker_type == worker_type),
-                running=sum(w.running for w in workers if w.worker_type == worker_type),
-                queued=self._ready.depth(worker_type),
-                paused=worker_type in self._paused,
-            )
-            for worker_type in self._settings.pools
-        ]
-        running = [
-            RunningTask(task_id=a.task.task_id, tool=a.task.tool, priority=a.task.priority, worker=w.name,
-                        agent=a.task.agent, tenant=a.task.tenant, since=a.since,
-                        preemptions=self._preemptions.get(a.task.task_id, 0))
-            for w in self._workers.values() for a in w.assigned.values()
-        ]
-        matrix = {t: {str(p): n for p, n in self._ready.depth_by_priority(t).items()} for t in self._settings.pools}
-        alive = [node for node in ray.nodes() if node.get("Alive")]
-        cpus = sum(node.get("Resources", {}).get("CPU", 0.0) for node in alive)
-        return RouterOverview(pools=pools, workers=workers, matrix=matrix, running=running, nodes=len(alive),
-                              cluster_cpus=cpus)
+    async def owned(self) -> dict[str, Any]:
+        """What this router holds: its shards and whether it manages the pools."""
+        return {"shards": sorted(self._owned), "pools": self._pools is not None}
 
-    # --- internals ------------------------------------------------------------------------------
+    # --- the pool manager's API (only the holder of the pools lease answers) ----------------------
+
+    def _manager(self) -> PoolManager:
+        if self._pools is None:
+            raise ActorUnavailableError(self._name)
+        return self._pools
 
     async def scale(self, worker_type: str, workers: int) -> None:
-        """Resize a pool: new workers start at once; surplus ones drain (no new tasks, finish theirs, exit)."""
-        await self._store.save_pool_size(worker_type, workers)
-        self._resize(worker_type, workers)
-        self._dispatch()
+        await self._manager().scale(worker_type, workers)
 
     async def drain(self, worker: str) -> bool:
-        """Take one worker out of its pool: it finishes what it holds, then exits; False if unknown."""
-        slot = self._workers.get(worker)
-        if slot is None:
-            return False
-        slot.draining = True
-        live = sum(1 for w in self._workers.values() if w.worker_type == slot.worker_type and not w.draining)
-        await self._store.save_pool_size(slot.worker_type, live)
-        self._retire_idle()
-        return True
+        return await self._manager().drain(worker)
 
     async def pause(self, worker_type: str, paused: bool) -> None:
-        """Stop (or resume) dispatching a worker type's queued tasks; running ones go on."""
-        await self._store.save_paused(worker_type, paused)
-        (self._paused.add if paused else self._paused.discard)(worker_type)
-        self._dispatch()
+        await self._manager().pause(worker_type, paused)
 
-    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool:
-        """A queued task was corrected (inject): requeue our copy with its new priority and input."""
-        task = self._ready.get(task_id)
-        if task is None:
-            return False
-        changes: dict[str, Any] = {"priority": priority} if priority is not None else {}
-        if task_input is not None:
-            changes["input"] = task_input
-        self._ready.replace(dataclasses.replace(task, **changes))
-        self._dispatch()
-        return True
+    async def workers(self) -> list[str]:
+        """The workers of the pools (draining ones included)."""
+        return sorted(self._manager().members)
 
-    async def preempt_task(self, task_id: str) -> bool:
-        """Preempt a running task by hand: it is checkpointed and requeued; False if it is not running."""
-        for worker in self._workers.values():
-            if task_id in worker.assigned:
-                self._background.append(asyncio.create_task(self._preempt(worker, task_id)))
-                return True
-        return False
+    # --- leases -----------------------------------------------------------------------------------
 
-    def _resize(self, worker_type: str, workers: int) -> None:
-        pool = sorted((w for w in self._workers.values() if w.worker_type == worker_type),
-                      key=lambda w: _index(w.name))
-        live = [w for w in pool if not w.draining]
-        for surplus in live[workers:]:
-            surplus.draining = True
-        for revived in [w for w in pool if w.draining][: max(0, workers - len(live))]:
-            revived.draining = False  # a draining worker is the cheapest new one
-        missing = workers - sum(1 for w in pool if not w.draining)
-        taken = {_index(w.name) for w in pool}
-        free = (i for i in itertools.count() if i not in taken)
-        for _ in range(max(0, missing)):
-            self._spawn(worker_type, next(free))
-        self._retire_idle()
-
-    def _spawn(self, worker_type: str, index: int, draining: bool = False) -> None:
-        pool = self._settings.pools[worker_type]
-        name = worker_name(worker_type, index)
-        handle = WorkerActor.options(  # type: ignore[attr-defined]
-            name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
-            max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
-        ).remote(self._settings, name, worker_type)
-        slot = WorkerSlot(name, worker_type, handle, pool.slots, pool.slots + pool.prefetch, draining=draining)
-        self._workers[name] = slot
-        self._background.append(asyncio.create_task(self._await_ready(slot), name=f"ready-{name}"))
-
-    async def _await_ready(self, worker: WorkerSlot) -> None:
-        """Give a worker tasks only once it runs: until Ray places it (maybe on a node the autoscaler is
-        still adding), tasks assigned to it would wait behind it while other workers are free."""
-        while not worker.ready and self._workers.get(worker.name) is worker:
-            try:
-                await worker.handle.held.remote()
-                worker.ready = True
-            except RayActorError:
-                await asyncio.sleep(1.0)  # it died while starting; Ray restarts it
-        self._dispatch()
-
-    def _retire_idle(self) -> None:
-        """Workers that were draining and hold nothing exit (for good: no restart)."""
-        for worker in [w for w in self._workers.values() if w.draining and not w.assigned]:
-            logger.info("worker drained; retiring it", extra={"worker": worker.name})
-            del self._workers[worker.name]
-            with contextlib.suppress(Exception):
-                ray.kill(worker.handle, no_restart=True)
-
-    async def _spawn_workers(self) -> None:
-        """The pools as last planned (operators and the SLA policy may have resized them), adopting the
-        surplus workers a previous router was draining so that their tasks are not run twice."""
-        sizes, self._paused = await self._store.pool_plan()
-        for worker_type, pool in self._settings.pools.items():
-            wanted = sizes.get(worker_type, pool.workers)
-            for index in range(wanted):
-                self._spawn(worker_type, index)
-            for index in itertools.count(wanted):
-                try:
-                    ray.get_actor(worker_name(worker_type, index), namespace=self._settings.namespace)
-                except ValueError:
-                    break
-                self._spawn(worker_type, index, draining=True)
-
-    async def _consume(self) -> None:
-        backoff_s = 0.2
-        while True:  # Redis may be away when we (re)start: wait for it rather than crash-loop
-            try:
-                if not self._workers:
-                    await self._spawn_workers()
-                await self._store.ensure_group()
-                await self._recover()
-                self._retire_idle()
-                break
-            except Exception:
-                logger.warning("cannot reach the task store yet; retrying", exc_info=True)
-                await asyncio.sleep(backoff_s)  # backoff, not synchronisation
-                backoff_s = min(backoff_s * 2, 5.0)
-        self._started.set()
-        self._dispatch()
-        router = self._settings.router
+    async def _lease_loop(self) -> None:
+        period_s = self._settings.router.lease_s / 3
         while True:
+            began = time.time()
             try:
-                tasks = await self._store.read(CONSUMER, count=router.read_count, block_ms=router.read_block_ms)
-            except asyncio.CancelledError:
-                raise
+                await self._store.ensure_groups()
+                await self._renew()
+                self._started.set()
             except Exception:
-                logger.warning("reading the task stream failed; retrying", exc_info=True)
-                await asyncio.sleep(1.0)  # backoff while Redis is away
+                self._reachable_since = time.time() + period_s
+                logger.warning("lease renewal failed; retrying", extra={"router": self._name}, exc_info=True)
+            self._timed(began)
+            await asyncio.sleep(period_s)  # a period, not synchronisation
+
+    async def _renew(self) -> None:
+        """Keep our leases, take over the shards of routers that are down, give shards back to their router."""
+        router = self._settings.router
+        now = time.time()
+        seen = await self._store.routers_seen()
+        alive = {i for i in range(router.replicas) if now - seen.get(router_name(i), 0.0) < router.lease_s}
+        await self._store.router_heartbeat(self._name, now)
+        alive.add(self._index)
+        take, give = lease_moves(self._store.shards, router.replicas, self._index, set(self._owned), alive)
+        for shard in give:
+            k = self._store.shard_keys(shard)
+            await self._store.lease(k.lease, k.fence, self._holder, router.lease_s, "release")
+            del self._owned[shard]
+            logger.info("gave a shard back", extra={"router": self._name, "shard": shard})
+        for shard in take:
+            k = self._store.shard_keys(shard)
+            holder = await self._store.lease(k.lease, k.fence, self._holder, router.lease_s)
+            if holder is None:
+                if self._owned.pop(shard, None) is not None:
+                    logger.warning("lost the lease of a shard", extra={"router": self._name, "shard": shard})
                 continue
-            for task in tasks:
-                self._ready.push(task)
-            self._dispatch()
+            if shard not in self._owned:
+                logger.info("took the lease of a shard", extra={"router": self._name, "shard": shard})
+            self._owned[shard] = holder
+        await self._renew_pools(router.lease_s)
 
-    async def _recover(self) -> None:
-        """After a restart: re-attach to tasks live workers still hold, requeue the rest of our pending entries."""
-        held: dict[str, WorkerSlot] = {}
-        for worker in self._workers.values():
-            try:
-                async with asyncio.timeout(self._settings.router.call_timeout_s):
-                    for task_id in await worker.handle.held.remote():
-                        held[task_id] = worker
-                worker.ready = True
-            except (RayActorError, TimeoutError):
-                logger.warning("worker did not report its tasks", extra={"worker": worker.name})
-        for task in await self._store.read(CONSUMER, count=1_000_000, block_ms=None, pending=True):
-            worker = held.get(task.task_id)
-            if worker is None:
-                self._ready.push(task)
-            else:
-                self._assign(worker, task, adopt=True)
+    async def _renew_pools(self, ttl_s: float) -> None:
+        keys = self._store.keys
+        holder = await self._store.lease(keys.pool_lease, keys.pool_fence, self._holder, ttl_s)
+        if holder is None and self._pools is not None:
+            logger.warning("lost the pools lease", extra={"router": self._name})
+            self._pools.stop()
+            self._pools = None
+        elif holder is not None and self._pools is None:
+            logger.info("managing the pools", extra={"router": self._name})
+            self._pools = PoolManager(self._settings, self._store)
+            await self._pools.start()
+        self._pool_lease = holder
 
-    def _dispatch(self) -> None:
-        """Fill free worker capacity from the ready queues; urgent tasks preempt when no slot is free."""
-        now = self._clock()
-        for worker_type in self._settings.pools:
-            if worker_type in self._paused:
-                continue
-            pool = [w for w in self._workers.values() if w.worker_type == worker_type and w.ready and not w.draining]
-            while (task := self._ready.peek(worker_type, now)) is not None:
-                name = choose_worker(WorkerLoad(w.name, w.capacity, len(w.assigned)) for w in pool)
-                if name is None and task.priority >= self._settings.router.preempt_threshold:
-                    name = self._preempt_for(task, pool)
-                if name is None:
-                    break
-                self._ready.pop(worker_type, now)
-                self._assign(self._workers[name], task)
-        self._background = [t for t in self._background if not t.done()]
-
-    def _preempt_for(self, urgent: TaskSpec, pool: list[WorkerSlot]) -> str | None:
-        """Tell the chosen victim's worker to preempt it; the urgent task takes its slot (worker name)."""
-        tools = self._settings.tools
-        running = [
-            Running(task_id=a.task.task_id, worker=w.name, priority=a.task.priority,
-                    preemptible=a.task.tool in tools and tools[a.task.tool].preemptible,
-                    preemptions=self._preemptions.get(a.task.task_id, 0), dispatched_at=a.since)
-            for w in pool for a in w.assigned.values() if a.task.task_id not in self._preempting
-        ]
-        victim = choose_victim(running, urgent.priority, self._settings.router.max_preemptions)
-        if victim is None:
-            return None
-        self._preempting.add(victim.task_id)
-        worker = self._workers[victim.worker]
-        logger.info("preempting", extra={"victim": victim.task_id, "for": urgent.task_id, "worker": worker.name})
-        self._background.append(asyncio.create_task(self._preempt(worker, victim.task_id)))
-        return worker.name
-
-    async def _preempt(self, worker: WorkerSlot, task_id: str) -> None:
-        with contextlib.suppress(RayActorError):
-            await worker.handle.preempt.remote(task_id)
-
-    def _assign(self, worker: WorkerSlot, task: TaskSpec, adopt: bool = False) -> None:
-        worker.assigned[task.task_id] = Assignment(task, self._clock())
-        self._background.append(asyncio.create_task(self._run_on(worker, task, adopt)))
-
-    async def _run_on(self, worker: WorkerSlot, task: TaskSpec, adopt: bool) -> None:
-        status: TaskStatus | None = None
-        try:
-            if adopt:
-                status = await worker.handle.wait_for.remote(task.task_id)
-            else:
-                status = await worker.handle.run.remote(task)
-        except RayActorError:
-            # The worker died mid-task: Ray restarts it; the task goes back to the queue and its next
-            # attempt supersedes the lost one (fencing by attempt number).
-            logger.warning("worker died; requeueing its task", extra={"worker": worker.name, "task_id": task.task_id})
-            await self._requeue_lost(task, f"worker {worker.name} died or was restarted")
-        except Exception:
-            logger.warning("task attempt did not complete; requeueing", extra={"task_id": task.task_id},
-                           exc_info=True)
-            await self._requeue_lost(task, "the attempt did not complete")
-        finally:
-            worker.assigned.pop(task.task_id, None)
-            self._preempting.discard(task.task_id)
-        if status is TaskStatus.PREEMPTED:
-            self._preemptions[task.task_id] = self._preemptions.get(task.task_id, 0) + 1
-            self._ready.push(task)  # keeps its place by age; resumes from its checkpoint
-        else:
-            self._preemptions.pop(task.task_id, None)
-        self._retire_idle()
-        self._dispatch()
-
-    async def _requeue_lost(self, task: TaskSpec, reason: str) -> None:
-        """Queue a task whose attempt was lost, noting why (named in its dead letter if attempts run out)."""
-        with contextlib.suppress(Exception):  # Redis may be what failed; the task is requeued regardless
-            await self._store.note_failure(task.task_id, reason, self._clock())
-        self._ready.push(task)
+    # --- the sweep --------------------------------------------------------------------------------
 
     async def _sweep_loop(self) -> None:
-        interval_s = max(self._settings.router.visibility_timeout_s / 3, 0.5)
+        router = self._settings.router
+        interval_s = max(router.visibility_timeout_s / 3, 0.2)
         while True:
             await asyncio.sleep(interval_s)  # a period, not synchronisation
-            try:
-                await self._sweep()
-            except Exception:
-                logger.warning("stuck-task sweep failed", exc_info=True)
+            for shard, holder in list(self._owned.items()):
+                began = time.time()
+                try:
+                    await self._store.deliver_outbox(shard, time.time())
+                    await self._sweep(shard, holder)
+                except Exception:
+                    self._reachable_since = time.time()
+                    logger.warning("stuck-task sweep failed", extra={"shard": shard}, exc_info=True)
+                self._timed(began)
 
-    async def _sweep(self) -> None:
-        """Act on entries silent past the visibility timeout (XPENDING IDLE); the policy is `recovery.sweep`."""
-        timeout_s = self._settings.router.visibility_timeout_s
-        idle = await self._store.idle_entries(int(timeout_s * 1000))
-        if not idle:
+    def _timed(self, began: float) -> None:
+        """Redis calls that took long were retried through an outage (the client hides it): idle times since
+        then are not the workers' silence."""
+        if time.time() - began > SLOW_CALL_S:
+            self._reachable_since = max(self._reachable_since, time.time())
+
+    async def _sweep(self, shard: int, holder: str) -> None:
+        """Find deliveries nobody touched past the visibility timeout, per worker (consumer), and put their
+        tasks back in the queue — restarting a worker that stopped heartbeating."""
+        router = self._settings.router
+        timeout_s, now = router.visibility_timeout_s, time.time()
+        if not may_sweep(now, self._reachable_since, timeout_s, router.heartbeat_interval_s):
             return
-        held = [Held(a.task.entry_id or "", w.name, a.since) for w in self._workers.values() for a in w.assigned.values()]
-        locations = {w: await self._store.worker_location(w) for w in {h.worker for h in held}}
-        beats = {w: float(where["time"]) for w, where in locations.items() if where}
-        decision = sweep(idle, held, beats, self._clock(), timeout_s)
-        for name in decision.restart:
-            await self._restart_silent(self._workers[name], locations.get(name))
-        for task in await self._store.claim(CONSUMER, decision.claim):  # claiming resets their idle time
-            if task.task_id not in self._ready and not any(task.task_id in w.assigned for w in self._workers.values()):
-                await self._requeue_lost(task, "its entry was orphaned (no live worker held it)")
+        states = await self._store.worker_states()
+        beats = {name: float(state["time"]) for name, state in states.items()}
+        for consumer in await self._store.consumers(shard):
+            worker = consumer["name"]
+            if not consumer["pending"]:
+                continue
+            silent = await self._store.silent(shard, worker, int(timeout_s * 1000))
+            if not silent:
+                continue
+            silent_worker = stuck(beats.get(worker), now, timeout_s)
+            if silent_worker:
+                if worker in states:
+                    await self._restart(worker, states[worker])
+                lost = [(held, f"worker {worker} went silent") for held in silent]
+            else:
+                lost = [(held, "its delivery was orphaned") for held in silent
+                        if orphaned(held.idle_ms / 1000, beats[worker], now, router.heartbeat_interval_s)]
+            if not lost:
+                continue
+            requeued = await self._store.requeue_lost(shard, lost, now, holder)
+            if requeued < 0:
+                logger.warning("fenced: the shard's lease moved on", extra={"router": self._name, "shard": shard})
+                self._owned.pop(shard, None)
+                return
+            logger.warning("requeued silent deliveries", extra={"worker": worker, "tasks": requeued, "shard": shard})
 
-    async def _restart_silent(self, worker: WorkerSlot, where: dict[str, Any] | None) -> None:
-        """Kill a worker that stopped heartbeating; Ray restarts it and its tasks come back through the
-        worker-died path. ray.kill alone waits long for a process that cannot answer (e.g. SIGSTOPped),
-        so a worker on this node is also killed by its pid."""
-        logger.warning("worker silent past the visibility timeout; restarting it", extra={"worker": worker.name})
-        ray.kill(worker.handle, no_restart=False)
-        if where and where.get("node") == ray.get_runtime_context().get_node_id():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(where["pid"]), signal.SIGKILL)
-
-    async def _trim_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._settings.redis.stream_trim_interval_s)  # a period, not synchronisation
-            try:
-                await self._store.trim()
-            except Exception:
-                logger.warning("stream trim failed", exc_info=True)
-
-
-def _index(name: str) -> int:
-    return int(name.rsplit(":", 1)[1])
+    async def _restart(self, worker: str, state: dict[str, Any]) -> None:
+        """Kill a worker that stopped heartbeating; Ray restarts it. One on this node is killed by its pid (a
+        process that cannot answer, e.g. SIGSTOPped, makes ray.kill wait; and a ray.kill arriving late would
+        kill the new incarnation too); one elsewhere through Ray."""
+        logger.warning("worker silent past the visibility timeout; restarting it", extra={"worker": worker})
+        if state.get("node") == ray.get_runtime_context().get_node_id():
+            with contextlib.suppress(ProcessLookupError, PermissionError, KeyError):
+                os.kill(int(state["pid"]), signal.SIGKILL)
+                return
+        with contextlib.suppress(ValueError, RayActorError):
+            ray.kill(ray.get_actor(worker, namespace=self._settings.namespace), no_restart=False)

@@ -46,9 +46,9 @@ class SagaCoordinatorActor:
         self._settings = settings
         self._store = TaskStore.from_settings(settings.redis)
         redis = settings.redis
-        self._sagas = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
+        self._sagas = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
-        self._tasks = TaskService(settings, self._store, self._waiter, ActorRouterClient(settings), time.time)
+        self._tasks = TaskService(settings, self._store, self._waiter, ActorRouterClient(settings, self._store), time.time)
         self._clock = time.time
         self._mailbox: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
         self._seq = itertools.count()

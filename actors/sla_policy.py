@@ -28,8 +28,8 @@ class SlaPolicyActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._store = TaskStore.from_settings(settings.redis)
-        self._stats = StatsStore(self._store.redis, settings.redis.prefix)
-        self._router = ActorRouterClient(settings)
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards)
+        self._router = ActorRouterClient(settings, self._store)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._memory: dict[str, PoolMemory] = {}
         self._last: dict[str, dict[str, Any]] = {}

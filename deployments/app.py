@@ -14,7 +14,7 @@ from actors.saga_coordinator import SagaCoordinatorActor
 from actors.sla_policy import SlaPolicyActor
 from deployments.ingress import RpcIngress
 from orchestrator.auth import unsafe_bind
-from orchestrator.naming import ROUTER_NAME, SAGA_COORDINATOR_NAME, SLA_POLICY_NAME, worker_name
+from orchestrator.naming import SAGA_COORDINATOR_NAME, SLA_POLICY_NAME, router_name, worker_name
 from orchestrator.settings import Settings, ToolSettings
 
 logger = logging.getLogger(__name__)
@@ -43,20 +43,20 @@ def init_local_ray(**kwargs: Any) -> Any:
         parameter.RayParams.__init__ = original  # type: ignore[method-assign]
 
 
-def _start_detached(actor_class: Any, name: str, settings: Settings, ready: str) -> Any:
+def _start_detached(actor_class: Any, name: str, settings: Settings, *args: Any) -> Any:
     """Create (or adopt, after a restart of the caller) a named, detached actor that Ray restarts after a
-    crash, and wait for its `ready` method."""
-    actor = actor_class.options(
+    crash."""
+    return actor_class.options(
         name=name, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
         max_restarts=-1, max_concurrency=10_000, num_cpus=0,
-    ).remote(settings)
-    ray.get(getattr(actor, ready).remote(), timeout=120)
-    return actor
+    ).remote(settings, *args)
 
 
-def start_router(settings: Settings) -> Any:
-    """The router, once it is consuming."""
-    return _start_detached(RouterActor, ROUTER_NAME, settings, "start")
+def start_routers(settings: Settings) -> list[Any]:
+    """The router shards, once each holds its leases (one of them manages the pools)."""
+    routers = [_start_detached(RouterActor, router_name(i), settings, i) for i in range(settings.router.replicas)]
+    ray.get([router.ready.remote() for router in routers], timeout=120)
+    return routers
 
 
 def with_imported_tools(settings: Settings) -> Settings:
@@ -78,7 +78,9 @@ def with_imported_tools(settings: Settings) -> Settings:
 
 def start_saga_coordinator(settings: Settings) -> Any:
     """The saga coordinator, once it has queued every unfinished saga for resumption."""
-    return _start_detached(SagaCoordinatorActor, SAGA_COORDINATOR_NAME, settings, "ready")
+    coordinator = _start_detached(SagaCoordinatorActor, SAGA_COORDINATOR_NAME, settings)
+    ray.get(coordinator.ready.remote(), timeout=120)
+    return coordinator
 
 
 def build_app(settings: Settings) -> Any:
@@ -87,9 +89,9 @@ def build_app(settings: Settings) -> Any:
     if refused is not None:
         raise ValueError(refused)
     settings = with_imported_tools(settings)
-    start_router(settings)
+    start_routers(settings)
     start_saga_coordinator(settings)
-    _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings, "ready")  # idle until a pool has SLA targets
+    _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings)  # idle until a pool has SLA targets
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,
@@ -109,12 +111,14 @@ def teardown(settings: Settings, *, name: str = "orchestrator") -> None:
     """Delete the Serve application and kill the orchestrator's actors, nothing else."""
     serve.delete(name)
     workers = {worker_name(worker_type, i) for worker_type, pool in settings.pools.items() for i in range(pool.workers)}
-    try:  # pools may have been resized since: the router knows every worker it runs
-        router = ray.get_actor(ROUTER_NAME, namespace=settings.namespace)
-        workers |= {w.name for w in ray.get(router.overview.remote(), timeout=30).workers}
-    except Exception:
-        logger.warning("router unreachable at teardown; stopping the configured workers only", exc_info=True)
-    for actor_name in [SLA_POLICY_NAME, ROUTER_NAME, SAGA_COORDINATOR_NAME, *sorted(workers)]:
+    routers = [router_name(i) for i in range(settings.router.replicas)]
+    for name in routers:  # pools may have been resized since: the pool manager knows every worker it runs
+        try:
+            workers |= set(ray.get(ray.get_actor(name, namespace=settings.namespace).workers.remote(), timeout=30))
+            break
+        except Exception:
+            continue
+    for actor_name in [SLA_POLICY_NAME, *routers, SAGA_COORDINATOR_NAME, *sorted(workers)]:
         try:
             ray.kill(ray.get_actor(actor_name, namespace=settings.namespace), no_restart=True)
         except ValueError:  # never created

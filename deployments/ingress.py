@@ -17,6 +17,7 @@ from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
 from deployments.http_auth import caller, refusal
 from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
+from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.stats_store import StatsStore
@@ -28,6 +29,7 @@ from orchestrator.errors import (
     ForbiddenError,
     InvalidParamsError,
     OrchestratorError,
+    QueueFullError,
     TaskNotFoundError,
     UnauthenticatedError,
 )
@@ -102,16 +104,16 @@ class RpcIngress:
         self._auth = Authenticator(settings.auth)
         self._store = TaskStore.from_settings(settings.redis)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
-        self._router = ActorRouterClient(settings)
-        # Event followers block on XREAD: they get a pool of their own so they never starve the API.
-        sse_redis = settings.redis.model_copy(update={"max_connections": settings.limits.max_event_streams})
-        self._events = TaskStore.from_settings(sse_redis)
-        self._stats = StatsStore(self._store.redis, settings.redis.prefix)
+        self._router = ActorRouterClient(settings, self._store)
+        self._channels = Channels(self._store.redis)  # live task events, for SSE and MCP followers
+        self._followers = asyncio.Semaphore(settings.limits.max_event_streams)
+        providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, providers)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._service = service = TaskService(settings, self._store, self._waiter, self._router, time.time,
                                               self._stats)
         redis = settings.redis
-        saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s)
+        saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
         methods = {version: api.methods(service, version, sagas) for version in (1, 2)}
@@ -121,7 +123,7 @@ class RpcIngress:
             for version in (1, 2)
         }
         # The MCP tools are the v2 methods, answered by the v2 dispatcher.
-        self._mcp = McpFace(settings, methods[2], self._mcp_rpc, self._events,
+        self._mcp = McpFace(settings, methods[2], self._mcp_rpc, self._store, self._channels,
                             SessionRegistry(self._store.redis, redis.prefix), self._auth, version=app.version)
 
     def __del__(self) -> None:
@@ -175,13 +177,21 @@ class RpcIngress:
             if len(task_id) > 64:
                 raise TaskNotFoundError(task_id[:64])
             await self._service.get_task(task_id, principal)  # another tenant's task is not found either
-            frames = events.follow(self._events, task_id, after)
+            if self._followers.locked():
+                raise QueueFullError(self._settings.limits.max_event_streams, self._settings.limits.max_event_streams,
+                                     self._settings.limits.queue_full_retry_after_s)
+            frames = self._frames(task_id, after)
             first = await anext(frames)  # surfaces a store failure as a JSON error, not a broken stream
         except (OrchestratorError, InvalidParamsError) as exc:
-            status = 404 if isinstance(exc, TaskNotFoundError) else 400
+            status = 404 if isinstance(exc, TaskNotFoundError) else 503 if getattr(exc, "retryable", False) else 400
             return JSONResponse({"error": to_jsonrpc_error(exc)}, status_code=status)
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _frames(self, task_id: str, after: int) -> AsyncIterator[str]:
+        async with self._followers:
+            async for event in events.follow(self._store, self._channels, task_id, after):
+                yield events.sse_frame(event)
 
     @app.post("/mcp", dependencies=_KEYED,
               summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")

@@ -14,7 +14,6 @@ import contextlib
 import json
 import logging
 import math
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +35,8 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from deployments.http_auth import caller, refusal
+from orchestrator import events
+from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import TaskStore, storage_errors
 from orchestrator.auth import Authenticator, Principal
@@ -222,9 +223,9 @@ class SessionRegistry:
 class McpFace:
     """The MCP server of one ingress replica, as an ASGI app; `response()` hands it one HTTP exchange."""
 
-    def __init__(self, settings: Settings, methods: Sequence[Method], rpc: Rpc, events: TaskStore,
+    def __init__(self, settings: Settings, methods: Sequence[Method], rpc: Rpc, store: TaskStore, channels: Channels,
                  sessions: SessionRegistry, authenticator: Authenticator, *, version: str = "") -> None:
-        self._settings, self._rpc, self._events, self._sessions = settings, rpc, events, sessions
+        self._settings, self._rpc, self._store, self._channels, self._sessions = settings, rpc, store, channels, sessions
         self._auth = authenticator
         self._tools = tool_definitions(methods)
         self._tool_names = frozenset(tool.name for tool in self._tools)
@@ -411,21 +412,18 @@ class McpFace:
     async def _follow(self, task_id: str, timeout_s: float,
                       report: Callable[[float, float | None, str | None], Awaitable[None]]) -> bool:
         """Report each of the task's events (history first) until its final one; False on timeout."""
-        deadline = time.monotonic() + timeout_s
-        after, sent = "0", 0
-        while (remaining_s := deadline - time.monotonic()) > 0:
-            events = await self._events.events(task_id, after, max(1, math.ceil(min(remaining_s, 5.0) * 1000)))
-            for event_id, fields in events:
-                after = event_id
-                kind = fields.get("type", "")
-                try:
-                    data = json.loads(fields.get("data") or "null")
-                except json.JSONDecodeError:
-                    data = None
-                sent += 1  # the progress value must grow with every notification
-                await report(sent, None, progress_message(kind, data))
-                if kind in FINISHED:
-                    return True
+        sent = 0
+        try:
+            async with asyncio.timeout(timeout_s):
+                async for event in events.follow(self._store, self._channels, task_id, 0, reread_s=1.0):
+                    if event is None:
+                        continue
+                    sent += 1  # the progress value must grow with every notification
+                    await report(sent, None, progress_message(event.type, json.loads(event.data)))
+                    if event.type in FINISHED:
+                        return True
+        except TimeoutError:
+            return False
         return False
 
 

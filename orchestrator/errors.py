@@ -4,6 +4,8 @@ Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); applicatio
   -32001 task not found          -32002 queue full (retryable, carries retry_after_s)
   -32003 task not cancellable     -32004 tool failed
   -32005 storage unavailable (retryable)  -32006 actor unavailable, e.g. the router restarting (retryable)
+  -32007 (a task's error) given up after max_attempts lost attempts: a dead letter
+  -32008 (a task's error) a fanout child's parent did not succeed
   -32009 saga not found           -32010 saga already finished (nothing to cancel)
   -32011 unauthenticated: no or an unknown API key (HTTP 401)
   -32012 forbidden: the key lacks the scope the method needs
@@ -48,6 +50,19 @@ class QueueFullError(OrchestratorError):
 
     def data(self) -> dict[str, object]:
         return {"retryable": True, "retry_after_s": self.retry_after_s}
+
+
+class DeadLetterError(OrchestratorError):
+    """Stored as a task's error by the script that gives up on it (the code is all the script needs)."""
+
+    code = -32007
+    retryable = True
+
+
+class ParentFailedError(OrchestratorError):
+    """Stored as a fanout child's error when its parent did not succeed."""
+
+    code = -32008
 
 
 class TaskNotCancellableError(OrchestratorError):

@@ -14,13 +14,13 @@ from orchestrator.tools import registry
 
 
 def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float,
-               tenant: str | None = None) -> tuple[TaskSpec, list[TaskSpec]]:
-    """The task to accept and its fanout children (all the tenant's); raises InvalidParamsError naming every
-    offending field."""
+               tenant: str | None = None, shard: int = 0) -> tuple[TaskSpec, list[TaskSpec]]:
+    """The task to accept and its fanout children (all the tenant's, all in `shard`); raises InvalidParamsError
+    naming every offending field."""
     errors: dict[str, str] = {}
     if len(params.children) > settings.limits.max_children:
         errors["params.children"] = f"more than {settings.limits.max_children} children"
-    task_id = new_task_id()
+    task_id = new_task_id(shard)
     children: list[TaskSpec] = []
     for i, child in enumerate(params.children):
         where = f"params.children.{i}"
@@ -29,7 +29,7 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
             continue
         spec = _spec(settings, errors, where, child.tool, child.prompt, child.input, child.context, now,
                      priority=params.priority if child.priority is None else child.priority, agent=params.agent,
-                     tenant=tenant, parent=task_id)
+                     tenant=tenant, parent=task_id, task_id=new_task_id(shard))
         if spec is not None:
             children.append(spec)
     v1 = isinstance(params, RunTaskParams)
@@ -71,9 +71,8 @@ def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str
     errors |= found
     if found:
         return None
-    fields.setdefault("task_id", new_task_id())
     return TaskSpec(tool=tool_name, worker_type=tool.worker_type, input=tool_input, context=dict(context),
-                    prompt=prompt, created_at=now, **fields)
+                    v1=prompt is not None, created_at=now, **fields)
 
 
 def _check_size(errors: dict[str, str], value: Any, field: str, limit: int) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-ROUTER_NAME = "router"
 SAGA_COORDINATOR_NAME = "saga-coordinator"
 SLA_POLICY_NAME = "sla-policy"
+
+
+def router_name(index: int) -> str:
+    return f"router-{index}"
 
 
 def worker_name(worker_type: str, index: int) -> str:

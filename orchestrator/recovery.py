@@ -1,41 +1,24 @@
-"""Recovery policy: which silent entries mean a stuck worker, and which are orphans to re-dispatch."""
+"""Recovery policy: when silent deliveries mean a stuck worker, and when idle times can be trusted at all."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+SLOW_CALL_S = 1.0  # a Redis call this slow went through an outage (retried) or a stalled server
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """A task the router has handed to a worker."""
-
-    entry_id: str
-    worker: str
-    since: float  # when it was dispatched
+def stuck(last_heartbeat: float | None, now: float, timeout_s: float) -> bool:
+    """Whether a worker holding deliveries idle past the timeout is stuck (restart it, requeue its tasks)."""
+    return last_heartbeat is None or now - last_heartbeat > timeout_s
 
 
-@dataclass(frozen=True, slots=True)
-class SweepDecision:
-    restart: frozenset[str]  # workers to kill and let Ray restart (their tasks come back as lost)
-    claim: tuple[str, ...]  # entries no worker holds: take over, and requeue those not already queued
+def orphaned(idle_s: float, last_heartbeat: float, now: float, heartbeat_s: float) -> bool:
+    """Whether a delivery of a live worker is one it does not know (the reply of the take that made it was
+    lost): each heartbeat touches every delivery the worker runs, so one idle since before the worker's
+    latest heartbeat (by more than a beat, for clocks and timing) was not in it."""
+    return idle_s > now - last_heartbeat + heartbeat_s
 
 
-def sweep(idle: Iterable[str], held: Iterable[Held], last_heartbeat: Mapping[str, float], now: float,
-          timeout_s: float) -> SweepDecision:
-    """Decide what to do about stream entries nobody touched for `timeout_s` (XPENDING IDLE).
-
-    An idle entry held by a worker means the worker stopped heartbeating — unless the task was
-    dispatched less than `timeout_s` ago (no heartbeat could have touched it yet) or the worker itself
-    heartbeated recently (it is alive; the entry is just not in its latest beat).
-    """
-    by_entry = {h.entry_id: h for h in held}
-    restart: set[str] = set()
-    claim: list[str] = []
-    for entry in idle:
-        holder = by_entry.get(entry)
-        if holder is None:
-            claim.append(entry)
-        elif now - holder.since > timeout_s and now - last_heartbeat.get(holder.worker, 0.0) > timeout_s:
-            restart.add(holder.worker)
-    return SweepDecision(frozenset(restart), tuple(claim))
+def may_sweep(now: float, reachable_since: float, timeout_s: float, heartbeat_s: float) -> bool:
+    """Whether idle times mean anything: after Redis was unreachable, every worker needs one heartbeat
+    interval to touch its deliveries again, so a sweep waits that long (plus the timeout) before acting —
+    an outage longer than the visibility timeout restarts no worker and costs no attempt."""
+    return now - reachable_since > timeout_s + heartbeat_s

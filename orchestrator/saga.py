@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from orchestrator.upgradable import Upgradable
+
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][\w.\-]*)\s*\}\}")
 _NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 
@@ -24,14 +26,14 @@ _NAME = r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$"
 # ---------------------------------------------------------------- definitions
 
 
-class Retry(BaseModel):
+class Retry(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
     max_attempts: int = Field(default=1, ge=1, le=20)
     backoff_s: float = Field(default=1.0, ge=0, le=3600, description="doubles after each failed attempt")
 
 
-class Compensation(BaseModel):
+class Compensation(Upgradable):
     """A tool call that undoes a completed step; retried until it succeeds or `retry` runs out."""
 
     model_config = ConfigDict(extra="forbid")
@@ -41,7 +43,7 @@ class Compensation(BaseModel):
     retry: Retry = Retry(max_attempts=5, backoff_s=1.0)
 
 
-class StepDefinition(BaseModel):
+class StepDefinition(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME)
@@ -55,7 +57,7 @@ class StepDefinition(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, description="per attempt: the task's deadline")
 
 
-class WorkflowDefinition(BaseModel):
+class WorkflowDefinition(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=_NAME)

@@ -8,8 +8,8 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from orchestrator.adapters.stats_store import StatsStore, finished_task
-from orchestrator.adapters.task_store import TaskStore
+from orchestrator.adapters.stats_store import StatsStore, finished_task, stats_arg
+from orchestrator.adapters.task_store import Submission, TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
 from orchestrator.auth import Principal, quota_of
@@ -33,6 +33,7 @@ from orchestrator.models import (
 )
 from orchestrator.settings import Settings
 from orchestrator.sla import SlaTargets
+from orchestrator.submitter import Submitter
 from orchestrator.tools import registry
 
 
@@ -52,8 +53,6 @@ class RouterClient(Protocol):
     async def pause(self, worker_type: str, paused: bool) -> None: ...
 
     async def preempt_task(self, task_id: str) -> bool: ...
-
-    async def correct(self, task_id: str, priority: int | None, task_input: dict[str, Any] | None) -> bool: ...
 
 
 def _required(value: Any, field: str, action: str) -> Any:
@@ -78,14 +77,16 @@ class TaskService:
         self._router = router
         self._clock = clock
         self._stats = stats
+        self._submitter = Submitter(store, settings, clock)
 
     async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal) -> RunTaskResult | TaskRecord:
         """Accept a task of the caller's tenant (durably, before answering; within the tenant's quota unless the
         caller is an admin); with `wait`, answer with the record once finished."""
-        task, children = build_task(params, self._settings, self._clock(), who.tenant)
+        quota = quota_of(who, self._settings.auth)
+        shard = self._submitter.shard_for(who.tenant, params.idempotency_key, quota)
+        task, children = build_task(params, self._settings, self._clock(), who.tenant, shard)
         limits = self._settings.limits
-        submit = self._store.submit(task, limits.max_active_tasks, limits.queue_full_retry_after_s, children,
-                                    quota_of(who, self._settings.auth))
+        submit = self._submitter.submit(Submission(task, children, quota))
         if not params.wait:
             task_id, duplicate = await submit
             status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
@@ -113,9 +114,9 @@ class TaskService:
     async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:
         """Cancel a queued task at once; ask the router to interrupt a running one."""
         record = await self.get_task(task_id, who)
-        status = await self._store.cancel(task_id, self._clock(), record.children)
-        if status is TaskStatus.CANCELLED and record.status is not TaskStatus.CANCELLED and self._stats is not None:
-            await self._stats.record(finished_task(await self._store.get(task_id)), self._clock())
+        now = self._clock()
+        ending = record.model_copy(update={"status": TaskStatus.CANCELLED, "finished_at": now})
+        status = await self._store.cancel(task_id, now, stats_arg([finished_task(ending)], now))
         if status is TaskStatus.RUNNING:
             record = await self._store.get(task_id)  # it may have started since: find its worker now
             if record.worker:  # if the worker is gone, the flag set above stops the task at its next start
@@ -161,7 +162,7 @@ class TaskService:
         if outcome != "corrected":
             raise InvalidParamsError({"params.task_id": f"the task is {outcome}: only a task that has not "
                                                         "started can be corrected"})
-        requeued = await self._router.correct(task_id, params.priority, params.input)
+        requeued = True  # the queue is in Redis: the correction re-ordered it
         details = {"task_id": task_id, "priority": params.priority, "input": params.input}
         await self._store.audit(who.key_id, "inject.correct", {k: v for k, v in details.items() if v is not None},
                                 self._clock())

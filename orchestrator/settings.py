@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import platformdirs
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,35 +19,40 @@ from pydantic_settings import (
 
 from orchestrator.saga import WorkflowDefinition
 from orchestrator.sla import SlaTargets
+from orchestrator.upgradable import Upgradable, fill_defaults
 from orchestrator.workflows import code_pipeline
 
 WorkerType = str
 
 
-class RedisSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"
+class RedisSettings(Upgradable):
+    url: str | list[str] = Field(default="redis://127.0.0.1:6379/0", description="one server (`redis://h:p/0`), or a "
+                                 "cluster: `redis+cluster://h1:p1,h2:p2` or a list of its nodes")
+    shards: int = Field(default=1, ge=1, le=4096, description="task shards (hash tags): spread a Redis Cluster's "
+                        "load and the routers' share; fixed for the life of the data")
     # Every key the orchestrator writes starts with this, so instances (and tests) can share a server.
     prefix: str = "orch"
-    stream_trim_interval_s: float = 5.0
     retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="finished task records expire after this")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
     max_connections: int = Field(default=64, ge=2, description="per process; callers queue for a free one")
-    max_checkpoints: int = Field(default=20, ge=1, description="checkpoints retained per task (the stream is capped)")
     max_checkpoint_bytes: int = Field(default=262_144, ge=64, description="a larger checkpoint is refused")
     pool_timeout_s: float = Field(default=20.0, gt=0, description="how long a caller waits for a free connection")
+    socket_timeout_s: float = Field(default=5.0, gt=0, description="a call to a server that stopped answering "
+                                    "fails after this (and is retried), instead of hanging")
+    max_events: int = Field(default=200, ge=10, description="events kept in a task's history (the oldest progress "
+                            "reports go first)")
 
 
-class HttpSettings(BaseModel):
+class HttpSettings(Upgradable):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     replicas: int = Field(default=1, ge=1)
     max_ongoing_requests: int = Field(default=256, ge=1)
 
 
-class PoolSettings(BaseModel):
+class PoolSettings(Upgradable):
     workers: int = Field(default=1, ge=0)
     slots: int = Field(default=8, ge=1, description="tasks one worker runs at once")
-    prefetch: int = Field(default=0, ge=0, description="queued tasks a worker may hold beyond its slots")
     num_cpus: float = Field(default=0.0, ge=0, description="CPUs reserved per worker actor")
 
 
@@ -69,7 +74,7 @@ ToolKind = Literal["echo", "openai", "mcp", "python", "ml", "artifact"]
 _FUNCTION_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$"
 
 
-class ProviderSettings(BaseModel):
+class ProviderSettings(Upgradable):
     """Limits and resilience for one provider account, shared by every worker through Redis.
 
     Budgets are kept per provider *and* API key: two keys of one provider have separate budgets.
@@ -91,7 +96,7 @@ class ProviderSettings(BaseModel):
     breaker_open_s: float = Field(default=30.0, gt=0, description="how long an open circuit refuses calls before a probe")
 
 
-class McpServerSettings(BaseModel):
+class McpServerSettings(Upgradable):
     """A downstream MCP server: a stdio command or a Streamable HTTP URL."""
 
     model_config = ConfigDict(extra="forbid")
@@ -112,7 +117,7 @@ class McpServerSettings(BaseModel):
         return self
 
 
-class ToolSettings(BaseModel):
+class ToolSettings(Upgradable):
     kind: ToolKind
     worker_type: WorkerType = "reasoning"
     description: str = ""
@@ -200,7 +205,7 @@ def _default_tools() -> dict[str, ToolSettings]:
     }
 
 
-class SlaSettings(BaseModel):
+class SlaSettings(Upgradable):
     """The SLA policy actor: pools listed in `pools` are resized to their targets (others keep their size)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -210,7 +215,7 @@ class SlaSettings(BaseModel):
     pools: dict[WorkerType, SlaTargets] = Field(default_factory=dict)
 
 
-class SagaSettings(BaseModel):
+class SagaSettings(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
     max_running: int = Field(default=1000, ge=1, description="sagas driven at once; more wait, highest priority first")
@@ -219,7 +224,7 @@ class SagaSettings(BaseModel):
     step_timeout_s: float = Field(default=600.0, gt=0, description="code_pipeline: per step attempt")
 
 
-class LimitSettings(BaseModel):
+class LimitSettings(Upgradable):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_batch: int = Field(default=100, ge=1)
     max_prompt_chars: int = Field(default=100_000, ge=1)
@@ -227,7 +232,8 @@ class LimitSettings(BaseModel):
     max_children: int = Field(default=16, ge=0, description="fanout children per task")
     max_wait_s: float = Field(default=60.0, ge=0)
     max_event_streams: int = Field(default=256, ge=1, description="SSE followers per ingress replica")
-    max_active_tasks: int = Field(default=100_000, ge=1, description="queued + running; beyond it submits are refused")
+    max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
+                                  "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
 
 
@@ -236,7 +242,7 @@ Scope = Literal["submit", "read", "admin", "metrics"]
 TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="a tenant's name")]
 
 
-class ApiKeySettings(BaseModel):
+class ApiKeySettings(Upgradable):
     """One API key, configured by its hash: the key itself is never stored."""
 
     model_config = ConfigDict(extra="forbid")
@@ -246,7 +252,7 @@ class ApiKeySettings(BaseModel):
     scopes: list[Scope] = Field(min_length=1, description="submit, read, admin (everything), metrics")
 
 
-class QuotaSettings(BaseModel):
+class QuotaSettings(Upgradable):
     """What one tenant's keys may submit (admin keys and the saga coordinator are exempt)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -257,7 +263,7 @@ class QuotaSettings(BaseModel):
     submit_burst: int = Field(default=10, ge=1, description="submits allowed back to back")
 
 
-class AuthSettings(BaseModel):
+class AuthSettings(Upgradable):
     """API keys; with none configured auth is off and the orchestrator serves loopback only."""
 
     model_config = ConfigDict(extra="forbid")
@@ -279,9 +285,10 @@ class AuthSettings(BaseModel):
         return self.quotas.get(tenant, self.default_quota)
 
 
-class RouterSettings(BaseModel):
-    read_count: int = Field(default=256, ge=1, description="entries per XREADGROUP")
-    read_block_ms: int = Field(default=1000, ge=1)
+class RouterSettings(Upgradable):
+    replicas: int = Field(default=1, ge=1, le=64, description="router actors sharing the shards' leases")
+    lease_s: float = Field(default=5.0, gt=0, description="a router's leases expire this long after it stops "
+                           "renewing them: another takes over its shards")
     call_timeout_s: float = Field(default=30.0, gt=0)
     preempt_threshold: int = Field(default=10, ge=1, le=10, description="tasks at or above it preempt when no slot is free")
     max_preemptions: int = Field(default=3, ge=0, description="a task preempted this often is left alone (no cascades)")
@@ -296,6 +303,8 @@ class RouterSettings(BaseModel):
 
 
 class Settings(BaseSettings):
+    """Everything tunable. Actors get it pickled: an older pickle loads with the new fields' defaults."""
+
     model_config = SettingsConfigDict(env_prefix="ORCH_", env_nested_delimiter="__", extra="forbid")
 
     config_file: Path | None = Field(default=None, description="TOML file read before env vars")
@@ -314,6 +323,10 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
     auth: AuthSettings = AuthSettings()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        fill_defaults(type(self), state)
+        super().__setstate__(state)
 
     @model_validator(mode="before")
     @classmethod

@@ -11,10 +11,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from orchestrator.upgradable import Upgradable
 
 
-class SlaTargets(BaseModel):
+class SlaTargets(Upgradable):
     """What a pool promises, and how eagerly it may be resized to keep the promise."""
 
     model_config = ConfigDict(extra="forbid")

@@ -1,17 +1,33 @@
-"""An accepted task as it travels: from the stream entry, through the router, to a worker."""
+"""An accepted task as a worker runs it, and how task ids name their shard."""
 
 from __future__ import annotations
 
-import json
-import uuid
+import re
+import secrets
+import zlib
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 
-def new_task_id() -> str:
-    """A random, unguessable task id."""
-    return uuid.uuid4().hex
+def new_task_id(shard: int) -> str:
+    """A random, unguessable task id (120 bits) that names the shard holding the task: `<shard>-<token>`."""
+    return f"{shard}-{secrets.token_urlsafe(15)}"
+
+
+LEGACY_ID = re.compile(r"^[0-9a-f]{32}$")  # ids before shards: a uuid4 in hex
+
+
+def shard_of(task_id: str, shards: int) -> int | None:
+    """The shard a task id names; None for an id no task of ours can have. An id made before shards existed
+    lives where the upgrade put it: a shard chosen by its hash."""
+    if LEGACY_ID.match(task_id):
+        return zlib.crc32(task_id.encode()) % shards
+    head, sep, token = task_id.partition("-")
+    if not sep or not token or not head.isdigit() or len(head) > 4:
+        return None
+    shard = int(head)
+    return shard if shard < shards else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,31 +39,21 @@ class TaskSpec:
     input: Mapping[str, Any]
     created_at: float
     context: Mapping[str, Any] = field(default_factory=dict)
-    prompt: str | None = None
+    v1: bool = False  # submitted with a v1 `prompt` (which lives in `input`)
     agent: str | None = None  # as the caller declared it
     tenant: str | None = None  # as its API key says (None: auth off)
     deadline: float | None = None
     idempotency_key: str | None = None
     parent: str | None = None
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
-    entry_id: str | None = None  # the stream entry, once written
 
     @property
     def owner(self) -> str:
         """Whom fairness and analytics count the task under: its tenant, else (auth off) its agent."""
         return self.tenant or self.agent or ""
 
-    def payload(self) -> str:
-        """The JSON carried in the stream entry's `payload` field."""
-        data = asdict(self)
-        data.pop("entry_id")
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
-    @classmethod
-    def from_entry(cls, entry_id: str, fields: Mapping[str, str]) -> TaskSpec:
-        """Rebuild a task from a `mcp_tasks` stream entry; a fanout child gets its parent's result."""
-        data = json.loads(fields["payload"])
-        data["children"] = tuple(data.get("children", ()))
-        if "parent_result" in fields:
-            data["context"] = {**data["context"], "parent_result": json.loads(fields["parent_result"])}
-        return cls(**data, entry_id=entry_id)
+    @property
+    def prompt(self) -> str | None:
+        """The v1 prompt, if it was submitted as one."""
+        text = self.input.get("prompt") if self.v1 else None
+        return text if isinstance(text, str) else None

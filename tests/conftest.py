@@ -1,4 +1,4 @@
-"""Session fixtures: one redis-server and one Ray instance (with Serve on a free port) for the whole run."""
+"""Session fixtures: a redis-server, a Redis Cluster and a Ray instance (Serve on a free port) for the whole run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import RedisServer, free_port
+from tests.support import RedisCluster, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +19,14 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer().start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """Three masters, no replicas; session fixtures are lazy, so it starts only for a test that asks for it."""
+    cluster = RedisCluster().start()
+    yield cluster
+    cluster.stop()
 
 
 RAY_METRICS_PORT: list[int] = []  # where the session's Ray exports its Prometheus metrics
@@ -50,7 +58,7 @@ def make_settings(redis_url: str, **overrides: Any) -> Any:
     unique = uuid.uuid4().hex[:8]
     base: dict[str, Any] = {
         "namespace": f"t{unique}",
-        "redis": {"url": redis_url, "prefix": f"t{unique}", "stream_trim_interval_s": 0.5},
+        "redis": {"url": redis_url, "prefix": f"t{unique}"},
         "pools": {"reasoning": {"workers": 1, "slots": 4}, "codegen": {"workers": 1, "slots": 2},
                   "ml": {"workers": 0}},
     }

@@ -1,4 +1,4 @@
-"""Test helpers: free ports, a redis-server the tests own, polling with a deadline."""
+"""Test helpers: free ports, a redis-server and a Redis Cluster the tests own, polling with a deadline."""
 
 from __future__ import annotations
 
@@ -46,6 +46,35 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10
         await asyncio.sleep(0.02)  # poll interval
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL a process and reap it."""
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
+def spawn_redis(port: int, directory: Path, *args: str) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:`port` keeping its files in `directory`, answering PING before this returns."""
+    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+                             "--save", "", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port)
+
+    def up() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.ConnectionError:
+            return False
+
+    try:
+        wait_until(up, 10, f"redis-server on port {port} to answer PING")
+    except TimeoutError:
+        stop_process(proc)
+        raise
+    finally:
+        client.close()
+    return proc
+
+
 class RedisServer:
     """A redis-server process on a free port in its own directory; AOF optional; killable and restartable."""
 
@@ -60,30 +89,101 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.aof else "no", "--appendfsync", self.appendfsync]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-
-        def up() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(up, 10, "redis-server to answer PING")
-        client.close()
+        self.proc = spawn_redis(self.port, self.dir, "--appendonly", "yes" if self.aof else "no",
+                                "--appendfsync", self.appendfsync)
         return self
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
+        stop_process(self.proc)
+        self.proc = None
 
     def stop(self) -> None:
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RedisCluster:
+    """Three cluster-enabled masters (no replicas) on free ports, each in its own directory; one can be killed
+    and restarted on the same port and directory, so it rejoins with its nodes.conf.
+
+    A master that stops answering is marked failing after `node_timeout_ms` (and the cluster with it: no
+    replica takes over); once it answers again, the others clear the mark 2 * `node_timeout_ms` after setting it.
+    """
+
+    SIZE = 3
+
+    def __init__(self, node_timeout_ms: int = 5000) -> None:
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [free_port() for _ in range(self.SIZE)]
+        # The bus defaults to port + 10000, which may be taken or above 65535 for an ephemeral port.
+        self.bus_ports = [free_port() for _ in range(self.SIZE)]
+        self.dirs = [Path(tempfile.mkdtemp(prefix=f"orch-cluster-{port}-")) for port in self.ports]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * self.SIZE
+
+    @property
+    def nodes(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(self.nodes)
+
+    def start(self) -> RedisCluster:
+        try:
+            for i in range(self.SIZE):
+                self.start_node(i, wait=False)
+            subprocess.run(["redis-cli", "--cluster", "create", *self.nodes, "--cluster-replicas", "0",
+                            "--cluster-yes"], check=True, capture_output=True, timeout=30)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_node(self, i: int, wait: bool = True) -> None:
+        assert self.procs[i] is None, f"node {i} is running"  # a second server would fail to bind, unnoticed
+        port, directory = self.ports[i], self.dirs[i]
+        self.procs[i] = spawn_redis(port, directory, "--appendonly", "no", "--cluster-enabled", "yes",
+                                    "--cluster-config-file", str(directory / f"nodes-{port}.conf"),
+                                    "--cluster-port", str(self.bus_ports[i]),
+                                    "--cluster-node-timeout", str(self.node_timeout_ms))
+        if wait:
+            self.wait_ready()
+
+    def kill_node(self, i: int) -> None:
+        stop_process(self.procs[i])
+        self.procs[i] = None
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until every node reports cluster_state:ok and all of them map the 16384 slots to the same ports."""
+        timeout_s = timeout_s or 10 + 3 * self.node_timeout_ms / 1000  # covers clearing a failed master's mark
+        clients = [redis.Redis(port=port, decode_responses=True, socket_timeout=2) for port in self.ports]
+
+        def slot_map(client: redis.Redis) -> list[tuple[int, int, int]]:
+            return sorted((int(start), int(end), int(master[1]))
+                          for start, end, master, *_replicas in client.execute_command("CLUSTER", "SLOTS"))
+
+        def ready() -> bool:
+            try:
+                if not all("cluster_state:ok" in client.execute_command("CLUSTER", "INFO") for client in clients):
+                    return False
+                maps = [slot_map(client) for client in clients]
+            except redis.RedisError:
+                return False
+            covered = sum(end - start + 1 for start, end, _port in maps[0])
+            return covered == 16384 and all(m == maps[0] for m in maps)
+
+        try:
+            wait_until(ready, timeout_s, "the cluster to be ok on every node with one slot map")
+        finally:
+            for client in clients:
+                client.close()
+
+    def stop(self) -> None:
+        for i in range(self.SIZE):
+            self.kill_node(i)
+        for directory in self.dirs:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 class RecordingContext:

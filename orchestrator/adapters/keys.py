@@ -1,102 +1,175 @@
-"""Every Redis key and stream name the orchestrator uses, built in one place."""
+"""Every Redis key, channel and stream name the orchestrator uses, built in one place.
+
+Tasks live in shards. Every key of shard n carries the hash tag `{<prefix>:<n>}`, so every script touching
+one shard's keys runs on one Redis Cluster slot (and the same code runs on one server). A task id names its
+shard (`<n>-<token>`), so any process finds a task's keys from its id alone. Other keys carry a tag of their
+own per family (sagas, a provider, an artifact) or are single keys used one command at a time.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-ROUTER_GROUP = "routers"
-ROUTER_CONSUMER = "router-0"  # one router; a restarted router re-reads the same consumer's pending entries
+WORKER_GROUP = "workers"  # the consumer group of every shard's delivery stream; each worker is a consumer
+PRIORITIES = range(11)  # 0 (bulk) … 10 (urgent)
+
+
+@dataclass(frozen=True, slots=True)
+class ShardKeys:
+    """The keys of one shard (all in one hash slot)."""
+
+    prefix: str
+    shard: int
+
+    @property
+    def tag(self) -> str:
+        """Every key of the shard starts with this; scripts build per-task keys from it."""
+        return f"{{{self.prefix}:{self.shard}}}"
+
+    def task(self, task_id: str) -> str:
+        """The task's record: one JSON string (see `orchestrator.codec`)."""
+        return f"{self.tag}:t:{task_id}"
+
+    def level(self, worker_type: str, priority: int) -> str:
+        """Sorted set of the queued tasks of one worker type at one priority, in fair order (score)."""
+        return f"{self.tag}:q:{worker_type}:{priority}"
+
+    def fair(self, worker_type: str, priority: int) -> str:
+        """Sorted set: tenant → the virtual time its next task at this level starts at (fair queueing)."""
+        return f"{self.tag}:f:{worker_type}:{priority}"
+
+    @property
+    def clocks(self) -> str:
+        """Hash: `<worker type>:<priority>` → the level's virtual time (of the task popped last); `seq` → the
+        arrival counter that breaks ties."""
+        return f"{self.tag}:clock"
+
+    def victims(self, worker_type: str) -> str:
+        """Sorted set of the worker type's running tasks a preemption may pick, best victim first."""
+        return f"{self.tag}:run:{worker_type}"
+
+    @property
+    def running(self) -> str:
+        """Sorted set of every running task of the shard, by start time (what `status` lists)."""
+        return f"{self.tag}:running"
+
+    @property
+    def stream(self) -> str:
+        """The delivery stream: an entry per attempt taken, pending under the worker that took it until the
+        attempt ends (consumer group `workers`), so XPENDING shows who holds what."""
+        return f"{self.tag}:tasks"
+
+    @property
+    def takes(self) -> str:
+        """Hash: worker → the sequence number of its last take (a retried take is recognised)."""
+        return f"{self.tag}:takes"
+
+    @property
+    def active(self) -> str:
+        """Counter of the shard's accepted, unfinished tasks (backpressure)."""
+        return f"{self.tag}:active"
+
+    @property
+    def tenant_active(self) -> str:
+        """Hash: tenant → its accepted, unfinished tasks in this shard (a tenant with a quota has one shard)."""
+        return f"{self.tag}:tenants"
+
+    @property
+    def tenant_submits(self) -> str:
+        """Hash: tenant → the theoretical arrival time of its next submit (the `submits_per_s` meter, GCRA)."""
+        return f"{self.tag}:meter"
+
+    def idempotency(self, key: str, tenant: str | None) -> str:
+        """Where an idempotency key maps to its task, per tenant (tenant names hold no ':')."""
+        return f"{self.tag}:k:{tenant or ''}:{key}"
+
+    @property
+    def dead_letters(self) -> str:
+        """Stream of the shard's tasks given up on, with the reason."""
+        return f"{self.tag}:dead"
+
+    @property
+    def outbox(self) -> str:
+        """Stream of work for other shards (a parent releasing a child that lives elsewhere), delivered by the
+        shard's router at least once; the receiving script is idempotent."""
+        return f"{self.tag}:outbox"
+
+    @property
+    def lease(self) -> str:
+        """The router owning the shard: `<router>:<fencing token>`, with a time to live."""
+        return f"{self.tag}:lease"
+
+    @property
+    def fence(self) -> str:
+        """Counter handing out fencing tokens: each new lease holder gets a larger one."""
+        return f"{self.tag}:fence"
+
+    def stats(self, minute: int, tenant: str | None = None) -> str:
+        """Hash of analytics counters of the shard's tasks finished in one minute (unix time // 60): of all
+        tasks, or of one tenant's."""
+        return f"{self.tag}:stats:{minute}" + (f"@{tenant}" if tenant else "")
+
+    @property
+    def totals(self) -> str:
+        """Hash of counters since the start (the same fields as a minute's): what /metrics exports."""
+        return f"{self.tag}:totals"
 
 
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str
 
-    @property
-    def tasks(self) -> str:
-        """The task stream (the specification's `mcp_tasks`)."""
-        return f"{self.prefix}:mcp_tasks"
+    def shard(self, shard: int) -> ShardKeys:
+        return ShardKeys(self.prefix, shard)
 
-    @property
-    def active(self) -> str:
-        """Counter of accepted, unfinished tasks: the backpressure gauge."""
-        return f"{self.prefix}:active"
+    def task_channel(self, task_id: str) -> str:
+        """Pub/sub channel carrying the task's events live (its history is in its record)."""
+        return f"{self.prefix}:ev:{task_id}"
 
     @property
     def finished(self) -> str:
-        """Pub/sub channel announcing task ids that reached a final state."""
+        """Pub/sub channel announcing task ids (space separated) that reached a final state."""
         return f"{self.prefix}:finished"
 
-    def task(self, task_id: str) -> str:
-        return f"{self.prefix}:task:{task_id}"
+    def wake(self, worker_type: str) -> str:
+        """Pub/sub channel telling a pool's idle workers that tasks were queued."""
+        return f"{self.prefix}:wake:{worker_type}"
+
+    @property
+    def urgent(self) -> str:
+        """Pub/sub channel telling the pool manager that tasks at the preemption threshold were queued."""
+        return f"{self.prefix}:urgent"
+
+    @property
+    def control(self) -> str:
+        """Pub/sub channel telling workers that a pool was paused or resumed."""
+        return f"{self.prefix}:control"
 
     @property
     def workers(self) -> str:
-        """Hash: worker name → where it runs (pid, node), refreshed by its heartbeats."""
+        """Hash: worker name → where and when it last heartbeated (pid, node, time): what the sweep reads."""
         return f"{self.prefix}:workers"
 
     @property
-    def dead_letters(self) -> str:
-        """Stream of tasks given up on, with the reason."""
-        return f"{self.prefix}:dead_letters"
-
-    def idempotency(self, key: str, tenant: str | None = None) -> str:
-        """Where an idempotency key maps to its task: per tenant, so tenants cannot find each other's tasks
-        (tenant names cannot hold ':' or '@', so the two forms never meet)."""
-        return f"{self.prefix}:idem@{tenant}:{key}" if tenant else f"{self.prefix}:idem:{key}"
-
-    def events(self, task_id: str) -> str:
-        """The task's event stream: every state change and progress report, replayable."""
-        return f"{self.prefix}:events:{task_id}"
-
-    def checkpoints(self, task_id: str) -> str:
-        """The task's checkpoint stream (bounded); the latest is also kept on the record."""
-        return f"{self.prefix}:ckpt:{task_id}"
-
-    def of_provider(self, provider: str, key_fingerprint: str) -> list[str]:
-        """The KEYS of the provider gate's scripts: the account's budgets (hash), its calls in flight
-        (sorted set of leases), the provider's circuit breaker (hash) and the totals (outcome counts)."""
-        account = f"{self.prefix}:provider:{provider}:{key_fingerprint}"
-        return [account, f"{account}:inflight", f"{self.prefix}:provider:{provider}:breaker", self.totals]
-
-    def saga(self, saga_id: str) -> str:
-        """The saga's state (JSON), rewritten after every transition."""
-        return f"{self.prefix}:saga:{saga_id}"
+    def members(self) -> str:
+        """Hash: worker name → its pool and whether it drains, as the pool manager has them (what `status`
+        lists; a worker is there from the moment it is planned until it is retired)."""
+        return f"{self.prefix}:members"
 
     @property
-    def active_sagas(self) -> str:
-        """Set of unfinished saga ids: what a restarted coordinator resumes."""
-        return f"{self.prefix}:sagas:active"
+    def routers(self) -> str:
+        """Hash: router name → when it last renewed its leases (a router gives a shard back to the router that
+        prefers it only while that one is alive)."""
+        return f"{self.prefix}:routers"
 
     @property
-    def cancelled_sagas(self) -> str:
-        """Set of saga ids a caller asked to cancel (durable: a restarted coordinator still sees it)."""
-        return f"{self.prefix}:sagas:cancel"
-
-    def saga_idempotency(self, key: str, tenant: str | None = None) -> str:
-        return f"{self.prefix}:saga_idem@{tenant}:{key}" if tenant else f"{self.prefix}:saga_idem:{key}"
+    def pool_lease(self) -> str:
+        """The router managing the pools (spawning, scaling, draining, preempting): `<router>:<token>`."""
+        return f"{{{self.prefix}:pools}}:lease"
 
     @property
-    def tenant_active(self) -> str:
-        """Hash: tenant → its accepted, unfinished tasks (what `max_active_tasks` quotas are checked against)."""
-        return f"{self.prefix}:tenants:active"
-
-    @property
-    def tenant_submits(self) -> str:
-        """Hash: tenant → the theoretical arrival time of its next submit (the `submits_per_s` meter, GCRA)."""
-        return f"{self.prefix}:tenants:submits"
-
-    @property
-    def saga_dead_letters(self) -> str:
-        """Stream of compensations given up on, with the reason: they need a human."""
-        return f"{self.prefix}:saga_dead_letters"
-
-    def artifact(self, name: str) -> list[str]:
-        """An artifact's versions (hash: version → content), its live version and its publications
-        (hash: publication id → version, so a retried publish does not add a version)."""
-        base = f"{self.prefix}:artifact:{name}"
-        return [f"{base}:versions", f"{base}:live", f"{base}:published"]
+    def pool_fence(self) -> str:
+        return f"{{{self.prefix}:pools}}:fence"
 
     @property
     def pool_sizes(self) -> str:
@@ -105,7 +178,7 @@ class Keys:
 
     @property
     def paused_pools(self) -> str:
-        """Set of worker types whose queued tasks are not dispatched."""
+        """Set of worker types whose queued tasks are not taken."""
         return f"{self.prefix}:paused_pools"
 
     def mcp_session(self, session_id: str) -> str:
@@ -127,27 +200,64 @@ class Keys:
         """Stream of operator actions (control, inject): who, what, when."""
         return f"{self.prefix}:audit"
 
-    @property
-    def totals(self) -> str:
-        """Hash of counters since the start (the same fields as a minute's, plus provider outcomes):
-        what /metrics exports as Prometheus counters."""
-        return f"{self.prefix}:totals"
+    # --- sagas: one tag, so a saga script touches one slot ------------------------------------------
 
-    def stats(self, minute: int, tenant: str | None = None) -> str:
-        """Hash of analytics counters of finished tasks, one per minute (unix time // 60): of all tasks, or
-        of one tenant's."""
-        return f"{self.prefix}:stats:{minute}" + (f"@{tenant}" if tenant else "")
+    @property
+    def _sagas(self) -> str:
+        return f"{{{self.prefix}:sagas}}"
+
+    def saga(self, saga_id: str) -> str:
+        """The saga's state (JSON), rewritten after every transition."""
+        return f"{self._sagas}:saga:{saga_id}"
+
+    @property
+    def active_sagas(self) -> str:
+        """Set of unfinished saga ids: what a restarted coordinator resumes."""
+        return f"{self._sagas}:active"
+
+    @property
+    def cancelled_sagas(self) -> str:
+        """Set of saga ids a caller asked to cancel (durable: a restarted coordinator still sees it)."""
+        return f"{self._sagas}:cancel"
+
+    def saga_idempotency(self, key: str, tenant: str | None = None) -> str:
+        return f"{self._sagas}:idem@{tenant or ''}:{key}"
+
+    @property
+    def saga_dead_letters(self) -> str:
+        """Stream of compensations given up on, with the reason: they need a human."""
+        return f"{self._sagas}:dead"
+
+    # --- providers: one tag per provider ------------------------------------------------------------
+
+    def of_provider(self, provider: str, key_fingerprint: str) -> list[str]:
+        """The KEYS of the provider gate's scripts: the account's budgets (hash), its calls in flight (sorted
+        set of leases), the provider's circuit breaker (hash) and its outcome counters (hash)."""
+        tag = f"{{{self.prefix}:p:{provider}}}"
+        account = f"{tag}:{key_fingerprint}"
+        return [account, f"{account}:inflight", f"{tag}:breaker", f"{tag}:totals"]
+
+    def provider_totals(self, provider: str) -> str:
+        return self.of_provider(provider, "")[3]
 
     def provider_waiting(self, provider: str) -> str:
-        """Sorted set of calls waiting on a provider's limits (permit → expiry): what the SLA policy reads
-        to tell a provider-bound pool (more workers would only wait too)."""
-        return f"{self.prefix}:provider:{provider}:waiting"
+        """Sorted set of calls waiting on a provider's limits (permit → expiry): what the SLA policy reads to
+        tell a provider-bound pool (more workers would only wait too)."""
+        return f"{{{self.prefix}:p:{provider}}}:waiting"
 
-    def of_task(self, task_id: str) -> list[str]:
-        """The KEYS every task script takes, in this order."""
-        return [self.task(task_id), self.tasks, self.active, self.finished, self.events(task_id),
-                self.checkpoints(task_id), self.dead_letters, self.tenant_active]
+    # --- artifacts: one tag per artifact ------------------------------------------------------------
 
-    def of_children(self, child_ids: Iterable[str]) -> list[str]:
-        """A (record, events) pair per fanout child, after a script's other KEYS."""
-        return [key for child in child_ids for key in (self.task(child), self.events(child))]
+    def artifact(self, name: str) -> list[str]:
+        """An artifact's versions (hash: version → content), its live version and its publications (hash:
+        publication id → version, so a retried publish does not add a version)."""
+        base = f"{{{self.prefix}:a:{name}}}"
+        return [f"{base}:versions", f"{base}:live", f"{base}:published"]
+
+    # --- the layout before shards (read once, to migrate) --------------------------------------------
+
+    @property
+    def legacy_stream(self) -> str:
+        return f"{self.prefix}:mcp_tasks"
+
+    def legacy_task(self, task_id: str) -> str:
+        return f"{self.prefix}:task:{task_id}"

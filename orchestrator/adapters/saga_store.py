@@ -8,59 +8,51 @@ import json
 import redis.asyncio as aioredis
 
 from orchestrator.adapters.keys import Keys
-from orchestrator.adapters.task_scripts import METER
+from orchestrator.adapters.scripts import Scripts
 from orchestrator.adapters.task_store import storage_errors
 from orchestrator.errors import QuotaExceededError, SagaNotFoundError
 from orchestrator.saga import SagaState
 from orchestrator.settings import QuotaSettings
-
-# KEYS: idempotency key (or ""), saga, active set, tenants' submit meters
-# ARGV: saga id, state JSON, idempotency TTL, tenant ('' = none), its submits per second (0 = no quota), burst
-# → {saga id that holds the key (ours, or an earlier saga's), 1 when it was an earlier one}, or
-#   {false, seconds to wait} when the tenant submits faster than its quota
-CREATE = METER + """
-if KEYS[1] ~= '' then
-  local existing = redis.call('GET', KEYS[1])
-  if existing then return {existing, 1} end
-end
-if ARGV[4] ~= '' and tonumber(ARGV[5]) > 0 then
-  local wait = meter_submit(KEYS[4], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))
-  if wait then return {false, tostring(wait)} end
-end
-if KEYS[1] ~= '' then redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[3])) end
-redis.call('SET', KEYS[2], ARGV[2])
-redis.call('SADD', KEYS[3], ARGV[1])
-return {ARGV[1], 0}
-"""
+from orchestrator.submitter import keyed_shard
 
 
 class SagaStore:
-    def __init__(self, client: aioredis.Redis, prefix: str, retention_s: int, idempotency_ttl_s: int) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, retention_s: int, idempotency_ttl_s: int,
+                 shards: int = 1) -> None:
         self._redis = client
+        self._shards = shards
         self._keys = Keys(prefix)
         self._retention_s = retention_s
         self._idempotency_ttl_s = idempotency_ttl_s
-        self._create = client.register_script(CREATE)
+        self._scripts = Scripts(client)
 
     async def create(self, state: SagaState, idempotency_key: str | None,
                      quota: QuotaSettings | None = None) -> tuple[str, bool]:
         """Store a new saga; with a key its tenant already used, the earlier saga's id and True instead.
 
         Args:
-            quota: the tenant's, whose submit rate the saga counts against; None: not limited.
+            quota: the tenant's, whose submit rate (shared with run_task) the saga counts against; None: not
+                limited.
         Raises QuotaExceededError.
         """
-        limits = quota or QuotaSettings()
-        keys = [self._keys.saga_idempotency(idempotency_key, state.tenant) if idempotency_key else "",
-                self._keys.saga(state.saga_id), self._keys.active_sagas, self._keys.tenant_submits]
-        args = [state.saga_id, state.model_dump_json(), self._idempotency_ttl_s, state.tenant or "",
-                limits.submits_per_s or 0, limits.submit_burst]
+        idempotency = self._keys.saga_idempotency(idempotency_key or "", state.tenant)
         with storage_errors():
-            saga_id, figure = await self._create(keys=keys, args=args)
-        if saga_id is None:
-            raise QuotaExceededError(state.tenant or "", "submits_per_s", limits.submits_per_s or 0,
-                                     round(float(figure), 3))
-        return saga_id, bool(figure)
+            earlier = await self._redis.get(idempotency) if idempotency_key else None
+            if earlier is not None:  # a retry finds its saga, whatever the rate
+                return earlier, True
+            limits = quota or QuotaSettings()
+            if state.tenant and limits.submits_per_s:
+                meter = self._keys.shard(keyed_shard(state.tenant, None, self._shards)).tenant_submits
+                wait = await self._scripts.run("admit", {"meter": meter}, {
+                    "tenant": state.tenant, "rate": limits.submits_per_s, "burst": limits.submit_burst})
+                if wait is not None:
+                    raise QuotaExceededError(state.tenant, "submits_per_s", limits.submits_per_s, round(float(wait), 3))
+            saga_id, duplicate = await self._scripts.run(
+                "saga_create", {"idempotency": idempotency, "saga": self._keys.saga(state.saga_id),
+                                "active": self._keys.active_sagas},
+                {"saga_id": state.saga_id, "state": state.model_dump_json(), "has_key": "1" if idempotency_key else "0",
+                 "idempotency_ttl_s": self._idempotency_ttl_s})
+        return saga_id, bool(duplicate)
 
     async def save(self, state: SagaState) -> None:
         """Persist a transition; a finished saga leaves the active set and expires after the retention."""

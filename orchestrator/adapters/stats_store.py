@@ -1,12 +1,15 @@
-"""Analytics counters in Redis: one hash per minute, incremented as tasks finish, merged per query."""
+"""Analytics counters in Redis: per shard, one hash per minute, added to in the same script that settles the
+tasks they count; a query merges the minutes of its window over the shards."""
 
 from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
-import redis.asyncio as aioredis
-
+from orchestrator import codec
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import storage_errors
 from orchestrator.analytics import FinishedTask, counters, merge
@@ -16,39 +19,42 @@ logger = logging.getLogger(__name__)
 
 RETENTION_S = 2 * 86_400  # longer than the longest window a query may ask for
 
-# One round trip and one command however many counters a task moves (a pipeline of HINCRBYs cost the
-# worker more CPU than the task). KEYS: minute hashes, then the totals hash. ARGV: retention, then
-# field/increment pairs.
-RECORD = """
-for k = 1, #KEYS do
-  for i = 2, #ARGV, 2 do redis.call('HINCRBY', KEYS[k], ARGV[i], ARGV[i + 1]) end
-  if k < #KEYS then redis.call('EXPIRE', KEYS[k], ARGV[1]) end
-end
-"""
+
+def stats_arg(finished: Sequence[FinishedTask], now: float) -> str:
+    """The counters of tasks finished together, summed, as the `stats` argument of a settling script: the
+    figures of all tasks and of each tenant's own ('' when there is nothing to count)."""
+    if not finished:
+        return ""
+    groups: dict[str, Counter[str]] = {"": Counter()}
+    for task in finished:
+        increments = counters(task)
+        groups[""].update(increments)
+        if task.tenant:
+            groups.setdefault(f"@{task.tenant}", Counter()).update(increments)
+    flat = [[suffix, [item for pair in counts.items() for item in pair]] for suffix, counts in groups.items()]
+    return codec.dumps([int(now // 60), RETENTION_S, flat])
 
 
 class StatsStore:
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: Any, prefix: str, shards: int, providers: Sequence[str] = ()) -> None:
         self._redis = client
         self._keys = Keys(prefix)
-        self._record = client.register_script(RECORD)
-
-    async def record(self, task: FinishedTask, now: float) -> None:
-        """Count one finished task, in all tasks' figures and its tenant's own; best effort (a lost sample must
-        never fail or delay a task)."""
-        minute = int(now // 60)
-        minutes = [self._keys.stats(minute)] + ([self._keys.stats(minute, task.tenant)] if task.tenant else [])
-        increments = [item for pair in counters(task).items() for item in pair]
-        try:
-            await self._record(keys=[*minutes, self._keys.totals], args=[RETENTION_S, *increments])
-        except Exception:
-            logger.warning("analytics sample lost", extra={"tool": task.tool}, exc_info=True)
+        self._shards = shards
+        self._providers = tuple(providers)
 
     async def totals(self) -> dict[str, int]:
-        """Every counter since the start (tasks and provider outcomes)."""
+        """Every counter since the start: tasks (summed over the shards) and provider outcomes."""
+        keys = [self._keys.shard(s).totals for s in range(self._shards)]
+        keys += [self._keys.provider_totals(p) for p in self._providers]
         with storage_errors():
-            raw = await self._redis.hgetall(self._keys.totals)
-        return {field: int(value) for field, value in raw.items()}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                found = await pipe.execute()
+        total: Counter[str] = Counter()
+        for counts in found:
+            total.update({field: int(value) for field, value in counts.items()})
+        return dict(total)
 
     async def window(self, now: float, window_s: float, tenant: str | None = None) -> tuple[dict[str, int], float]:
         """Counters merged over the minutes of the last `window_s` seconds (of all tasks, or of one tenant's),
@@ -58,7 +64,8 @@ class StatsStore:
         with storage_errors():
             async with self._redis.pipeline(transaction=False) as pipe:
                 for minute in range(first, last + 1):
-                    pipe.hgetall(self._keys.stats(minute, tenant))
+                    for shard in range(self._shards):
+                        pipe.hgetall(self._keys.shard(shard).stats(minute, tenant))
                 minutes = await pipe.execute()
         return merge(minutes), first * 60.0
 

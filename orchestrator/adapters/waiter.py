@@ -90,9 +90,10 @@ class CompletionWaiter:
                 self._subscribed.set()
                 backoff_s = 0.1
                 async for message in pubsub.listen():
-                    for future in self._waiters.get(message["data"], ()):
-                        if not future.done():
-                            future.set_result(None)
+                    for task_id in message["data"].split():  # the ids one script finished
+                        for future in self._waiters.get(task_id, ()):
+                            if not future.done():
+                                future.set_result(None)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -17,7 +17,8 @@ import pytest
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from orchestrator.adapters.keys import ROUTER_GROUP, Keys
+from orchestrator.adapters.keys import Keys
+from tests import redis_view
 from tests.conftest import deployed, make_settings
 from tests.faults.load import (
     all_terminal,
@@ -138,8 +139,8 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
             def accepted_call_in_flight() -> bool:
                 """A call still unanswered whose task Redis already holds, running (so it stays in its wait)."""
                 waiting = [c for c in list(calls) if c.answered_at is None and "wait" in c.params]
-                task_ids = [store.get(keys.idempotency(c.key)) for c in waiting]
-                return any(t and store.hget(keys.task(t), "status") == "running" for t in task_ids)
+                task_ids = [redis_view.idempotent_task(store, settings, c.key) for c in waiting]
+                return any(t and (redis_view.stored(store, settings, t) or {}).get("s") == "running" for t in task_ids)
 
             wait_until(accepted_call_in_flight, 15, "a call waiting on its accepted, running task")
             os.kill(old_pid, signal.SIGKILL)
@@ -167,11 +168,11 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
 
         # A task id that was returned names a task in Redis, created by that very call.
         for call in accepted:
-            assert store.hget(keys.task(call.task_id), "idempotency_key") == call.key, call
+            assert (redis_view.stored(store, settings, call.task_id) or {}).get("k") == call.key, call
 
         # Retry every failed call with the SAME key: a task id each time. A call the dead replica had in
         # fact accepted returns that task (duplicate: true); one it had not, a new task.
-        accepted_anyway = {c.key: store.get(keys.idempotency(c.key)) for c in failed}
+        accepted_anyway = {c.key: redis_view.idempotent_task(store, settings, c.key) for c in failed}
         assert any(accepted_anyway.values()), "the kill caught no accepted call in flight"
         # What the clients saw around the kill (shown with -s).
         print(f"{len(calls)} calls, {len(failed)} failed ({Counter(c.failure for c in failed)}), "
@@ -196,7 +197,7 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
         # One task per key: as many distinct tasks in Redis as distinct keys, each key's task the one we hold.
         task_of = {c.key: c.task_id for c in accepted} | retried | {f"{run}-b{i}": t for i, t in enumerate(backlog)}
         assert len(task_of) == len({c.key for c in calls}) + len(backlog)
-        stored = {k.rsplit(":", 1)[1] for k in store.scan_iter(keys.task("*"), count=1000)}
+        stored = redis_view.task_ids(store, settings)
         assert stored == set(task_of.values()), (len(stored), len(set(task_of.values())))
         assert len(set(task_of.values())) == len(task_of)
 
@@ -209,5 +210,5 @@ def test_ingress_replica_killed_mid_load_drops_nothing_and_retries_do_nothing_tw
         published = announcements(pubsub, store, keys.finished, timeout_s=15)
         assert published == Counter(task_of.values()), {t: n for t, n in published.items() if n != 1}
         assert effects(tmp_path) == Counter(task_of.values()), "the tool's side-effect log shows an effect twice"
-        wait_until(lambda: store.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
-        wait_until(lambda: int(store.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
+        wait_until(lambda: redis_view.pending(store, settings) == 0, 15, "no pending deliveries")
+        wait_until(lambda: redis_view.active(store, settings) == 0, 15, "the active counter back to 0")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from orchestrator.adapters.keys import ROUTER_GROUP, Keys
+from orchestrator.adapters.keys import Keys
+from orchestrator.adapters.task_store import Submission, TaskStore
+from orchestrator.intake import build_task
+from orchestrator.models import RunTaskParams
+from tests import redis_view
 from tests.conftest import deployed, make_settings
 from tests.faults.load import (
     actor_pid,
@@ -21,10 +29,12 @@ from tests.faults.load import (
     checkpointed,
     echo_effects,
     effects,
+    get_tasks,
     restarted_pid,
     rpc_batch,
     submit,
 )
+from tests.integration.test_spine import result
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -101,7 +111,76 @@ def test_worker_killed_under_load_loses_nothing_and_stores_each_result_once(
         published = announcements(pubsub, client, keys.finished, timeout_s=30)
         assert published == Counter(ids + after), {t: n for t, n in published.items() if n != 1}
         assert effects(tmp_path) == Counter(ids + after), "the tool's side-effect log shows an effect twice or missing"
-        wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 15, "no pending entries")
-        wait_until(lambda: int(client.get(keys.active) or 0) == 0, 15, "the active counter back to 0")
+        wait_until(lambda: redis_view.pending(client, settings) == 0, 15, "no pending deliveries")
+        wait_until(lambda: redis_view.active(client, settings) == 0, 15, "the active counter back to 0")
         dead = rpc_batch(base, [("control", {"action": "dead_letters"})])[0]["result"]["dead_letters"]
         assert dead == [], "nothing here was meant to fail"
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server for one test that leaves a large backlog behind (the session's stays small)."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
+def test_a_silent_worker_behind_a_backlog_is_found_and_its_tasks_run_before_the_backlog(
+        own_redis: RedisServer, ray_session: int) -> None:
+    """SIGSTOP a worker while 50,000 tasks wait: the sweep looks at each worker's own deliveries (the backlog
+    waits in the queues, not among them), so the silent worker's tasks are taken back after the visibility
+    timeout and run again — resuming their checkpoints, at their old place, ahead of the backlog."""
+    settings = make_settings(own_redis.url, pools={"reasoning": {"workers": 2, "slots": 2}},
+                             router={"visibility_timeout_s": 3.0, "heartbeat_interval_s": 0.5})
+    with deployed(settings, ray_session) as system:
+        base, namespace = system.base_url, settings.namespace
+        result(base, "control", {"action": "pause", "worker_type": "reasoning"})
+        asyncio.run(queue_backlog(settings, 50_000))
+        held = submit(base, [{"tool": "echo", "prompt": f"held{i}", "priority": 5,
+                              "context": {"delay_ms": 10_000, "steps": 50}} for i in range(4)])
+        result(base, "control", {"action": "resume", "worker_type": "reasoning"})
+        victims: dict[str, int] = {}
+
+        def both_mid_task() -> bool:
+            victims.update(checkpointed(base, VICTIM))
+            return len(victims) == 2
+
+        wait_until(both_mid_task, 30, f"two checkpointed tasks running on {VICTIM}")
+        pid = actor_pid(VICTIM, namespace)
+        os.kill(pid, signal.SIGSTOP)
+        stopped_at = time.time()
+        try:
+            def resumed() -> bool:
+                return all(r["attempts"] == 2 for r in get_tasks(base, victims).values())
+
+            wait_until(resumed, 60, "the silent worker's tasks to start again")
+            resumed_s = time.time() - stopped_at
+            waiting = result(base, "status")["matrix"]["reasoning"]
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the router had it killed, as it should
+                os.kill(pid, signal.SIGCONT)
+        print(f"the silent worker's tasks started again {resumed_s:.1f}s after SIGSTOP")
+        assert sum(waiting.values()) > 10_000, "the backlog was still waiting when they ran again"
+        records = all_terminal(base, held, timeout_s=60)
+        for task_id, step in victims.items():
+            record = records[task_id]
+            assert record["status"] == "succeeded" and record["attempts"] == 2, record
+            assert f"worker {VICTIM} went silent" in record["last_failure"]
+            assert record["resumed_from"]["step"] >= step
+        result(base, "control", {"action": "pause", "worker_type": "reasoning"})  # the backlog need not run
+
+
+async def queue_backlog(settings: Any, n: int) -> list[str]:
+    """n low-priority echo tasks queued straight through the task store (fast: the ingress is not under test)."""
+    store = TaskStore.from_settings(settings.redis)
+    ids: list[str] = []
+    try:
+        for start in range(0, n, 1000):
+            tasks = [build_task(RunTaskParams(tool="echo", prompt=f"b{i}", priority=0), settings, time.time())[0]
+                     for i in range(start, min(start + 1000, n))]
+            outcomes = await store.submit(0, [Submission(t) for t in tasks], time.time(), n + 100, 1.0, 10)
+            ids += [outcome[0] for outcome in outcomes if isinstance(outcome, tuple)]
+    finally:
+        await store.aclose()
+    assert len(ids) == n
+    return ids

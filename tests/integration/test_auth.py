@@ -13,12 +13,11 @@ from typing import Any
 import httpx
 import httpx2
 import pytest
-import redis
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from orchestrator.adapters.keys import Keys
 from orchestrator.auth import hash_key, new_key
+from tests import redis_view
 from tests.conftest import Deployed, deployed, make_settings
 from tests.support import RedisServer, eventually, wait_until
 
@@ -326,9 +325,9 @@ async def test_analytics_of_a_tenant_count_only_its_tasks(system: Deployed) -> N
 
 
 def stored_records(system: Deployed) -> int:
-    client = redis.Redis.from_url(system.settings.redis.url)
+    client = redis_view.client(system.settings)
     try:
-        return sum(1 for _ in client.scan_iter(Keys(system.settings.redis.prefix).task("*"), count=1000))
+        return redis_view.task_keys(client, system.settings)
     finally:
         client.close()
 

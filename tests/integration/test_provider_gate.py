@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator.adapters.provider_gate import RedisProviderGate
-from orchestrator.adapters.task_store import connect
+from orchestrator.adapters.task_store import redis_client
 from orchestrator.resilience import Account, CircuitOpenError, Outcome
 from orchestrator.settings import ProviderSettings, RedisSettings
 from tests.support import RedisServer
@@ -25,7 +25,7 @@ ACCOUNT = Account.of("fake", "sk-test")
 
 @pytest.fixture
 async def gate(redis_server: RedisServer) -> AsyncIterator[RedisProviderGate]:
-    client = connect(RedisSettings(url=redis_server.url))
+    client = redis_client(RedisSettings(url=redis_server.url))
     yield RedisProviderGate(client, f"g{uuid.uuid4().hex[:8]}")
     await client.aclose()
 
@@ -126,12 +126,12 @@ async def _eventually_admitted(gate: RedisProviderGate, limits: ProviderSettings
 _OTHER_PROCESS = """
 import asyncio, json, sys, time
 from orchestrator.adapters.provider_gate import RedisProviderGate
-from orchestrator.adapters.task_store import connect
+from orchestrator.adapters.task_store import redis_client
 from orchestrator.resilience import Account, Outcome
 from orchestrator.settings import ProviderSettings, RedisSettings
 
 async def main(url, prefix, n):
-    client = connect(RedisSettings(url=url))
+    client = redis_client(RedisSettings(url=url))
     gate = RedisProviderGate(client, prefix)
     limits = ProviderSettings(requests_per_minute=1200)
     times = []
@@ -149,7 +149,7 @@ asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
 
 async def test_rate_limit_holds_across_processes(redis_server: RedisServer) -> None:
     prefix = f"g{uuid.uuid4().hex[:8]}"
-    client = connect(RedisSettings(url=redis_server.url))
+    client = redis_client(RedisSettings(url=redis_server.url))
     gate = RedisProviderGate(client, prefix)
     limits = ProviderSettings(requests_per_minute=1200)  # one per 50 ms, burst 1
     child = subprocess.Popen([sys.executable, "-c", _OTHER_PROCESS, redis_server.url, prefix, "10"],

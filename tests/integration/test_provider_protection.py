@@ -11,7 +11,7 @@ import pytest
 
 from deployments.fake_provider import FakeProviderConfig
 from orchestrator.adapters.provider_gate import RedisProviderGate
-from orchestrator.adapters.task_store import connect
+from orchestrator.adapters.task_store import redis_client
 from orchestrator.errors import ToolError
 from orchestrator.settings import RedisSettings, Settings
 from orchestrator.tools.base import ToolCall
@@ -43,7 +43,7 @@ def backup() -> Iterator[RunningFakeProvider]:
 
 @pytest.fixture
 async def gate(redis_server: RedisServer) -> AsyncIterator[RedisProviderGate]:
-    client = connect(RedisSettings(url=redis_server.url))
+    client = redis_client(RedisSettings(url=redis_server.url))
     yield RedisProviderGate(client, f"p{uuid.uuid4().hex[:8]}")
     await client.aclose()
 

@@ -17,7 +17,7 @@ import ray
 from deployments.fake_provider import FakeProviderConfig
 from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.adapters.saga_store import SagaStore
-from orchestrator.adapters.task_store import connect
+from orchestrator.adapters.task_store import redis_client
 from orchestrator.naming import SAGA_COORDINATOR_NAME
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
@@ -205,7 +205,7 @@ def test_a_compensation_that_never_succeeds_is_a_dead_letter(system: Deployed,
 
 def dead_letters(system: Deployed) -> list[dict[str, str]]:
     async def read() -> list[dict[str, str]]:
-        client = connect(system.settings.redis)
+        client = redis_client(system.settings.redis)
         redis = system.settings.redis
         try:
             return await SagaStore(client, redis.prefix, redis.retention_s, redis.idempotency_ttl_s).dead_letters()
@@ -254,7 +254,7 @@ def test_deploy_is_undone_by_restoring_the_previous_version(system: Deployed) ->
 
 def live_artifact(system: Deployed, name: str) -> Any:
     async def read() -> Any:
-        client = connect(system.settings.redis)
+        client = redis_client(system.settings.redis)
         try:
             return await ArtifactStore(client, system.settings.redis.prefix).live(name)
         finally:

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from orchestrator.adapters.keys import ROUTER_GROUP, Keys
+from tests import redis_view
 from tests.conftest import Deployed
 from tests.support import wait_until
 
@@ -64,19 +64,16 @@ def test_submit_then_poll_and_progress(orchestrator: Deployed) -> None:
 
 
 def test_task_is_durable_before_acknowledged(orchestrator: Deployed) -> None:
-    """The answer comes only after the stream entry and the record exist in Redis."""
-    accepted = result(orchestrator.base_url, "run_task", {"tool": "echo", "prompt": "x", "priority": 7,
+    """The answer comes only after the record exists in Redis, in the shard its id names, stored once."""
+    accepted = result(orchestrator.base_url, "run_task", {"tool": "echo", "prompt": "x" * 100, "priority": 7,
                                                           "agent": "alice"})
-    client = redis.Redis.from_url(orchestrator.settings.redis.url, decode_responses=True)
-    keys = Keys(orchestrator.settings.redis.prefix)
-    record = client.hgetall(keys.task(accepted["task_id"]))
-    assert record["tool"] == "echo" and record["priority"] == "7"
-    entry = client.xrange(keys.tasks, record["entry_id"], record["entry_id"])
-    if entry:  # it may already be trimmed if the task finished very fast
-        fields = entry[0][1]
-        assert fields["task_id"] == accepted["task_id"]
-        assert {"priority", "type", "payload", "time", "agent"} <= set(fields)
-        assert fields["type"] == "reasoning" and fields["agent"] == "alice"
+    client = redis_view.client(orchestrator.settings)
+    record = redis_view.stored(client, orchestrator.settings, accepted["task_id"])
+    assert record is not None and record["i"] == accepted["task_id"]
+    assert record["t"] == "echo" and record["p"] == 7 and record["a"] == "alice" and record["w"] == "reasoning"
+    assert json.loads(record["inp"]) == {"prompt": "x" * 100}
+    record.pop("r", None)  # the result (echo's is its prompt) may be there already
+    assert json.dumps(record).count("x" * 100) == 1, "the prompt is stored once"
     finished(orchestrator.base_url, accepted["task_id"])
 
 
@@ -97,10 +94,9 @@ def test_every_accepted_task_finishes_once_and_is_acked(orchestrator: Deployed) 
     records = [finished(orchestrator.base_url, task_id) for task_id in ids]
     assert [r["result"]["text"] for r in records] == [f"t{i}" for i in range(60)]
     assert all(r["attempts"] == 1 + r["preemptions"] for r in records)  # priority 10 may preempt others
-    client = redis.Redis.from_url(orchestrator.settings.redis.url, decode_responses=True)
-    keys = Keys(orchestrator.settings.redis.prefix)
-    wait_until(lambda: client.xpending(keys.tasks, ROUTER_GROUP)["pending"] == 0, 10, "all entries acked")
-    wait_until(lambda: int(client.get(keys.active) or 0) == 0, 10, "active counter back to zero")
+    client = redis_view.client(orchestrator.settings)
+    wait_until(lambda: redis_view.pending(client, orchestrator.settings) == 0, 10, "all deliveries acked")
+    wait_until(lambda: redis_view.active(client, orchestrator.settings) == 0, 10, "active counter back to zero")
 
 
 def test_cancel_queued_and_running(orchestrator: Deployed) -> None:

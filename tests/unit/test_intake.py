@@ -8,8 +8,9 @@ import pytest
 
 from orchestrator.errors import InvalidParamsError
 from orchestrator.intake import build_task
-from orchestrator.models import RunTaskParams, RunTaskParamsV2
+from orchestrator.models import ChildTask, RunTaskParams, RunTaskParamsV2
 from orchestrator.settings import Settings
+from orchestrator.tasks import shard_of
 
 SETTINGS = Settings(limits={"max_prompt_chars": 10, "max_context_bytes": 64})
 
@@ -20,7 +21,16 @@ def test_v1_prompt_and_known_context_keys_become_tool_input() -> None:
     assert task.input == {"prompt": "hi", "delay_ms": 5}
     assert task.context == {"delay_ms": 5, "trace": "abc"}
     assert (task.priority, task.worker_type, task.agent, task.created_at) == (7, "reasoning", "a", 123.0)
-    assert len(task.task_id) == 32
+    assert task.v1 and task.prompt == "hi"
+    assert shard_of(task.task_id, 1) == 0
+
+
+def test_a_task_and_its_children_live_in_the_shard_they_were_built_for() -> None:
+    params = RunTaskParams(tool="echo", prompt="hi", children=[ChildTask(tool="echo", prompt="c")])
+    task, children = build_task(params, SETTINGS, now=1.0, shard=3)
+    assert shard_of(task.task_id, 4) == 3 and shard_of(children[0].task_id, 4) == 3
+    assert shard_of(task.task_id, 3) is None  # an id naming a shard that does not exist is no task of ours
+    assert children[0].parent == task.task_id and task.children == (children[0].task_id,)
 
 
 def test_v2_input_and_deadline() -> None:

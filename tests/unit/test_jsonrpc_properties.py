@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import SecretStr
 
-from orchestrator import api
+from orchestrator import api, codec
 from orchestrator.auth import ANONYMOUS, Principal
 from orchestrator.errors import InvalidParamsError, SagaNotFoundError, TaskNotFoundError
 from orchestrator.intake import build_task
@@ -68,7 +68,7 @@ class MemoryTasks:
     async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal) -> RunTaskResult | TaskRecord:
         task, children = build_task(params, self.settings, 1.0, who.tenant)
         for spec in (task, *children):  # what the store would write: strict JSON (no NaN), valid UTF-8
-            json.loads(spec.payload().encode("utf-8"), parse_constant=_no_constants)
+            json.loads(codec.submitted(spec, TaskStatus.QUEUED).encode("utf-8"), parse_constant=_no_constants)
         for spec in (task, *children):
             self.tasks[spec.task_id] = spec
         if params.wait:
@@ -95,11 +95,7 @@ class MemoryTasks:
 
     @staticmethod
     def _record(spec: TaskSpec, status: TaskStatus) -> TaskRecord:
-        return TaskRecord(task_id=spec.task_id, status=status, tool=spec.tool, worker_type=spec.worker_type,
-                          priority=spec.priority, prompt=spec.prompt, input=dict(spec.input),
-                          context=dict(spec.context), agent=spec.agent, idempotency_key=spec.idempotency_key,
-                          result={"echo": dict(spec.input)} if status is TaskStatus.SUCCEEDED else None,
-                          created_at=spec.created_at)
+        return codec.record_of(codec.submitted(spec, status))  # as the store would write and read it back
 
 
 class MemorySagas:

@@ -1,0 +1,24 @@
+#!lua
+-- Correct a task that has not started (inject): its priority (it moves to that level, as a new arrival there)
+-- and/or its input (what its worker will run). Returns 'corrected', or the status that prevented it.
+-- USES: common
+-- KEYS: active
+-- ARGV: task_id, priority, input, who
+local rec = load(task_id)
+if not rec then return 'missing' end
+if rec.s ~= 'queued' and rec.s ~= 'preempted' then return rec.s end
+local changes = {'"who":' .. cjson.encode(who)}
+if priority ~= '' then
+  redis.call('ZREM', level_key(rec.w, rec.p), rec.i)
+  rec.p = tonumber(priority)
+  enqueue(rec, true)
+  changes[#changes + 1] = '"priority":' .. priority
+end
+if input ~= '' then
+  rec.inp = input
+  changes[#changes + 1] = '"input":' .. input
+end
+emit(rec, 'corrected', '{' .. table.concat(changes, ',') .. '}')
+save(rec)
+announce()
+return 'corrected'
