@@ -55,7 +55,8 @@ def _free_port() -> int:
 def own_system(overrides: dict[str, Any], keep_logs: bool = False) -> Iterator[tuple[str, Any]]:
     """redis-server, Ray, Serve and the orchestrator, all ours and all stopped on the way out.
 
-    Yields the base URL and the Settings (built from `overrides`) the system runs with.
+    Yields the base URL and the Settings (built from `overrides`; a `redis` entry adds to the Redis URL and key
+    prefix of our own) the system runs with.
     """
     with own_system_with_redis(overrides, keep_logs) as (base_url, settings, _redis_server):
         yield base_url, settings
@@ -69,11 +70,13 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
     answering (appendfsync always), so a restart brings back every write it acknowledged.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from orchestrator.settings import HttpSettings, Settings
+
+    os.environ.update(HttpSettings(**overrides.get("http", {})).ray_environment())  # before Serve is imported
     import ray
     from ray import serve
 
     from deployments.app import deploy, init_local_ray, teardown
-    from orchestrator.settings import Settings
 
     caller_sigterm = signal.getsignal(signal.SIGTERM)
     redis_server = RedisServer(aof=aof, appendfsync="always").start()
@@ -87,9 +90,9 @@ def own_system_with_redis(overrides: dict[str, Any], keep_logs: bool = False, *,
         port = _free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         unique = uuid.uuid4().hex[:8]
-        settings = Settings(
-            namespace=f"bench{unique}", redis={"url": redis_server.url, "prefix": f"bench{unique}"}, **overrides
-        )
+        redis_settings = {"url": redis_server.url, "prefix": f"bench{unique}", **overrides.get("redis", {})}
+        settings = Settings(namespace=f"bench{unique}", redis=redis_settings,
+                            **{key: value for key, value in overrides.items() if key != "redis"})
         deploy(settings)
         base_url = f"http://127.0.0.1:{port}"
         wait_healthy(base_url)
@@ -126,3 +129,64 @@ def percentile(values: Sequence[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# --- CPU per process ----------------------------------------------------------------------------
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def cpu_by_process(root: int | None = None) -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of a process and all its descendants: pid → (name, seconds).
+
+    Ray's processes rename themselves (`ray::WorkerActor`), so the name is the process's own command line's
+    first word, which tells the worker actors, the ingress replica, the proxy, redis-server and the rest apart.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    usage: dict[int, tuple[str, float]] = {}
+    for pid in _descendants(root or os.getpid()):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = argv[0].decode(errors="replace").rsplit("/", 1)[-1] or "?"
+            if name.startswith("python") and len(argv) > 1:
+                name = argv[1].decode(errors="replace").rsplit("/", 1)[-1] or name
+            usage[pid] = (name.split(" ")[0][:40], (int(fields[11]) + int(fields[12])) / ticks)
+    return usage
+
+
+def cpu_spent(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two `cpu_by_process` readings, summed per process name, largest first."""
+    spent: dict[str, float] = {}
+    for pid, (name, seconds) in after.items():
+        spent[name] = spent.get(name, 0.0) + seconds - before.get(pid, (name, 0.0))[1]
+    return dict(sorted(((n, round(s, 2)) for n, s in spent.items() if s >= 0.01), key=lambda kv: -kv[1]))
+
+
+def rss_by_process(root: int | None = None) -> dict[str, int]:
+    """Resident memory (bytes) of a process and its descendants, summed per process name (as `cpu_by_process`)."""
+    found: dict[str, int] = {}
+    for pid in _descendants(root or os.getpid()):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            name = argv[0].decode(errors="replace").rsplit("/", 1)[-1] or "?"
+            if name.startswith("python") and len(argv) > 1:
+                name = argv[1].decode(errors="replace").rsplit("/", 1)[-1] or name
+            name = name.split(" ")[0][:40]
+            found[name] = found.get(name, 0) + rss_kb * 1024
+    return found

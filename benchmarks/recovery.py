@@ -1,50 +1,68 @@
-"""Recovery benchmark: kill -9 a worker, the router or redis-server under load; how fast work resumes, what is lost or done twice.
+"""Recovery benchmark: kill -9 a worker, a router or redis-server under load; how fast work resumes, what is lost
+or done twice.
 
-    python benchmarks/recovery.py [--tasks 1000] [--kinds none,worker,router,redis] [--outage-s 2]
+    python benchmarks/recovery.py [--tasks 1000] [--kinds none,worker,router,router-shard,redis] [--outage-s 2]
                                   [--workers 2] [--slots 16] [--memory-tasks N] [--json]
 
 For each kind, a fresh self-hosted system (redis-server with AOF, `appendfsync always`; Ray; Serve; the
-orchestrator with `--workers` reasoning workers of `--slots` slots) gets `--tasks` echo tasks: most quick,
-every 5th `{"delay_ms": 500, "steps": 5}` (2.5 s, checkpointing each step). All are submitted first; once
-a checkpointed task is running (on worker:reasoning:0 for `worker`), the component is killed:
+orchestrator with `--workers` reasoning workers of `--slots` slots; one shard and one router unless said
+below) gets `--tasks` echo tasks: most quick, every 5th `{"delay_ms": 500, "steps": 5}` (2.5 s, checkpointing
+each step). All are submitted first; once a checkpointed task is running (on worker:reasoning:0 for
+`worker`), the component is killed:
 
-    none    no kill: the reference (the same load drained from the same moment)
-    worker  SIGKILL the process of worker:reasoning:0 (Ray restarts the actor)
-    router  SIGKILL the process of the router actor (Ray restarts it; it re-attaches to running tasks)
-    redis   SIGKILL redis-server, restart it on the same port and AOF after --outage-s seconds; that
-            pause is the fault's duration (Redis is down that long), not a wait for anything
+    none          no kill: the reference (the same load drained from the same moment)
+    worker        SIGKILL the process of worker:reasoning:0 (Ray restarts the actor)
+    router        SIGKILL router-0, the only router: it holds the shard's lease and the pools lease (it is the
+                  pool manager). Ray restarts it. Workers take tasks from Redis themselves: no router is on a
+                  task's path
+    router-shard  4 shards (`redis.shards`), 2 routers (`router.replicas`), `router.lease_s` 2 s: SIGKILL
+                  router-1 once it holds the leases of its shards (1 and 3), and the pools lease if it won it
+                  (the routers start together: either may); router-0, or router-1 restarted, takes them over
+                  once they expire
+    redis         SIGKILL redis-server, restart it on the same port and AOF after --outage-s seconds; that
+                  pause is the fault's duration (Redis is down that long), not a wait for anything
 
 then every accepted task is polled until terminal. Figures per kind (times from the kill, wall clock,
 server-side timestamps from the task records):
 
-    affected   worker: tasks running on the killed worker at the kill; router: tasks running at the kill
-               (they keep running on their workers: none should run again); redis: tasks that finished
-               after the kill. Tasks that finished between the snapshot and the kill are left out.
+    affected   worker: tasks running on the killed worker at the kill; router, router-shard: tasks running at
+               the kill (they keep running on their workers: none should run again); redis: tasks that
+               finished after the kill. Tasks that finished between the snapshot and the kill are left out.
     resume     when the affected tasks run again --
                  worker: the first new start (`started_at` of a new attempt) of a task that was running
                          on the killed worker; `resume_all` is when the last of them had started again
                  router: the start of a probe task submitted right after the kill at priority 9 (ahead
-                         of the backlog): dispatching resumed (running tasks never needed the router)
+                         of the backlog): workers take it from Redis, so it waits for a free slot only.
+                         `probe_queued_s` is its start after its `created_at`; `probe_first_slot_s` when
+                         the first other task finished after that (a slot freed, if all were busy)
                  redis:  the first task to finish after the kill (nothing can finish while Redis is down)
-    back       worker/router: the benchmark's first call the actor answered from a new process (router:
-               and consuming again). An upper bound: a call made at the kill fails only once Ray reports
-               the death (1-2 s here), so the actor may have been back earlier (see router's resume).
-               redis: the restarted redis-server answers PING
+    takeover   router, router-shard: every lease the killed router held at the kill (its shards' and, if it
+               held it, the pools lease; `leases_taken_over` counts them) held again, by any router, with a
+               larger fencing token. A lease
+               expires `router.lease_s` after its last renewal (5 s by default; 2 s for router-shard); a
+               router tries to take it every lease_s / 3
+    back       worker, router, router-shard: the benchmark's first call the actor answered from a new
+               process (a router's `ready()`: its first round of leases, which takes none of those the dead
+               incarnation still holds). An upper bound: a call made at the kill fails only once Ray reports
+               the death (1-2 s here), so the actor may have been back earlier. redis: the restarted
+               redis-server answers PING
     total      kill -> the last task terminal (the latest `finished_at`); it includes draining the
                backlog, so compare it with the `none` row
     lost       accepted (run_task returned a task id) but never terminal, or missing; must be 0
-    dup        tasks whose id was announced more than once on `<prefix>:finished` (subscribed before
-               the load); must be 0. `dup_stored` counts tasks with more than one terminal event in
-               their event stream (durable, so it also covers announcements missed while the
-               subscriber re-subscribed after a Redis restart); must be 0
+    dup        tasks whose id was announced more than once on `<prefix>:finished` (space-separated ids, one
+               message per script; subscribed before the load); must be 0. `dup_stored` counts tasks with
+               more than one terminal event in their history (`h` in the task's record; durable, so it
+               also covers announcements missed while the subscriber re-subscribed after a Redis restart);
+               must be 0
     failed     terminal but not succeeded with the task's own text
-    reruns     tasks that took more than one attempt
+    reruns     tasks that took more than one attempt (router, router-shard: expected 0)
 
-Then the Redis memory per queued task: a system whose reasoning pool has 0 workers (so tasks stay queued,
-read by the router into its pending entries) gets `--memory-tasks` echo tasks with a 100-character
-prompt; `used_memory` (INFO memory) before and after, once settled, over the task count. Also given:
-the same for `used_memory_dataset` (without client buffers and other overhead, so steadier), and
-MEMORY USAGE of one task's record, of its event stream, and the task stream's size per entry.
+Then the Redis memory per queued task: a system whose reasoning pool has 0 workers (so the tasks stay in
+their queue: a sorted set per shard, worker type and priority) gets `--memory-tasks` echo tasks with a
+100-character prompt; `used_memory` (INFO memory) before and after, once settled, over the task count.
+Also given: the same for `used_memory_dataset` (without client buffers and other overhead, so steadier),
+and the parts: MEMORY USAGE of one task's record (one JSON string, its history included) and of the queue
+sorted sets per queued task.
 
 Every system is torn down afterwards, also on an error, Ctrl-C or SIGTERM. `--json` prints one JSON
 object as the last line. The exit status is 1 if any task was lost, failed or stored twice.
@@ -62,6 +80,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +90,16 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
 from harness import own_system_with_redis, raise_interrupt
 
-KINDS = ("none", "worker", "router", "redis")
+from orchestrator.adapters.keys import PRIORITIES, Keys
+from orchestrator.naming import router_name
+from orchestrator.routing import preferred_router
+from orchestrator.tasks import shard_of
+from tests import redis_view
+
+KINDS = ("none", "worker", "router", "router-shard", "redis")
 VICTIM_WORKER = "worker:reasoning:0"
-ROUTER = "router"
+ROUTERS = {"router": 0, "router-shard": 1}  # kind -> the index of the router killed
+SHARDED = {"redis": {"shards": 4}, "router": {"replicas": 2, "lease_s": 2.0}}  # router-shard's system
 SLOW = {"delay_ms": 500, "steps": 5}
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 BATCH = 100  # the server's default limits.max_batch
@@ -205,11 +231,12 @@ class Announcements:
             if message is None or message["type"] != "message":
                 continue
             with self._lock:
-                event = self._sentinels.get(message["data"])
-                if event is not None:
-                    event.set()
-                else:
-                    self.counts[message["data"]] += 1
+                for task_id in message["data"].split():  # one message per script, of every task it finished
+                    event = self._sentinels.get(task_id)
+                    if event is not None:
+                        event.set()
+                    else:
+                        self.counts[task_id] += 1
 
     def _reconnect(self) -> None:
         with contextlib.suppress(Exception):
@@ -248,24 +275,56 @@ class Announcements:
             self._client.close()
 
 
-def terminal_events(url: str, prefix: str, ids: Sequence[str]) -> Counter[str]:
-    """Per task, the terminal events in its event stream: one per stored final state."""
-    from orchestrator.adapters.keys import Keys
-
-    keys, counts = Keys(prefix), Counter[str]()
-    client = redis.Redis.from_url(url, decode_responses=True)
+def terminal_events(url: str, settings: Any, ids: Sequence[str]) -> Counter[str]:
+    """Per task, the terminal events in its history (`h` in its record): one per stored final state."""
+    counts, conn = Counter[str](), redis.Redis.from_url(url, decode_responses=True)
     try:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start:start + 500]
-            with client.pipeline(transaction=False) as pipe:
-                for task_id in chunk:
-                    pipe.xrange(keys.events(task_id))
-                streams = pipe.execute()
-            for task_id, entries in zip(chunk, streams, strict=True):
-                counts[task_id] = sum(1 for _id, fields in entries if fields.get("type") in TERMINAL)
+        for task_id in ids:
+            history = (redis_view.stored(conn, settings, task_id) or {}).get("h", [])
+            counts[task_id] = sum(1 for _seq, kind, _time_ms, _data in history if kind in TERMINAL)
     finally:
-        client.close()
+        conn.close()
     return counts
+
+
+# --- router leases ------------------------------------------------------------------------------
+
+
+def lease_names(settings: Any) -> list[str]:
+    keys = Keys(settings.redis.prefix)
+    return [keys.pool_lease, *(keys.shard(s).lease for s in range(settings.redis.shards))]
+
+
+def leases_of(conn: redis.Redis, names: Sequence[str], router: str) -> dict[str, int]:
+    """Of the leases `names`, those an incarnation of `router` holds (`<router>.<incarnation>:<token>`): key ->
+    fencing token."""
+    return {name: int(value.rsplit(":", 1)[1]) for name, value in zip(names, conn.mget(names))
+            if value and value.split(".", 1)[0] == router}
+
+
+def held_by(url: str, settings: Any, index: int) -> dict[str, int]:
+    """The leases router `index` holds, once it holds those of the shards it prefers (a router started later
+    gets them only after the first one gave them back)."""
+    mine = [Keys(settings.redis.prefix).shard(s).lease for s in range(settings.redis.shards)
+            if preferred_router(s, settings.router.replicas) == index]
+    conn = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        wait_for(lambda: len(leases_of(conn, mine, router_name(index))) == len(mine), 30,
+                 f"{router_name(index)} to hold its shards")
+        return leases_of(conn, lease_names(settings), router_name(index))
+    finally:
+        conn.close()
+
+
+def taken_over(url: str, held: dict[str, int], timeout_s: float = 60) -> float:
+    """When every lease in `held` had a holder (any router) with a larger fencing token."""
+    names, conn = list(held), redis.Redis.from_url(url, decode_responses=True)
+    try:
+        wait_for(lambda: all(value is not None and int(value.rsplit(":", 1)[1]) > held[name]
+                             for name, value in zip(names, conn.mget(names))), timeout_s, "the leases taken over")
+        return time.time()
+    finally:
+        conn.close()
 
 
 # --- actors -------------------------------------------------------------------------------------
@@ -279,7 +338,7 @@ def actor_pid(name: str, namespace: str, timeout_s: float = 30) -> int:
 
 
 def wait_restarted(name: str, namespace: str, old_pid: int, timeout_s: float = 120) -> float:
-    """Block until the actor answers from a new process (the router: and consumes again); when that was."""
+    """Block until the actor answers from a new process (a router: and has been through its leases once); when."""
     import ray
     from ray.exceptions import GetTimeoutError, RayError
 
@@ -288,7 +347,7 @@ def wait_restarted(name: str, namespace: str, old_pid: int, timeout_s: float = 1
         try:
             # A call to a restarting actor waits for the restart, so this returns as soon as it is back.
             if actor_pid(name, namespace, timeout_s=10) != old_pid:
-                if name == ROUTER:
+                if name.startswith("router-"):
                     ray.get(ray.get_actor(name, namespace=namespace).ready.remote(), timeout=60)
                 return time.time()
         except (RayError, GetTimeoutError, ValueError):
@@ -307,14 +366,13 @@ def pool_overrides(args: argparse.Namespace, reasoning_workers: int) -> dict[str
 
 
 def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
-    with own_system_with_redis(pool_overrides(args, args.workers), aof=True) as (base, settings, server), \
+    overrides = pool_overrides(args, args.workers) | (SHARDED if kind == "router-shard" else {})
+    with own_system_with_redis(overrides, aof=True) as (base, settings, server), \
             httpx.Client(base_url=base, timeout=60) as client:
-        from orchestrator.adapters.keys import Keys
-
-        namespace, prefix = settings.namespace, settings.redis.prefix
-        listener = Announcements(server.url, Keys(prefix).finished)
+        namespace = settings.namespace
+        listener = Announcements(server.url, Keys(settings.redis.prefix).finished)
         try:
-            victim = {"worker": VICTIM_WORKER, "router": ROUTER}.get(kind)
+            victim = VICTIM_WORKER if kind == "worker" else router_name(ROUTERS[kind]) if kind in ROUTERS else None
             old_pid = actor_pid(victim, namespace) if victim else None
             load = [{"tool": "echo", "prompt": f"recovery-{i}", "context": SLOW if i % 5 == 0 else {}}
                     for i in range(args.tasks)]
@@ -324,17 +382,23 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             on = VICTIM_WORKER if kind == "worker" else None
             wait_for(lambda: bool(checkpointed_running(client, on)), 60, "a checkpointed task running")
             at_kill = set(running_on(client, on))  # just before the kill: worker: the tasks it hits
-            back_at: float | None = None
+            back_at = takeover_at = None
             probe: str | None = None
-            if kind in ("worker", "router"):
+            held: dict[str, int] = {}  # routers: the leases of the one killed (key -> fencing token)
+            if victim is not None:
+                if kind in ROUTERS:
+                    held = held_by(server.url, settings, ROUTERS[kind])
                 os.kill(old_pid, signal.SIGKILL)  # type: ignore[arg-type]
                 killed_at = time.time()
-                if kind == "router":  # dispatching needs the router: time a fresh, high-priority task's start
-                    [probe], probe_refused = submit(client, [{"tool": "echo", "prompt": "probe", "priority": 9}])
-                    refused += probe_refused
-                    if probe is not None:
-                        prompts[probe] = "probe"
-                back_at = wait_restarted(victim, namespace, old_pid)  # type: ignore[arg-type]
+                with ThreadPoolExecutor(1) as pool:
+                    takeover = pool.submit(taken_over, server.url, held) if held else None  # while Ray restarts it
+                    if kind == "router":  # a fresh, high-priority task: does anything wait for the router?
+                        [probe], probe_refused = submit(client, [{"tool": "echo", "prompt": "probe", "priority": 9}])
+                        refused += probe_refused
+                        if probe is not None:
+                            prompts[probe] = "probe"
+                    back_at = wait_restarted(victim, namespace, old_pid)  # type: ignore[arg-type]
+                    takeover_at = takeover.result() if takeover else None
             elif kind == "redis":
                 server.kill()
                 killed_at = time.time()
@@ -347,7 +411,7 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
             accepted = list(prompts)
             records, missing = await_terminal(client, accepted, args.timeout_s)
             published = listener.drain()
-            stored = terminal_events(server.url, prefix, accepted)
+            stored = terminal_events(server.url, settings, accepted)
         finally:
             listener.close()
 
@@ -374,11 +438,13 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
         "kind": kind,
         "accepted": len(accepted),
         "refused": sum(refused.values()),
-        # worker: running on it at the kill; router: running at the kill (not needing it); redis: unfinished
-        "affected": (len(at_kill) if kind in ("worker", "router")
+        # worker: running on it at the kill; routers: running at the kill (not needing one); redis: unfinished
+        "affected": (len(at_kill) if victim is not None
                      else sum(1 for r in finished if r["finished_at"] > killed_at) if kind == "redis" else 0),
         "resume_s": _s(resume_s),
         "resume_all_s": _s(resume_all_s),
+        "takeover_s": _s(takeover_at - killed_at if takeover_at else None),
+        "leases_taken_over": len(held),
         "back_s": _s(back_at - killed_at if back_at else None),
         "total_s": _s(last - killed_at if last else None),
         "lost": lost,
@@ -392,7 +458,12 @@ def scenario(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     }
     if kind == "worker":
         report["affected_rerun"] = sum(1 for t in at_kill if records.get(t, {}).get("attempts", 1) > 1)
-    if kind == "router":
+    if kind == "router" and probe in records and records[probe].get("started_at"):
+        queued_at = records[probe]["created_at"]  # did the probe wait for more than a slot to free?
+        freed = [r["finished_at"] for r in finished if r["finished_at"] > queued_at and r["task_id"] != probe]
+        report["probe_queued_s"] = _s(records[probe]["started_at"] - queued_at)
+        report["probe_first_slot_s"] = _s(min(freed) - queued_at if freed else None)
+    if kind in ROUTERS:
         report["running_at_kill_rerun"] = sum(1 for t in at_kill if records.get(t, {}).get("attempts", 1) > 1)
     if refused:
         report["refused_reasons"] = dict(refused)
@@ -423,12 +494,10 @@ def settled_memory(client: redis.Redis, timeout_s: float = 10) -> tuple[int, int
 
 
 def memory_per_task(args: argparse.Namespace) -> dict[str, Any]:
-    from orchestrator.adapters.keys import ROUTER_GROUP, Keys
-
     n = args.memory_tasks
     with own_system_with_redis(pool_overrides(args, 0), aof=True) as (base, settings, server), \
             httpx.Client(base_url=base, timeout=60) as client:
-        keys = Keys(settings.redis.prefix)
+        keys, shards = Keys(settings.redis.prefix), settings.redis.shards
         store = redis.Redis.from_url(server.url, decode_responses=True)
         try:
             before = settled_memory(store)
@@ -436,14 +505,16 @@ def memory_per_task(args: argparse.Namespace) -> dict[str, Any]:
             ids, refused = submit(client, [{"tool": "echo", "prompt": p} for p in prompts])
             if refused:
                 raise RuntimeError(f"memory load refused: {dict(refused)}")
-            # Queued for good: no reasoning worker. Settled once the router has read every entry.
-            wait_for(lambda: store.xpending(keys.tasks, ROUTER_GROUP)["pending"] == n, 60, "the router to read all")
             after = settled_memory(store)
+            levels = [keys.shard(s).level("reasoning", p) for s in range(shards) for p in PRIORITIES]
+            queued = sum(store.zcard(level) for level in levels)
+            if queued != n:  # no reasoning worker: every task stays queued
+                raise RuntimeError(f"{queued} of {n} memory tasks queued")
             sample = ids[n // 2]
             assert sample is not None
-            parts = {"record_bytes": store.memory_usage(keys.task(sample)),
-                     "events_stream_bytes": store.memory_usage(keys.events(sample)),
-                     "task_stream_bytes_per_task": round((store.memory_usage(keys.tasks, samples=0) or 0) / n)}
+            parts = {"record_bytes": store.memory_usage(keys.shard(shard_of(sample, shards) or 0).task(sample)),
+                     "queue_bytes_per_task": round(sum(store.memory_usage(level, samples=0) or 0
+                                                       for level in levels) / n)}
         finally:
             store.close()
     return {"memory_tasks": n, "prompt_chars": MEMORY_PROMPT_CHARS, "used_memory_before": before[0],
@@ -456,7 +527,9 @@ def memory_per_task(args: argparse.Namespace) -> dict[str, Any]:
 
 DEFINITIONS = {
     "worker": "resume: kill -> first new start of a task that was running on the killed worker",
-    "router": "resume: kill -> start of a priority-9 probe submitted right after the kill (dispatching resumed)",
+    "router": "resume: kill -> start of a priority-9 probe submitted right after the kill (workers take it "
+              "from Redis)",
+    "router-shard": "4 shards, 2 routers, lease 2 s; router-1 killed",
     "redis": "resume: kill -> first task finished after the kill (includes the outage)",
 }
 
@@ -467,22 +540,26 @@ def print_report(report: dict[str, Any]) -> None:
 
     print(f"recovery: {report['tasks']} echo tasks (every 5th {SLOW}), reasoning {report['workers']} workers x "
           f"{report['slots']} slots, Redis AOF appendfsync always; redis outage {report['outage_s']} s")
-    columns = ("kind", "affected", "resume_s", "resume_all_s", "back_s", "total_s", "lost", "duplicates_announced",
-               "duplicates_stored", "failed", "reruns")
-    heads = ("kill", "affected", "resume s", "resume all s", "back s", "total s", "lost", "dup", "dup stored",
-             "failed", "reruns")
+    columns = ("kind", "affected", "resume_s", "resume_all_s", "takeover_s", "back_s", "total_s", "lost",
+               "duplicates_announced", "duplicates_stored", "failed", "reruns")
+    heads = ("kill", "affected", "resume s", "resume all s", "takeover s", "back s", "total s", "lost", "dup",
+             "dup stored", "failed", "reruns")
     print("  ".join(f"{h:>12}" for h in heads))
     for row in report["scenarios"]:
         print("  ".join(f"{fmt(row.get(c)):>12}" for c in columns))
     for row in report["scenarios"]:
         extra = {k: row[k] for k in ("missing", "refused", "refused_reasons", "unannounced", "resubscriptions",
-                                     "affected_rerun", "running_at_kill_rerun") if row.get(k)}
+                                     "affected_rerun", "running_at_kill_rerun", "leases_taken_over",
+                                     "probe_queued_s", "probe_first_slot_s")
+                 if row.get(k)}
         if extra:
             print(f"  {row['kind']}: {extra}")
     for kind, text in DEFINITIONS.items():
         print(f"  {kind}: {text}")
-    print("  back: first call the actor answered from a new process (an upper bound; router: consuming again)"
-          " / redis-server answers PING")
+    print("  takeover: kill -> every lease the killed router held (its shards', the pools' if it had it) held again"
+          " with a larger fencing token")
+    print("  back: first call the actor answered from a new process (an upper bound; a router: after its first round"
+          " of leases) / redis-server answers PING")
     print("  total: kill -> last task terminal (includes draining the backlog; compare the `none` row);"
           " dup: announced twice on the finished channel; dup stored: two terminal events")
     memory = report.get("memory")
@@ -491,8 +568,7 @@ def print_report(report: dict[str, Any]) -> None:
               f"({memory['memory_tasks']} tasks, {memory['prompt_chars']}-char prompt; used_memory "
               f"{memory['used_memory_before']} -> {memory['used_memory_after']}; used_memory_dataset: "
               f"{memory['dataset_bytes_per_queued_task']} bytes per task); one task's record "
-              f"{memory['record_bytes']} B, its event stream {memory['events_stream_bytes']} B, "
-              f"its share of the task stream {memory['task_stream_bytes_per_task']} B")
+              f"{memory['record_bytes']} B, its share of the queue's sorted set {memory['queue_bytes_per_task']} B")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

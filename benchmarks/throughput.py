@@ -1,11 +1,15 @@
 """Throughput benchmark: echo tasks as JSON-RPC batches against a running or a self-started orchestrator.
 
     python benchmarks/throughput.py [--url URL] [-n 2000] [--batch 50] [--concurrency 4] [--delay-ms 0]
-                                    [--priority 5] [--no-wait] [--processes 2] [--json]
+                                    [--priority 5] [--no-wait] [--processes 2] [--latency-samples 100]
+                                    [--vs-celery] [--json]
 
 Without --url it starts its own redis-server, Ray, Serve and the orchestrator for the run and tears them
-down afterwards, also on error or Ctrl-C. Every task is checked (succeeded, right text); any lost or
-failed task makes the exit status non-zero.
+down afterwards, also on error or Ctrl-C, and reports the CPU every process of it used per task. Every task
+is checked (succeeded, right text); any lost or failed task makes the exit status non-zero. After the
+throughput run, `--latency-samples` single `run_task` calls with `wait` on the idle system give the round
+trip of one task. `--vs-celery` then runs the same load on Celery (solo pool, Redis broker and result
+backend; `pip install -e '.[bench]'`) in the same run and prints both rates and the ratio.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import httpx
 from orchestrator.auth import hash_key, new_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: find the harness beside us
-from harness import own_system, percentile, raise_interrupt, wait_healthy
+from harness import cpu_by_process, cpu_spent, own_system, percentile, raise_interrupt, wait_healthy
 
 RPC_PATH = "/v1/rpc"
 MAX_RPC_BATCH = 100  # the server's default limits.max_batch; get_task polls stay within it
@@ -330,7 +334,8 @@ def print_report(report: dict[str, Any]) -> None:
         value = report.get(key)
         return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
-    print(f"target        {report['url'] or 'self-hosted'}{' with an API key' if report['auth'] else ''} "
+    print(f"target        {report['url'] or 'self-hosted'}{' with an API key' if report['auth'] else ''}, "
+          f"{report['proxy']} proxy "
           f"({report['mode']}; batch {report['batch']}, "
           f"concurrency {report['concurrency']} over {report['processes']} process(es), delay {report['delay_ms']} ms, "
           f"reasoning workers {fmt('workers')} x slots {fmt('slots')})")
@@ -348,6 +353,18 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"run           p50 {fmt('run_p50_ms')} ms  p99 {fmt('run_p99_ms')} ms  (finished_at - started_at)")
     print(f"server e2e    p50 {fmt('server_e2e_p50_ms')} ms  p99 {fmt('server_e2e_p99_ms')} ms  "
           "(finished_at - created_at)")
+    if report.get("cpu_ms_per_task") is not None:
+        top = ", ".join(f"{name} {seconds:g}" for name, seconds in list(report["cpu_s"].items())[:8])
+        print(f"cpu           {fmt('cpu_ms_per_task')} ms per task over every process ({top} s)")
+    if report.get("latency_samples"):
+        print(f"one task      p50 {fmt('latency_p50_ms')} ms  p99 {fmt('latency_p99_ms')} ms  "
+              f"(run_task with wait, {report['latency_samples']} sequential calls on the idle system)")
+    if "celery" in report:
+        peer = report["celery"]
+        print(f"celery        {peer['tasks_per_s']:g} tasks/s (solo pool, Redis broker and backend; worker "
+              f"{peer['worker_cpu_s']:g} + redis {peer['redis_cpu_s']:g} + client {peer['client_cpu_s']:g} CPU s); "
+              f"one task p50 {peer['latency_p50_ms']} ms")
+        print(f"ratio         {fmt('ratio_vs_celery')} x Celery's throughput, same load, same machine, same run")
     if report["poll_errors"]:
         print(f"poll errors   {report['poll_errors']} get_task answers were errors and were asked again")
     for reason, count in report["failure_reasons"].items():
@@ -379,16 +396,39 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="with --url: the API key to send (default: $ORCH_API_KEY)")
     parser.add_argument("--auth", action="store_true",
                         help="self-hosted: with an API key and a tenant quota, so every request pays for both")
+    parser.add_argument("--haproxy", action="store_true",
+                        help="self-hosted: HAProxy as the HTTP ingress (http.proxy=haproxy; implies --auth)")
     parser.add_argument("--keep-logs", action="store_true", help="self-hosted: keep Ray's temp dir (its logs)")
+    parser.add_argument("--latency-samples", type=int, default=100,
+                        help="sequential single run_task calls with wait, after the run (0: none)")
+    parser.add_argument("--vs-celery", action="store_true",
+                        help="also run the same load on Celery in this run and report the ratio (needs .[bench])")
     parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     args = parser.parse_args(argv)
     if args.processes is None:
         args.processes = min(2, args.concurrency)
     if args.n < 1 or args.batch < 1 or args.concurrency < 1 or not 1 <= args.processes <= args.concurrency:
         parser.error("need n, batch, concurrency >= 1 and 1 <= processes <= concurrency")
-    if args.url and (args.slots is not None or args.workers is not None or args.auth):
-        parser.error("--slots/--workers/--auth shape a self-hosted system; they do not apply with --url")
+    if args.url and (args.slots is not None or args.workers is not None or args.auth or args.haproxy):
+        parser.error("--slots/--workers/--auth/--haproxy shape a self-hosted system; they do not apply with --url")
+    args.auth = args.auth or args.haproxy  # HAProxy listens on every interface: only with API keys
     return args
+
+
+async def single_task_latency(base_url: str, samples: int, api_key: str | None) -> dict[str, Any]:
+    """`samples` sequential run_task calls with `wait` on an otherwise idle system: one task's round trip."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    seconds: list[float] = []
+    async with httpx.AsyncClient(base_url=base_url, timeout=30, headers=headers) as client:
+        for i in range(samples):
+            body = {"jsonrpc": "2.0", "id": i, "method": "run_task",
+                    "params": {"tool": "echo", "prompt": f"one-{i}", "wait": 10}}
+            sent = time.perf_counter()
+            reply = (await client.post(RPC_PATH, json=body)).json()
+            seconds.append(time.perf_counter() - sent)
+            if reply.get("result", {}).get("status") != "succeeded":
+                raise RuntimeError(f"single task failed: {reply!r:.300}")
+    return {"latency_samples": samples, "latency_p50_ms": _ms(seconds, 50), "latency_p99_ms": _ms(seconds, 99)}
 
 
 def run(args: argparse.Namespace, base_url: str, pool: dict[str, Any]) -> dict[str, Any]:
@@ -397,9 +437,16 @@ def run(args: argparse.Namespace, base_url: str, pool: dict[str, Any]) -> dict[s
         asyncio.run(warm_up(base_url, min(args.warmup, MAX_RPC_BATCH), max(args.wait, 30.0), args.api_key))
     load = Load(base_url, uuid.uuid4().hex[:8], args.batch, args.delay_ms, args.priority, wait_s, args.timeout_s,
                 args.api_key)
+    cpu_before = None if args.url else cpu_by_process()
     outcomes, poll_errors = drive(load, args.n, args.concurrency, args.processes)
     report = summarize(outcomes, args.n, wait_mode=not args.no_wait) | {"poll_errors": poll_errors}
-    params = {"url": args.url, "auth": bool(args.api_key), "mode": "no-wait" if args.no_wait else "wait", "n": args.n,
+    if cpu_before is not None:
+        spent = cpu_spent(cpu_before, cpu_by_process())
+        report |= {"cpu_s": spent, "cpu_ms_per_task": round(sum(spent.values()) * 1000 / args.n, 3)}
+    if args.latency_samples:
+        report |= asyncio.run(single_task_latency(base_url, args.latency_samples, args.api_key))
+    params = {"url": args.url, "auth": bool(args.api_key), "proxy": "haproxy" if args.haproxy else "serve",
+              "mode": "no-wait" if args.no_wait else "wait", "n": args.n,
               "batch": args.batch,
               "concurrency": args.concurrency, "processes": args.processes, "delay_ms": args.delay_ms,
               "priority": args.priority, "wait_s": wait_s, **pool}
@@ -418,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             reasoning = {k: v for k, v in (("workers", args.workers), ("slots", args.slots)) if v is not None}
             overrides: dict[str, Any] = {"limits": {"max_wait_s": max(args.wait, 60.0)}}
+            if args.haproxy:
+                overrides["http"] = {"proxy": "haproxy"}
             if reasoning:
                 overrides["pools"] = {"reasoning": reasoning}
             if args.auth:  # a quota the load stays within: measured is the cost of checking it
@@ -429,6 +478,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             with own_system(overrides, args.keep_logs) as (base_url, settings):
                 pool = settings.pools["reasoning"]
                 report = run(args, base_url, {"workers": pool.workers, "slots": pool.slots})
+        if args.vs_celery:
+            from celery_peer import run_celery
+
+            peer = run_celery(args.n, batch=args.batch, concurrency=args.concurrency,
+                              latency_samples=args.latency_samples)
+            report["celery"] = peer
+            report["ratio_vs_celery"] = round(report["tasks_per_s"] / peer["tasks_per_s"], 2) \
+                if report["tasks_per_s"] else None
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -85,7 +85,7 @@ def start_saga_coordinator(settings: Settings) -> Any:
 
 def build_app(settings: Settings) -> Any:
     """The Serve application: start the router and the saga coordinator, then bind the ingress."""
-    refused = unsafe_bind(settings.http.host, settings.auth)
+    refused = unsafe_bind(settings.http.host, settings.auth, settings.http.proxy)
     if refused is not None:
         raise ValueError(refused)
     settings = with_imported_tools(settings)

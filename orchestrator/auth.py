@@ -102,9 +102,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def unsafe_bind(host: str, settings: AuthSettings) -> str | None:
+def unsafe_bind(host: str, settings: AuthSettings, proxy: str = "serve") -> str | None:
     """Why serving on `host` must be refused (no keys, yet reachable from other machines), or None."""
-    if settings.keys or is_loopback(host):
+    if settings.keys or (is_loopback(host) and proxy != "haproxy"):
         return None
-    return (f"refusing to listen on {host!r} without API keys: anyone who can reach it could run tasks. "
-            "Configure auth.keys (`orchestrator keys create`), or listen on 127.0.0.1")
+    where = "every interface (the HAProxy ingress binds them all)" if proxy == "haproxy" else repr(host)
+    return (f"refusing to listen on {where} without API keys: anyone who can reach it could run tasks. "
+            "Configure auth.keys (`orchestrator keys create`), or listen on 127.0.0.1 with the Serve proxy")

@@ -73,7 +73,7 @@ def up(
     settings = _load_settings()
     host = settings.http.host if host is None else host
     port = settings.http.port if port is None else port
-    refused = auth.unsafe_bind(host, settings.auth)
+    refused = auth.unsafe_bind(host, settings.auth, settings.http.proxy)
     if refused is not None:
         raise CliError(f"orchestrator up: {refused}.")
     layout = _layout(settings)
@@ -355,6 +355,7 @@ def _serve_until_stopped(
     if address:
         # Ray 2.60 connects by address only with token auth announced before `import ray`.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.update(settings.http.ray_environment())  # read by Serve when imported; inherited by local Ray
     import ray
     from ray import serve
 

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError as SchemaError
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 from pydantic import ValidationError as ModelError
-from pydantic_core import to_jsonable_python
+from pydantic_core import to_json
 
 from orchestrator.auth import Principal
 from orchestrator.errors import ForbiddenError, InvalidParamsError, OrchestratorError
@@ -188,7 +188,7 @@ class Dispatcher:
             result = await entry.method.handler(params, ctx)
             if is_notification:
                 return None
-            return _dumps({"jsonrpc": "2.0", "id": request_id, "result": _jsonable(result)})
+            return '{"jsonrpc":"2.0","id":' + _dumps(request_id) + ',"result":' + _result_json(result) + "}"
         except Exception as exc:  # the edge: every failure becomes a wire error
             error = to_jsonrpc_error(exc)
             return None if is_notification else _error_reply(request_id, error)
@@ -331,15 +331,16 @@ def _validate(entry: _Entry, raw: dict[str, Any] | list[Any]) -> BaseModel:
     fields = _unrepresentable(raw, "params")
     if fields:  # before the schema: its messages would quote these values
         raise InvalidParamsError(fields)
-    for error in entry.validator.iter_errors(raw):
+    try:  # the model (strict) is at least as strict as the schema made from it: valid params pass it alone
+        return entry.method.params.model_validate_json(json.dumps(raw), strict=True)
+    except ModelError as exc:
+        model_errors = exc.errors()
+    for error in entry.validator.iter_errors(raw):  # the schema names the fields and says why
         for path, reason in _describe(error):
             fields.setdefault(path, reason)
-    if fields:
-        raise InvalidParamsError(fields)
-    try:
-        return entry.method.params.model_validate_json(json.dumps(raw), strict=True)
-    except ModelError as exc:  # what JSON Schema cannot say (formats, strict floats); pydantic's text stays here
-        raise InvalidParamsError({_path(e["loc"]): f"invalid ({e['type']})" for e in exc.errors()}) from None
+    if not fields:  # what JSON Schema cannot say (formats, strict floats); pydantic's text stays here
+        fields = {_path(e["loc"]): f"invalid ({e['type']})" for e in model_errors}
+    raise InvalidParamsError(fields)
 
 
 def _unrepresentable(value: Any, path: str) -> dict[str, str]:
@@ -411,10 +412,10 @@ def _path(parts: Iterable[str | int]) -> str:
     return ".".join(["params", *map(str, parts)])
 
 
-def _jsonable(result: Any) -> Any:
-    if isinstance(result, BaseModel):
-        return result.model_dump(mode="json")
-    return to_jsonable_python(result)  # lists or dicts of models, datetimes, enums
+def _result_json(result: Any) -> str:
+    """A result as JSON text: models, lists or dicts of them, datetimes, enums (pydantic's serializer, in Rust);
+    NaN and infinities, which JSON cannot hold, as null."""
+    return to_json(result, inf_nan_mode="null").decode()
 
 
 def _error_reply(request_id: Any, error: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 
 from orchestrator.adapters.artifact_store import ArtifactStore
@@ -95,6 +96,17 @@ def _validator(schema_json: str) -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+_checks: dict[int, tuple[Mapping[str, Any], Any]] = {}  # id(schema) → (the schema, kept alive; its fast check)
+
+
+def _valid(schema: Mapping[str, Any], value: Any) -> bool:
+    """The fast check (compiled, in Rust): only an invalid value pays for the field-named messages."""
+    cached = _checks.get(id(schema))
+    if cached is None or cached[0] is not schema:
+        cached = _checks[id(schema)] = (schema, jsonschema_rs.validator_for(dict(schema)))
+    return bool(cached[1].is_valid(value))
+
+
 def input_errors(settings: ToolSettings, value: Mapping[str, Any], path: str) -> dict[str, str]:
     """Why `value` does not fit the tool's input schema, by field path under `path`; empty when it does."""
     return schema_errors(input_schema(settings), value, path)
@@ -102,6 +114,8 @@ def input_errors(settings: ToolSettings, value: Mapping[str, Any], path: str) ->
 
 def schema_errors(schema: Mapping[str, Any], value: Any, path: str) -> dict[str, str]:
     """Why `value` does not fit `schema`, by field path under `path`; empty when it does."""
+    if _valid(schema, value):
+        return {}
     errors: dict[str, str] = {}
     for error in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value):
         where = ".".join([path, *(str(p) for p in error.absolute_path)])

@@ -479,8 +479,11 @@ async def test_results_are_serialized_as_json(rpc: Dispatcher) -> None:
     assert reply == ok([{"name": "a", "at": "2030-01-01T00:00:00Z"}], 1)
 
 
-async def test_unserializable_result_is_internal(rpc: Dispatcher) -> None:
-    assert await call(rpc, {"jsonrpc": "2.0", "method": "nan", "id": 1}) == err(-32603, "Internal error", id=1)
+async def test_a_number_json_cannot_hold_is_sent_as_null(rpc: Dispatcher) -> None:
+    """NaN is no JSON: a tool's NaN in a stored result must not make its task unreadable, nor the reply invalid."""
+    reply = await rpc.handle(b'{"jsonrpc": "2.0", "method": "nan", "id": 1}', CTX)
+    assert reply is not None and b"NaN" not in reply
+    assert json.loads(reply, parse_constant=lambda name: pytest.fail(f"{name} in a reply")) == ok(None, 1)
 
 
 async def test_lone_surrogates_in_replies_stay_valid_utf8(rpc: Dispatcher) -> None:
