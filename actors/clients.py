@@ -73,8 +73,8 @@ class ActorRouterClient:
         await self._call(await self._manager(), "pause", worker_type, paused)
 
     async def preempt_task(self, task_id: str) -> bool:
-        worker = await self._store.claim_victim(task_id, time.time())
-        return worker is not None and bool(await self._call(worker, "preempt", task_id))
+        claimed = await self._store.claim_victim(task_id, time.time())
+        return claimed is not None and bool(await self._call(claimed[0], "preempt", task_id))
 
     async def ready(self) -> bool:
         """A router manages the pools."""

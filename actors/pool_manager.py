@@ -43,7 +43,8 @@ class PoolManager:
         self._settings, self._store = settings, store
         self.members: dict[str, Member] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._preempting: dict[str, float] = {}  # victims told to stop (task id → when), not yet back in the queue
+        # victims told to stop: (task id, attempt) → when; their slots are about to free up
+        self._preempting: dict[tuple[str, int], float] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def start(self) -> None:
@@ -200,9 +201,10 @@ class PoolManager:
             free = sum(await asyncio.gather(*(self._free(m) for m in members))) + await self._stopping()
             victims = await self._store.victims(worker_type, sum(waiting.values()))
             for task_id in plan_preemptions(waiting, free, victims):
-                worker = await self._store.claim_victim(task_id, time.time())
-                if worker is not None:
-                    self._preempting[task_id] = time.monotonic()
+                claimed = await self._store.claim_victim(task_id, time.time())
+                if claimed is not None:
+                    worker, attempt = claimed
+                    self._preempting[(task_id, attempt)] = time.monotonic()
                     logger.info("preempting", extra={"victim": task_id, "worker": worker})
                     with contextlib.suppress(ValueError, RayActorError):
                         await ray.get_actor(worker, namespace=self._settings.namespace).preempt.remote(task_id)
@@ -213,11 +215,12 @@ class PoolManager:
     async def _stopping(self) -> int:
         """Victims told to stop whose slots are about to free up (so no second victim is picked for one task)."""
         now = time.monotonic()
-        recent = [t for t, since in self._preempting.items() if now - since < VICTIM_STOP_S]
-        running = [t for t, raw in zip(recent, await self._store.get_many(recent), strict=True)
-                   if raw is not None and json.loads(raw).get("s") == "running"]
-        self._preempting = {t: self._preempting[t] for t in running}
-        return len(running)
+        recent = [v for v, since in self._preempting.items() if now - since < VICTIM_STOP_S]
+        stopping = [(task_id, attempt) for (task_id, attempt), raw in
+                    zip(recent, await self._store.get_many([t for t, _ in recent]), strict=True)
+                    if raw is not None and _attempt_running(json.loads(raw), attempt)]
+        self._preempting = {v: self._preempting[v] for v in stopping}
+        return len(stopping)
 
     async def _free(self, member: Member) -> int:
         try:
@@ -225,6 +228,10 @@ class PoolManager:
                 return int(await member.handle.free.remote())
         except (RayActorError, TimeoutError):
             return 0
+
+
+def _attempt_running(stored: dict[str, Any], attempt: int) -> bool:
+    return stored.get("s") == "running" and stored.get("at") == attempt
 
 
 def _index(name: str) -> int:

@@ -500,10 +500,11 @@ class TaskStore:
                 held.append(Held(row["message_id"], "", 0, row["time_since_delivered"]))
         return held
 
-    async def claim_victim(self, task_id: str, now: float) -> str | None:
-        """Mark a running task as a preemption's victim (once); its worker, or None if it is not running."""
-        worker = await self._run("claim_victim", self._shard_of(task_id), now, {"task_id": task_id})
-        return None if worker is None else str(worker)
+    async def claim_victim(self, task_id: str, now: float) -> tuple[str, int] | None:
+        """Mark a running task as a preemption's victim (once); its worker and the attempt claimed, or None if it
+        is not running."""
+        claimed = await self._run("claim_victim", self._shard_of(task_id), now, {"task_id": task_id})
+        return None if claimed is None else (str(claimed[0]), int(claimed[1]))
 
     async def running(self) -> list[TaskRecord]:
         """Every running task, from every shard."""

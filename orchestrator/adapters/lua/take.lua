@@ -11,6 +11,11 @@
 -- ARGV: worker_type, count, worker, take_seq, max_attempts, max_preemptions, fixed_tools, restarting_tools, aging_ms, cap, dead_letter_code, parent_failed_code
 local takes = tag .. ':takes'
 if redis.call('HGET', takes, worker) == take_seq then return {{}, {}, 1} end
+-- The delivery stream and its group come first: XREADGROUP failing after the pops would strand the tasks
+-- (a script that errs keeps its writes). A stream never disappears once made, unless the data was lost.
+if redis.call('EXISTS', tag .. ':tasks') == 0 then
+  redis.call('XGROUP', 'CREATE', tag .. ':tasks', 'workers', '0', 'MKSTREAM')
+end
 redis.call('HSET', takes, worker, take_seq)
 aging_ms, count = tonumber(aging_ms), tonumber(count)
 local fixed = cjson.decode(fixed_tools)  -- tools that may not be preempted
