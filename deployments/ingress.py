@@ -25,7 +25,6 @@ from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.auth import METRICS, READ, Authenticator, Principal
 from orchestrator.errors import (
-    ActorUnavailableError,
     ForbiddenError,
     InvalidParamsError,
     OrchestratorError,
@@ -107,8 +106,8 @@ class RpcIngress:
         self._router = ActorRouterClient(settings, self._store)
         self._channels = Channels(self._store.redis)  # live task events, for SSE and MCP followers
         self._followers = asyncio.Semaphore(settings.limits.max_event_streams)
-        providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
-        self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, providers)
+        self._providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
+        self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, self._providers)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._service = service = TaskService(settings, self._store, self._waiter, self._router, time.time,
                                               self._stats)
@@ -213,18 +212,16 @@ class RpcIngress:
             self._caller(request, METRICS, "GET /metrics")
         except (UnauthenticatedError, ForbiddenError) as exc:
             return refusal(exc)
-        settings = self._settings
         try:
             overview = await self._router.overview()
-        except ActorUnavailableError:
-            overview = None  # the router is restarting: counters still answer
-        providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
-        circuits = {p: await self._gate.breaker_state(p) for p in providers}
+        except OrchestratorError:
+            overview = None  # unreadable now: the counters still answer
+        circuits = {p: await self._gate.breaker_state(p) for p in self._providers}
         text = metrics.render(metrics.families(await self._stats.totals(), overview, await self._store.counts(),
                                                circuits))
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/healthz", summary="Ready when Redis answers and the router is consuming")
+    @app.get("/healthz", summary="Ready when Redis answers and a router manages the pools")
     async def healthz(self) -> JSONResponse:
         checks = {"redis": False, "router": False}
         try:

@@ -391,7 +391,7 @@ class McpFace:
         """`run_task` with `wait`, reporting the task's events as progress while it waits.
 
         The dispatcher submits the task (`wait` left out, so it answers with the id at once); then we follow
-        the task's event stream until it finishes or the wait (capped like the dispatcher's) runs out, and
+        the task's events until it finishes or the wait (capped like the dispatcher's) runs out, and
         answer what `run_task` with `wait` answers: the finished record, else `{task_id, status, duplicate}`.
         """
         submitted = await self._call("run_task", {k: v for k, v in arguments.items() if k != "wait"}, principal)

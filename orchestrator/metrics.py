@@ -1,7 +1,7 @@
 """Prometheus exposition of the whole system, built at scrape time from what Redis and the router know.
 
 The counters live in Redis (every worker adds to them), so any ingress replica answers `/metrics`
-with cluster-wide totals; gauges come from the router's live overview.
+with cluster-wide totals; gauges come from the overview read from Redis.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _PHASES = {"e2e": "end_to_end", "wait": "queue_wait", "run": "run"}
 def families(totals: Mapping[str, int], overview: RouterOverview | None, counts: Mapping[str, int],
              circuits: Mapping[str, str]) -> list[Metric]:
     """Every metric family: task counters and latency histograms (from `totals`), pool and queue gauges
-    (from the router's `overview`, absent while it restarts), store gauges and provider states."""
+    (from the `overview`, absent if it could not be read), store gauges and provider states."""
     groups = _by_group(totals)
     found: list[Metric] = [*_task_counters(groups), *_histograms(groups), *_provider_metrics(groups, circuits)]
     store = GaugeMetricFamily("orchestrator_active_tasks", "Accepted tasks not yet finished (queued + running).")

@@ -53,6 +53,9 @@ class Attempt:
     saved: list[asyncio.Future[None]] = field(default_factory=list)  # checkpoints waiting to be durable
 
 
+Batched = tuple[Attempt, Settlement, list["asyncio.Future[None]"]]  # an attempt, its report, its checkpoints' futures
+
+
 class AttemptContext:
     """A tool's reports: progress is sent with the worker's next cycle; a checkpoint returns once durable."""
 
@@ -66,17 +69,10 @@ class AttemptContext:
         size = len(json.dumps(state))
         if size > self._max_checkpoint_bytes:
             raise ToolError(f"checkpoint of {size} bytes exceeds the limit of {self._max_checkpoint_bytes}")
-        await self._runner.report(self._attempt, progress=None if progress is None else dict(progress),
-                                  checkpoint=dict(state)).wait()
-
-
-class _Durable:
-    def __init__(self, future: asyncio.Future[None] | None) -> None:
-        self._future = future
-
-    async def wait(self) -> None:
-        if self._future is not None:
-            await self._future
+        stored = self._runner.report(self._attempt, progress=None if progress is None else dict(progress),
+                                     checkpoint=dict(state))
+        if stored is not None:
+            await stored
 
 
 class Runner:
@@ -115,9 +111,6 @@ class Runner:
 
     def free_slots(self) -> int:
         return 0 if self.paused or self.draining else max(0, self._slots - len(self._running))
-
-    def running_tasks(self) -> list[str]:
-        return list(self._running)
 
     def interrupt(self, task_id: str, why: TaskStatus) -> bool:
         """Cancel or preempt a running task's tool; True if it runs here. A cancel wins over a preemption."""
@@ -160,8 +153,10 @@ class Runner:
                 self._wake.set()
                 adopt = recovered
 
-    def report(self, attempt: Attempt, *, progress: Any = None, checkpoint: Any = None) -> _Durable:
-        """Queue a report of a running attempt for the next cycle."""
+    def report(self, attempt: Attempt, *, progress: Any = None,
+               checkpoint: Any = None) -> asyncio.Future[None] | None:
+        """Queue a report of a running attempt for the next cycle; with a checkpoint, a future done once it is
+        stored (failed with Superseded if the attempt is no longer current)."""
         pending = attempt.pending or Settlement(attempt.taken.task.task_id, attempt.taken.attempt)
         attempt.pending = pending
         if progress is not None:
@@ -173,31 +168,33 @@ class Runner:
             future = asyncio.get_running_loop().create_future()
             attempt.saved.append(future)
         self._wake.set()
-        return _Durable(future)
+        return future
 
     async def _cycle(self) -> None:
         """One round trip: settle what the attempts did since the last cycle, take tasks for the free slots."""
-        batches: dict[int, list[tuple[Attempt, Settlement]]] = defaultdict(list)
+        batches: dict[int, list[Batched]] = defaultdict(list)
         for attempt in [*self._running.values(), *self._settling.values()]:
             if attempt.pending is not None:
                 pending, attempt.pending = attempt.pending, None
                 pending.progress, attempt.progress = attempt.progress or None, []
-                batches[attempt.taken.shard].append((attempt, pending))
+                batches[attempt.taken.shard].append((attempt, pending, attempt.saved))
+                attempt.saved = []
         finished = {shard: self._finished.pop(shard, []) for shard in set(batches) | set(self._finished)}
         now = self._clock()
         free = self.free_slots()
         take = None
         if free > 0 and self._store.shards == 1:
             take = TakeRequest(0, self.worker_type, self.name, free, next(self._seq), self._policy)
-        settles = {shard: ([s for _a, s in batches.get(shard, [])], stats_arg(finished[shard], now))
+        settles = {shard: ([s for _a, s, _f in batches.get(shard, [])], stats_arg(finished[shard], now))
                    for shard in finished}
         try:
             replies, taken = await self._store.cycle(settles, take, now)
         except BaseException:
             for batch in batches.values():  # kept for the next try, merged with what came meanwhile
-                for attempt, pending in batch:
+                for attempt, pending, saved in batch:
                     attempt.progress[:0] = pending.progress or []
                     attempt.pending = _merge(pending, attempt.pending)
+                    attempt.saved[:0] = saved
             for shard, samples in finished.items():
                 self._finished[shard][:0] = samples
             raise
@@ -209,17 +206,15 @@ class Runner:
             await self._take(free)
         self._update_idle()
 
-    def _settled(self, batch: list[tuple[Attempt, Settlement]], replies: list[int]) -> None:
+    def _settled(self, batch: list[Batched], replies: list[int]) -> None:
         statuses: Counter[str] = Counter()
-        for (attempt, settlement), reply in zip(batch, replies, strict=True):
-            if settlement.checkpoint is not None or reply == 0:
-                saved, attempt.saved = attempt.saved, []
-                for future in saved:
-                    if not future.done():
-                        if reply:
-                            future.set_result(None)
-                        else:
-                            future.set_exception(Superseded())
+        for (attempt, settlement, saved), reply in zip(batch, replies, strict=True):
+            for future in saved:  # the checkpoints this settlement carried
+                if not future.done():
+                    if reply:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(Superseded())
             if settlement.outcome is not None:
                 self._settling.pop(settlement.task_id, None)
                 if reply:
