@@ -39,7 +39,6 @@ class RouterActor:
         self._store = TaskStore.from_settings(settings.redis)
         self._owned: dict[int, str] = {}  # shard → our lease value (`<name>:<fencing token>`)
         self._pools: PoolManager | None = None
-        self._pool_lease: str | None = None
         self._reachable_since = time.time()
         self._started = asyncio.Event()
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
@@ -128,7 +127,6 @@ class RouterActor:
             logger.info("managing the pools", extra={"router": self._name})
             self._pools = PoolManager(self._settings, self._store)
             await self._pools.start()
-        self._pool_lease = holder
 
     # --- the sweep --------------------------------------------------------------------------------
 

@@ -74,7 +74,8 @@ def test_queue_order_is_kept_in_redis_across_a_router_kill(redis_server: RedisSe
                                             "context": {"delay_ms": 60_000, "steps": 600}})["task_id"]
         wait_until(lambda: result(base, "get_task", {"task_id": blocker})["status"] == "running", 20, "blocker")
         priorities = [2, 8, 5, 0, 8, 3]
-        queued = [result(base, "run_task", {"tool": "serial", "prompt": f"p{p}", "priority": p})["task_id"]
+        queued = [result(base, "run_task", {"tool": "serial", "prompt": f"p{p}", "priority": p,  # 5 ms: starts apart
+                                            "context": {"delay_ms": 5}})["task_id"]
                   for p in priorities]
         os.kill(actor_pid(router_name(0), settings.namespace), signal.SIGKILL)
         result(base, "cancel_task", {"task_id": blocker})

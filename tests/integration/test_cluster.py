@@ -84,7 +84,8 @@ def test_priority_order_holds_on_the_cluster(system: Deployed) -> None:
                                         "context": {"delay_ms": 30_000, "steps": 300}})["task_id"]
     wait_until(lambda: result(base, "get_task", {"task_id": blocker})["status"] == "running", 30, "the blocker")
     priorities = [3, 8, 1, 6, 10, 0]
-    queued = [result(base, "run_task", {"tool": "serial", "prompt": f"p{p}", "priority": p})["task_id"]
+    queued = [result(base, "run_task", {"tool": "serial", "prompt": f"p{p}", "priority": p,  # 5 ms: starts apart
+                                        "context": {"delay_ms": 5}})["task_id"]
               for p in priorities]
     result(base, "cancel_task", {"task_id": blocker})
     records = sorted((finished(base, t, 60) for t in queued), key=lambda r: r["created_at"] + r["queue_wait_ms"] / 1000)

@@ -64,7 +64,8 @@ def test_queued_tasks_start_by_priority_then_age(system: Deployed) -> None:
     blocker = submit(base, "serial", "blocker", priority=9, delay_ms=60_000, steps=600)
     wait_running(base, blocker)
     priorities = [3, 7, 1, 7, 5, 9, 3, 0, 9, 5]
-    queued = [submit(base, "serial", f"p{p}-{i}", priority=p) for i, p in enumerate(priorities)]
+    # 5 ms each, so that one slot's starts are apart at the records' millisecond resolution
+    queued = [submit(base, "serial", f"p{p}-{i}", priority=p, delay_ms=5) for i, p in enumerate(priorities)]
     assert result(base, "status")["matrix"]["codegen"] == {"0": 1, "1": 1, "3": 2, "5": 2, "7": 2, "9": 2}
     result(base, "cancel_task", {"task_id": blocker})
     order = start_order(base, queued)
@@ -78,8 +79,8 @@ def test_tenants_share_a_priority_fairly(system: Deployed) -> None:
     base = system.base_url
     blocker = submit(base, "serial", "blocker", priority=9, delay_ms=60_000, steps=600)
     wait_running(base, blocker)
-    flood = [submit(base, "serial", f"a{i}", agent="alice") for i in range(6)]
-    polite = [submit(base, "serial", f"b{i}", agent="bob") for i in range(2)]
+    flood = [submit(base, "serial", f"a{i}", agent="alice", delay_ms=5) for i in range(6)]  # starts 5 ms apart
+    polite = [submit(base, "serial", f"b{i}", agent="bob", delay_ms=5) for i in range(2)]
     result(base, "cancel_task", {"task_id": blocker})
     agents = [r["agent"] for r in start_order(base, flood + polite)]
     assert agents[:4] == ["alice", "bob", "alice", "bob"], agents
@@ -97,7 +98,7 @@ def test_priority_10_preempts_the_lowest_and_the_victim_resumes(system: Deployed
     urgent_start = urgent["created_at"] + urgent["queue_wait_ms"] / 1000
     records = {t: finished(base, t, timeout_s=60) for t in low + waiting}
     assert all(records[t]["finished_at"] > urgent_start for t in low), "a low task finished before urgent started"
-    assert all(records[t]["created_at"] + records[t]["queue_wait_ms"] / 1000 > urgent_start for t in waiting)
+    assert all(records[t]["created_at"] + records[t]["queue_wait_ms"] / 1000 >= urgent_start for t in waiting)
     victims = [records[t] for t in low if records[t]["preemptions"]]
     assert [v["prompt"] for v in victims] == ["low0"], "exactly the lowest-priority task is preempted"
     victim = victims[0]
