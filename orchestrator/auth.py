@@ -16,7 +16,7 @@ from orchestrator.errors import UnauthenticatedError
 from orchestrator.settings import SCOPES, ApiKeySettings, AuthSettings, QuotaSettings
 
 KEY_PREFIX = "orch_"
-SUBMIT, READ, ADMIN, METRICS = SCOPES
+SUBMIT, READ, ADMIN, METRICS, URGENT = SCOPES
 _BEARER = "bearer "
 _LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 
@@ -54,6 +54,17 @@ def system(tenant: str | None) -> Principal:
 def quota_of(who: Principal, settings: AuthSettings) -> QuotaSettings | None:
     """The quota `who`'s submits are held to: its tenant's; None (not limited) for an admin or the system."""
     return None if who.admin or who.tenant is None else settings.quota_for(who.tenant)
+
+
+def max_priority(who: Principal, quota: QuotaSettings | None, threshold: int) -> int:
+    """The highest priority `who` may submit at: 10 with the `urgent` scope (admins have every scope), else the
+    tenant's `max_priority`, else just below the preemption threshold — so only those trusted with it can
+    preempt everyone else's work."""
+    if who.can(URGENT):
+        return 10
+    if quota is not None and quota.max_priority is not None:
+        return quota.max_priority
+    return threshold - 1
 
 
 def new_key() -> str:

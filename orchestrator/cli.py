@@ -304,7 +304,7 @@ def fake_llm(
 def keys_create(
     tenant: Annotated[str, typer.Option(help="the tenant the key acts for: it sees only this tenant's tasks")],
     scope: Annotated[list[str], typer.Option(help="repeat for several: submit, read, admin (everything), "
-                                                "metrics")],
+                                                "metrics, urgent (priorities that preempt)")],
     name: Annotated[str | None, typer.Option(help="the key's name in settings and audits (default: the tenant and "
                                              "a few characters of the hash)")] = None,
 ) -> None:

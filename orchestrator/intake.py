@@ -14,12 +14,20 @@ from orchestrator.tools import registry
 
 
 def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float,
-               tenant: str | None = None, shard: int = 0) -> tuple[TaskSpec, list[TaskSpec]]:
+               tenant: str | None = None, shard: int = 0, max_priority: int = 10) -> tuple[TaskSpec, list[TaskSpec]]:
     """The task to accept and its fanout children (all the tenant's, all in `shard`); raises InvalidParamsError
-    naming every offending field."""
+    naming every offending field.
+
+    Args:
+        max_priority: the highest priority the caller may use (see `auth.max_priority`).
+    """
     errors: dict[str, str] = {}
     if len(params.children) > settings.limits.max_children:
         errors["params.children"] = f"more than {settings.limits.max_children} children"
+    for where, priority in [("params", params.priority)] + [
+            (f"params.children.{i}", c.priority) for i, c in enumerate(params.children) if c.priority is not None]:
+        if priority > max_priority:
+            errors[f"{where}.priority"] = priority_refusal(priority, max_priority)
     task_id = new_task_id(shard)
     children: list[TaskSpec] = []
     for i, child in enumerate(params.children):
@@ -73,6 +81,11 @@ def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str
         return None
     return TaskSpec(tool=tool_name, worker_type=tool.worker_type, input=tool_input, context=dict(context),
                     v1=prompt is not None, created_at=now, **fields)
+
+
+def priority_refusal(priority: int, max_priority: int) -> str:
+    return (f"priority {priority} is above {max_priority}, the most this key may use: urgent priorities need the "
+            "`urgent` scope or the tenant's quota max_priority")
 
 
 def _check_size(errors: dict[str, str], value: Any, field: str, limit: int) -> None:

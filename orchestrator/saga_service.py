@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from orchestrator.adapters.saga_store import SagaStore
-from orchestrator.auth import Principal, quota_of
+from orchestrator.auth import Principal, max_priority, quota_of
 from orchestrator.errors import InvalidParamsError, SagaFinishedError, SagaNotFoundError
-from orchestrator.intake import json_size
+from orchestrator.intake import json_size, priority_refusal
 from orchestrator.models import CancelSagaResult, RunSagaParams, RunSagaResult
 from orchestrator.saga import SagaState, WorkflowDefinition
 from orchestrator.settings import QuotaSettings, Settings
@@ -27,6 +27,7 @@ class CoordinatorClient(Protocol):
 class SagaService:
     def __init__(self, settings: Settings, store: SagaStore, coordinator: CoordinatorClient) -> None:
         self._auth = settings.auth
+        self._threshold = settings.router.preempt_threshold
         self._workflows = settings.all_workflows()
         self._max_input_bytes = settings.limits.max_context_bytes
         self._store = store
@@ -41,9 +42,11 @@ class SagaService:
         errors = schema_errors(workflow.input_schema, params.input, "params.input")
         if json_size(params.input) > (limit := self._max_input_bytes):
             errors["params.input"] = f"larger than {limit} bytes"
+        quota = quota_of(who, self._auth)
+        if params.priority > (most := max_priority(who, quota, self._threshold)):  # its steps run at it
+            errors["params.priority"] = priority_refusal(params.priority, most)
         if errors:
             raise InvalidParamsError(errors)
-        quota = quota_of(who, self._auth)
         saga_id, duplicate = await self._coordinator.run_saga(
             params.workflow, params.input, params.priority, params.idempotency_key, params.agent, who.tenant, quota)
         status = (await self._store.load(saga_id)).status.value if duplicate else "running"

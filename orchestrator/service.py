@@ -12,7 +12,7 @@ from orchestrator.adapters.stats_store import StatsStore, finished_task, stats_a
 from orchestrator.adapters.task_store import Submission, TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
-from orchestrator.auth import Principal, quota_of
+from orchestrator.auth import Principal, max_priority, quota_of
 from orchestrator.errors import InvalidParamsError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.models import (
@@ -84,7 +84,8 @@ class TaskService:
         caller is an admin); with `wait`, answer with the record once finished."""
         quota = quota_of(who, self._settings.auth)
         shard = self._submitter.shard_for(who.tenant, params.idempotency_key, quota)
-        task, children = build_task(params, self._settings, self._clock(), who.tenant, shard)
+        limit = max_priority(who, quota, self._settings.router.preempt_threshold)
+        task, children = build_task(params, self._settings, self._clock(), who.tenant, shard, limit)
         limits = self._settings.limits
         submit = self._submitter.submit(Submission(task, children, quota))
         if not params.wait:

@@ -246,8 +246,8 @@ class LimitSettings(Upgradable):
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
 
 
-SCOPES = ("submit", "read", "admin", "metrics")
-Scope = Literal["submit", "read", "admin", "metrics"]
+SCOPES = ("submit", "read", "admin", "metrics", "urgent")
+Scope = Literal["submit", "read", "admin", "metrics", "urgent"]
 TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="a tenant's name")]
 
 
@@ -258,7 +258,8 @@ class ApiKeySettings(Upgradable):
 
     hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$", description="`orchestrator keys create` prints it")
     tenant: TenantName
-    scopes: list[Scope] = Field(min_length=1, description="submit, read, admin (everything), metrics")
+    scopes: list[Scope] = Field(min_length=1, description="submit, read, admin (everything), metrics, urgent "
+                                "(priorities at or above the preemption threshold)")
 
 
 class QuotaSettings(Upgradable):
@@ -270,6 +271,9 @@ class QuotaSettings(Upgradable):
                                          "included; beyond it run_task is refused")
     submits_per_s: float | None = Field(default=None, gt=0, description="run_task and run_saga calls per second")
     submit_burst: int = Field(default=10, ge=1, description="submits allowed back to back")
+    max_priority: int | None = Field(default=None, ge=0, le=10, description="the highest priority the tenant's "
+                                     "keys may use (may reach the preemption threshold); without it: below the "
+                                     "threshold, unless the key has the `urgent` scope")
 
 
 class AuthSettings(Upgradable):

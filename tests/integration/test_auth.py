@@ -32,11 +32,14 @@ KEYS = {  # name → (tenant, scopes); each gets a fresh key
     "scraper": ("ops", ["metrics"]),
     "tiny": ("tiny", ["submit", "read"]),
     "slow": ("slow", ["submit", "read"]),
+    "pager": ("alice", ["submit", "read", "urgent"]),
+    "trusted": ("trusted", ["submit", "read"]),
 }
 TOKENS = {name: new_key() for name in KEYS}
 WRONG = "orch_this-key-was-never-configured-0123456789"
 HELLO = {"name": "hello", "steps": [{"name": "greet", "tool": "echo", "input": {"prompt": "hi {{ input.who }}"}}]}
-QUOTAS = {"tiny": {"max_active_tasks": 2}, "slow": {"submits_per_s": 0.05, "submit_burst": 2}}
+QUOTAS = {"tiny": {"max_active_tasks": 2}, "slow": {"submits_per_s": 0.05, "submit_burst": 2},
+          "trusted": {"max_priority": 10}}
 ACCEPT = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
     "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}}
@@ -360,3 +363,15 @@ def test_submits_are_rate_limited_per_tenant_with_a_retry_hint(system: Deployed)
     again = ok(system, "slow", "run_task", echo("a", idempotency_key="slow-a"))
     assert again == {**first, "duplicate": True, "status": again["status"]}
     assert ok(system, "bob", "run_task", echo("bob is not slowed"))["status"] == "queued"
+
+
+def test_urgent_priorities_need_the_urgent_scope_or_the_tenants_max_priority(system: Deployed) -> None:
+    refused = error(system, "alice", "run_task", echo("now", priority=10))
+    assert refused["code"] == -32602 and "urgent" in refused["data"]["fields"]["params.priority"]
+    saga = error(system, "alice", "run_saga", {"workflow": "hello", "input": {}, "priority": 10})
+    assert set(saga["data"]["fields"]) == {"params.priority"}
+    child = echo("p", children=[{"tool": "echo", "input": {"prompt": "c"}, "priority": 10}])
+    assert set(error(system, "alice", "run_task", child)["data"]["fields"]) == {"params.children.0.priority"}
+    assert ok(system, "alice", "run_task", echo("soon", priority=9))["status"] == "queued"
+    for trusted in ("pager", "trusted", "ops"):  # the scope, the tenant's max_priority, an admin
+        assert ok(system, trusted, "run_task", echo("now", priority=10))["task_id"]

@@ -103,3 +103,17 @@ def test_quotas_come_from_the_tenant_else_the_default() -> None:
     assert settings.auth.quota_for("alice").max_active_tasks == 5
     assert settings.auth.quota_for("bob").max_active_tasks == 100
     assert settings.auth.quota_for("bob").submits_per_s is None
+
+
+def test_only_keys_trusted_with_it_submit_urgent_work() -> None:
+    from orchestrator.auth import Principal, max_priority
+    from orchestrator.settings import QuotaSettings
+
+    plain = Principal("k", "acme", frozenset({"submit"}))
+    urgent = Principal("k", "acme", frozenset({"submit", "urgent"}))
+    assert max_priority(plain, None, threshold=10) == 9
+    assert max_priority(plain, QuotaSettings(max_priority=10), threshold=10) == 10  # the tenant is trusted
+    assert max_priority(plain, QuotaSettings(max_priority=4), threshold=10) == 4  # and capped
+    assert max_priority(urgent, QuotaSettings(max_priority=4), threshold=10) == 10
+    assert max_priority(ANONYMOUS, None, threshold=10) == 10  # auth off: the operator
+    assert max_priority(plain, None, threshold=7) == 6

@@ -67,3 +67,13 @@ def test_sizes_are_counted_in_utf8_bytes_as_stored() -> None:
     with pytest.raises(InvalidParamsError) as caught:
         build_task(with_note(27), SETTINGS, 0)
     assert caught.value.fields == {"params.context": "larger than 64 bytes"}
+
+
+def test_a_priority_above_the_callers_limit_is_refused_naming_the_field() -> None:
+    params = RunTaskParams(tool="echo", prompt="x", priority=10,
+                           children=[ChildTask(tool="echo", prompt="c", priority=9), ChildTask(tool="echo", prompt="d")])
+    with pytest.raises(InvalidParamsError) as caught:
+        build_task(params, SETTINGS, now=1.0, max_priority=8)
+    assert set(caught.value.fields) == {"params.priority", "params.children.0.priority"}
+    assert "urgent" in caught.value.fields["params.priority"]
+    build_task(params, SETTINGS, now=1.0, max_priority=10)
