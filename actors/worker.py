@@ -78,7 +78,7 @@ class WorkerActor:
 
             mcp = McpConnections()
         gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
-        artifacts = ArtifactStore(self._store.redis, settings.redis.prefix)
+        artifacts = ArtifactStore(self._store.redis, settings.redis.prefix, settings.redis.artifact_retention_s)
         return ToolDeps(gate=gate, offload=RayOffload(), mcp=mcp, artifacts=artifacts)
 
     def _settled(self, statuses: Counter[str], busy: int) -> None:

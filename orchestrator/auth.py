@@ -34,6 +34,11 @@ class Principal:
         """An operator: may use every method and sees every tenant's tasks and sagas."""
         return ADMIN in self.scopes
 
+    @property
+    def internal(self) -> bool:
+        """The orchestrator itself (the saga coordinator running a tenant's steps and compensations)."""
+        return self.key_id == SYSTEM
+
     def can(self, scope: str) -> bool:
         return self.admin or scope in self.scopes
 
@@ -46,9 +51,12 @@ ANONYMOUS = Principal("anonymous", None, frozenset(SCOPES))
 """The caller when no keys are configured (auth off): the orchestrator only listens on loopback then."""
 
 
+SYSTEM = "system"
+
+
 def system(tenant: str | None) -> Principal:
     """The orchestrator acting on its own, e.g. the saga coordinator submitting a tenant's steps."""
-    return Principal("system", tenant, frozenset(SCOPES))
+    return Principal(SYSTEM, tenant, frozenset(SCOPES))
 
 
 def quota_of(who: Principal, settings: AuthSettings) -> QuotaSettings | None:

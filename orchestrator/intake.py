@@ -14,12 +14,15 @@ from orchestrator.tools import registry
 
 
 def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now: float,
-               tenant: str | None = None, shard: int = 0, max_priority: int = 10) -> tuple[TaskSpec, list[TaskSpec]]:
+               tenant: str | None = None, shard: int = 0, max_priority: int = 10,
+               operator: bool = True) -> tuple[TaskSpec, list[TaskSpec]]:
     """The task to accept and its fanout children (all the tenant's, all in `shard`); raises InvalidParamsError
     naming every offending field.
 
     Args:
         max_priority: the highest priority the caller may use (see `auth.max_priority`).
+        operator: the caller is an admin or the orchestrator itself (a saga's compensation): it may run what
+            only they may (an artifact's `restore`).
     """
     errors: dict[str, str] = {}
     if len(params.children) > settings.limits.max_children:
@@ -47,6 +50,11 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
         deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
         idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
     )
+    if not operator:
+        for where, spec in [("params", task), *((f"params.children.{i}", c) for i, c in enumerate(children))]:
+            if spec is not None and _operators_only(settings, spec):
+                errors[f"{where}.{'context' if spec.v1 else 'input'}.action"] = (
+                    "restore runs only as a saga's compensation or for an admin")
     if errors or task is None:
         raise InvalidParamsError(errors)
     return task, children
@@ -81,6 +89,11 @@ def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str
         return None
     return TaskSpec(tool=tool_name, worker_type=tool.worker_type, input=tool_input, context=dict(context),
                     v1=prompt is not None, created_at=now, **fields)
+
+
+def _operators_only(settings: Settings, task: TaskSpec) -> bool:
+    """An action no tenant may run on its own: an artifact's `restore` (it would undo a deploy)."""
+    return settings.tools[task.tool].kind == "artifact" and task.input.get("action") == "restore"
 
 
 def priority_refusal(priority: int, max_priority: int) -> str:

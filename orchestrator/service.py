@@ -85,7 +85,8 @@ class TaskService:
         quota = quota_of(who, self._settings.auth)
         shard = self._submitter.shard_for(who.tenant, params.idempotency_key, quota)
         limit = max_priority(who, quota, self._settings.router.preempt_threshold)
-        task, children = build_task(params, self._settings, self._clock(), who.tenant, shard, limit)
+        task, children = build_task(params, self._settings, self._clock(), who.tenant, shard, limit,
+                                    operator=who.admin or who.internal)
         limits = self._settings.limits
         submit = self._submitter.submit(Submission(task, children, quota))
         if not params.wait:

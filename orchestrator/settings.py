@@ -34,6 +34,8 @@ class RedisSettings(Upgradable):
     prefix: str = "orch"
     retention_s: int = Field(default=7 * 24 * 3600, ge=60, description="finished task records expire after this")
     idempotency_ttl_s: int = Field(default=24 * 3600, ge=1)
+    artifact_retention_s: int = Field(default=30 * 24 * 3600, ge=60, description="an artifact (every version) "
+                                      "expires this long after its last publish or restore")
     max_connections: int = Field(default=64, ge=2, description="per process; callers queue for a free one")
     max_checkpoint_bytes: int = Field(default=262_144, ge=64, description="a larger checkpoint is refused")
     pool_timeout_s: float = Field(default=20.0, gt=0, description="how long a caller waits for a free connection")

@@ -281,7 +281,7 @@ class Runner:
         if task.deadline is not None and self._clock() >= task.deadline:
             return _failed(ToolError("deadline passed before the task could start"))
         call = ToolCall(task_id=task.task_id, attempt=attempt.taken.attempt, input=task.input, context=task.context,
-                        deadline=task.deadline, checkpoint=attempt.taken.checkpoint)
+                        deadline=task.deadline, checkpoint=attempt.taken.checkpoint, tenant=task.tenant)
         ctx = AttemptContext(self, attempt, self._limits.max_checkpoint_bytes)
         try:
             timeout = None if task.deadline is None else task.deadline - self._clock()

@@ -247,10 +247,11 @@ class Keys:
 
     # --- artifacts: one tag per artifact ------------------------------------------------------------
 
-    def artifact(self, name: str) -> list[str]:
-        """An artifact's versions (hash: version → content), its live version and its publications (hash:
-        publication id → version, so a retried publish does not add a version)."""
-        base = f"{{{self.prefix}:a:{name}}}"
+    def artifact(self, name: str, tenant: str | None = None) -> list[str]:
+        """A tenant's artifact: its versions (hash: version → content), its live version and its publications
+        (hash: publication id → version, so a retried publish does not add a version). Tenants' artifacts of
+        one name are distinct (tenant names hold no ':')."""
+        base = f"{{{self.prefix}:a:{tenant or ''}:{name}}}"
         return [f"{base}:versions", f"{base}:live", f"{base}:published"]
 
     # --- the layout before shards (read once, to migrate) --------------------------------------------

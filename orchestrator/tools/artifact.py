@@ -39,11 +39,11 @@ class ArtifactTool(Tool):
             if "content" not in call.input:
                 raise ToolError("publish needs content")
             # Keyed by the task: a retried or resumed attempt of the same task publishes once.
-            version, previous = await self._store.publish(name, call.input["content"], call.task_id)
+            version, previous = await self._store.publish(name, call.input["content"], call.task_id, call.tenant)
             return {"artifact": name, "version": version, "previous_version": previous}
         if "version" not in call.input:
             raise ToolError("restore needs version (null restores 'no live version')")
         version = call.input["version"]
-        if not await self._store.restore(name, version):
+        if not await self._store.restore(name, version, call.tenant):
             raise ToolError(f"artifact {name!r} has no version {version}")
         return {"artifact": name, "live_version": version}

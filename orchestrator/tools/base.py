@@ -20,6 +20,7 @@ class ToolCall:
     context: Mapping[str, JsonValue] = field(default_factory=dict)
     deadline: float | None = None  # unix seconds
     checkpoint: Mapping[str, JsonValue] | None = None  # the latest one saved by an earlier attempt
+    tenant: str | None = None  # whose task it is (None: auth off): what a tool keeps, it keeps per tenant
 
 
 class ToolContext(Protocol):

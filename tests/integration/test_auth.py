@@ -16,6 +16,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
+from orchestrator.adapters.keys import Keys
 from orchestrator.auth import hash_key, new_key
 from tests import redis_view
 from tests.conftest import Deployed, deployed, make_settings
@@ -375,3 +376,26 @@ def test_urgent_priorities_need_the_urgent_scope_or_the_tenants_max_priority(sys
     assert ok(system, "alice", "run_task", echo("soon", priority=9))["status"] == "queued"
     for trusted in ("pager", "trusted", "ops"):  # the scope, the tenant's max_priority, an admin
         assert ok(system, trusted, "run_task", echo("now", priority=10))["task_id"]
+
+
+def test_artifacts_belong_to_their_tenant_and_only_operators_restore(system: Deployed) -> None:
+    def publish(key: str, content: str) -> Any:
+        record = ok(system, key, "run_task", {"tool": "artifacts", "wait": 30,
+                                               "input": {"action": "publish", "artifact": "site", "content": content}})
+        assert record["status"] == "succeeded", record
+        return record["result"]
+
+    assert publish("alice", "alice v1")["version"] == 1
+    assert publish("alice", "alice v2") == {"artifact": "site", "version": 2, "previous_version": 1}
+    assert publish("bob", "bob v1") == {"artifact": "site", "version": 1, "previous_version": None}  # bob's own
+    restore = {"tool": "artifacts", "input": {"action": "restore", "artifact": "site", "version": 1}}
+    refused = error(system, "alice", "run_task", restore)
+    assert refused["code"] == -32602 and "saga" in refused["data"]["fields"]["params.input.action"]
+    client = redis_view.client(system.settings)
+    try:
+        versions = Keys(system.settings.redis.prefix).artifact("site", "alice")[0]
+        assert 0 < client.ttl(versions) <= system.settings.redis.artifact_retention_s  # versions expire
+    finally:
+        client.close()
+    done = ok(system, "ops", "run_task", {**restore, "wait": 30})  # an admin may (its own tenant's artifact)
+    assert done["status"] == "failed" and "no version 1" in done["error"]["message"]
