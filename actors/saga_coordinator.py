@@ -1,19 +1,19 @@
 """Saga coordinator actor: drives every saga through `orchestrator.saga`, one asyncio task per saga.
 
-Sagas are admitted from a priority mailbox (at most `sagas.max_running` driven at once, highest
-priority first). Each step runs as an ordinary task, so it gets priorities, preemption, retries and
-recovery; the saga's state is persisted after every transition, and a restarted coordinator
-resumes every unfinished saga from it.
+Sagas are admitted in priority order (`saga.Admission`): at most `sagas.max_running` driven at once, and at
+most its tenant's quota `max_running_sagas` per tenant. Each step runs as an ordinary task of the saga's
+tenant (held to its `max_active_tasks`), so it gets priorities, preemption, retries and recovery; the saga's
+state is persisted after every transition, and a restarted coordinator resumes every unfinished saga from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import time
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,21 +22,28 @@ import ray
 from actors.clients import ActorRouterClient
 from orchestrator import auth, saga
 from orchestrator.adapters.saga_store import SagaStore
-from orchestrator.adapters.task_store import TaskStore
+from orchestrator.adapters.task_store import Submission, TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.errors import (
+    ActorUnavailableError,
     InvalidParamsError,
     QueueFullError,
+    QuotaExceededError,
     SagaFinishedError,
     StorageUnavailableError,
+    TaskNotCancellableError,
+    TaskNotFoundError,
 )
+from orchestrator.intake import build_task
 from orchestrator.models import RunTaskParamsV2, TaskRecord
 from orchestrator.service import TaskService
 from orchestrator.settings import QuotaSettings, Settings
+from orchestrator.submitter import Submitter
+from orchestrator.tasks import new_task_id, shard_of
 
 logger = logging.getLogger(__name__)
 
-RESUBMIT_DELAY_S = 1.0  # after a retryable refusal (queue full, Redis away)
+RESUBMIT_DELAY_S = 1.0  # after a retryable refusal (the tenant's quota, queue full, Redis away)
 WAIT_SLICE_S = 1.0  # how often a wait for a task looks at the saga's cancel flag
 
 
@@ -49,14 +56,14 @@ class SagaCoordinatorActor:
         self._sagas = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
         self._tasks = TaskService(settings, self._store, self._waiter, ActorRouterClient(settings, self._store), time.time)
+        self._submitter = Submitter(self._store, settings, time.time)
         self._clock = time.time
-        self._mailbox: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
-        self._seq = itertools.count()
-        self._running = asyncio.Semaphore(settings.sagas.max_running)
+        self._admission = saga.Admission(settings.sagas.max_running, self._running_limit)
+        self._admissible = asyncio.Event()  # a saga was queued or one stopped running
         self._drivers: dict[str, asyncio.Task[None]] = {}
         self._cancels: set[str] = set()
         self._started = asyncio.Event()
-        self._admission = asyncio.create_task(self._admit(), name="admission")
+        self._admitter = asyncio.create_task(self._admit(), name="admission")
         self._resumption = asyncio.create_task(self._resume(), name="resume")
 
     async def ready(self) -> bool:
@@ -70,32 +77,62 @@ class SagaCoordinatorActor:
                        idempotency_key: str | None, agent: str | None, tenant: str | None = None,
                        quota: QuotaSettings | None = None) -> tuple[str, bool]:
         """Persist a new saga of `tenant` (within its submit quota) and queue it by priority; (saga id, whether
-        the key named an earlier one)."""
+        the key named an earlier one).
+
+        Args:
+            quota: the one the caller is held to; None (an admin, or auth off): the saga is exempt from its
+                tenant's quotas, like the caller.
+        """
         definition = self._settings.all_workflows().get(workflow)
         if definition is None:
             known = ", ".join(sorted(self._settings.all_workflows()))
             raise InvalidParamsError({"params.workflow": f"unknown workflow {workflow[:128]!r}; known: {known}"})
-        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent, tenant)
+        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent, tenant,
+                              quota_exempt=quota is None)
         saga_id, duplicate = await self._sagas.create(state, idempotency_key, quota)
         if not duplicate:
-            await self._mailbox.put((-priority, next(self._seq), saga_id))
+            self._queue(state)
         return saga_id, duplicate
 
     async def cancel_saga(self, saga_id: str) -> None:
         """Ask a saga to stop: its running step is cancelled, then its completed steps compensated."""
-        state = await self._sagas.load(saga_id)
-        if state.status.finished:
-            raise SagaFinishedError(saga_id, state.status.value)
-        await self._sagas.request_cancel(saga_id)
+        if not await self._sagas.request_cancel(saga_id):  # settled already (atomically: no stale request left)
+            raise SagaFinishedError(saga_id, (await self._sagas.load(saga_id)).status.value)
         self._cancels.add(saga_id)
+        if self._admission.withdraw(saga_id):  # still waiting for room: it settles now (compensating what it did)
+            self._start(saga_id)
+
+    def _queue(self, state: saga.SagaState) -> None:
+        held = state.tenant if state.tenant is not None and not state.quota_exempt else None
+        self._admission.put(state.saga_id, state.priority, held)
+        self._admissible.set()
+
+    def _running_limit(self, tenant: str) -> int | None:
+        return self._settings.auth.quota_for(tenant).max_running_sagas
+
+    def _step_quota(self, state: saga.SagaState) -> QuotaSettings | None:
+        """What a saga's tasks are held to: its tenant's `max_active_tasks` (not the submit rate: `run_saga` was
+        counted against it once); None for an exempt saga."""
+        if state.tenant is None or state.quota_exempt:
+            return None
+        quota = self._settings.auth.quota_for(state.tenant)
+        return quota.model_copy(update={"submits_per_s": None}) if quota.submits_per_s else quota
+
+    def _new_task_id(self, state: saga.SagaState, command: saga.Submit, quota: QuotaSettings | None) -> str:
+        """An id for the attempt's task, in the shard a submit with its key goes to. An intent saved by a version
+        that learned ids from the submit (none saved) goes where that version sent it — its key's shard, the
+        tenant's quota aside — so the key still finds the task if it was accepted."""
+        step = next(s for s in state.steps if s.name == command.step)
+        attempts = step.compensation_attempts if command.compensation else step.attempts
+        earlier_intent = bool(attempts) and attempts[-1].key == command.key
+        return new_task_id(self._submitter.shard_for(state.tenant, command.key, None if earlier_intent else quota))
 
     async def _resume(self) -> None:
         """Queue every unfinished saga (after a restart: from its persisted state)."""
         while True:
             try:
                 for saga_id in await self._sagas.active():
-                    state = await self._sagas.load(saga_id)
-                    await self._mailbox.put((-state.priority, next(self._seq), saga_id))
+                    self._queue(await self._sagas.load(saga_id))
                 break
             except StorageUnavailableError:
                 await asyncio.sleep(RESUBMIT_DELAY_S)  # Redis away: try again
@@ -103,11 +140,13 @@ class SagaCoordinatorActor:
 
     async def _admit(self) -> None:
         while True:
-            *_, saga_id = await self._mailbox.get()
-            if saga_id in self._drivers:
-                continue
-            await self._running.acquire()
-            self._drivers[saga_id] = asyncio.create_task(self._drive_safely(saga_id), name=f"saga-{saga_id}")
+            await self._admissible.wait()
+            self._admissible.clear()
+            for saga_id in self._admission.admit():
+                self._start(saga_id)
+
+    def _start(self, saga_id: str) -> None:
+        self._drivers[saga_id] = asyncio.create_task(self._drive_safely(saga_id), name=f"saga-{saga_id}")
 
     async def _drive_safely(self, saga_id: str) -> None:
         try:
@@ -124,7 +163,8 @@ class SagaCoordinatorActor:
         finally:
             self._drivers.pop(saga_id, None)
             self._cancels.discard(saga_id)
-            self._running.release()
+            self._admission.finished(saga_id)
+            self._admissible.set()
 
     async def _drive(self, saga_id: str) -> None:
         state = await self._sagas.load(saga_id)
@@ -132,6 +172,8 @@ class SagaCoordinatorActor:
             if not state.cancel_requested and (saga_id in self._cancels or await self._sagas.cancel_requested(saga_id)):
                 state = saga.on_cancel_requested(state, self._clock())
                 await self._sagas.save(state)
+            if state.cancel_requested:  # also when only the durable request survived a restart: waits end early
+                self._cancels.add(saga_id)
             command = saga.next_command(state, self._clock())
             if command is None:
                 return
@@ -140,46 +182,88 @@ class SagaCoordinatorActor:
     async def _apply(self, state: saga.SagaState, command: saga.Command) -> saga.SagaState:
         now = self._clock()
         if isinstance(command, saga.Submit):
-            state = saga.on_submitting(state, command, now)
-            await self._sagas.save(state)
-            try:
-                task_id = await self._submit(state, command)
-            except InvalidParamsError as exc:  # the rendered input does not fit the tool: the step fails
-                fail = saga.Fail(command.step, command.compensation, f"invalid input for {command.tool}: {exc}")
-                return await self._failed_to_render(state, fail)
-            state = saga.on_submitted(state, command.step, command.compensation, task_id, self._clock())
-            await self._sagas.save(state)
-            return await self._finished(state, command.step, command.compensation, task_id, interruptible=True)
+            quota = self._step_quota(state)
+            task_id = command.task_id or self._new_task_id(state, command, quota)
+            state = saga.on_submitting(state, command, task_id, now)
+            await self._sagas.save(state)  # the intent, with the id: from here on the task is found by its id
+            return await self._submit(state, command, quota)
+        if isinstance(command, saga.Await):
+            return await self._finished(state, command.step, command.compensation, command.task_id,
+                                        interruptible=not command.compensation)
         if isinstance(command, saga.Cancel):
-            await self._tasks.cancel_task(command.task_id, auth.system(state.tenant))
+            try:
+                await self._tasks.cancel_task(command.task_id, auth.system(state.tenant))
+            except TaskNotCancellableError:
+                pass  # it finished as the cancel came: its outcome stands (a success is a step to compensate)
+            except TaskNotFoundError:
+                pass  # its record is gone: `_finished` records it as lost
+            except ActorUnavailableError:
+                pass  # its worker is unreachable: the cancel flag stands, the task stops at its next start
             return await self._finished(state, command.step, False, command.task_id, interruptible=False)
         if isinstance(command, saga.Fail):
             return await self._failed_to_render(state, command)
-        if isinstance(command, saga.Sleep):
-            await self._sleep_until(state.saga_id, command.until)
+        if isinstance(command, saga.Sleep):  # a backoff; a cancel cuts short only a step's (a compensation's stands)
+            await self._sleep_until(state.saga_id, command.until, interruptible=state.status is saga.SagaStatus.RUNNING)
             return state
         state = saga.on_settled(state, command.status, now)
         await self._sagas.save(state)
         logger.info("saga settled", extra={"saga_id": state.saga_id, "status": command.status.value})
         return state
 
-    async def _submit(self, state: saga.SagaState, command: saga.Submit) -> str:
-        """Submit the step's task by its idempotency key: a resubmission after a crash finds the same task."""
+    async def _submit(self, state: saga.SagaState, command: saga.Submit,
+                      quota: QuotaSettings | None) -> saga.SagaState:
+        """Submit the task of the intent just saved, under its saved id and key (a resubmission finds the task if
+        it was accepted), then wait for it. A refusal that passes (the tenant's quota, a full store) holds it:
+        tried again until accepted, or withdrawn if the saga is cancelled meanwhile (nothing was written)."""
+        current = saga.attempt_of(state, command.step, command.compensation)
+        assert current.task_id is not None
         deadline = None
         if command.timeout_s is not None:
             deadline = datetime.fromtimestamp(self._clock() + command.timeout_s, tz=UTC)
-        params = RunTaskParamsV2(tool=command.tool, input=command.input, priority=state.priority,
-                                 idempotency_key=command.key, agent=state.agent, deadline=deadline)
+        try:
+            params = RunTaskParamsV2(tool=command.tool, input=command.input, priority=state.priority,
+                                     idempotency_key=command.key, agent=state.agent, deadline=deadline)
+            # The orchestrator itself submits: any priority the saga was allowed, and operator-only actions (an
+            # artifact's restore as a compensation).
+            task, children = build_task(params, self._settings, self._clock(), state.tenant,
+                                        shard_of(current.task_id, self._store.shards) or 0, operator=True)
+        except InvalidParamsError as exc:  # the rendered input does not fit the tool: the step fails
+            fail = saga.Fail(command.step, command.compensation, f"invalid input for {command.tool}: {exc}")
+            return await self._failed_to_render(state, fail)
+        submission = Submission(replace(task, task_id=current.task_id), children, quota)
         while True:
             try:
-                return (await self._tasks.run_task(params, auth.system(state.tenant))).task_id
-            except (QueueFullError, StorageUnavailableError):
-                await asyncio.sleep(RESUBMIT_DELAY_S)  # retryable refusals: the step is not lost, only later
+                task_id, _ = await self._submitter.submit(submission)
+                break
+            except (QuotaExceededError, QueueFullError) as exc:  # refused: nothing was written
+                if not command.compensation and state.saga_id in self._cancels:
+                    state = saga.on_withdrawn(state, command.step, self._clock())
+                    await self._sagas.save(state)
+                    return state
+                if saga.attempt_of(state, command.step, command.compensation).status != saga.AttemptStatus.HELD:
+                    state = saga.on_held(state, command.step, command.compensation, str(exc), self._clock())
+                    await self._sagas.save(state)
+            except StorageUnavailableError:
+                pass  # maybe accepted: the same id finds it
+            await self._sleep_until(state.saga_id, self._clock() + RESUBMIT_DELAY_S,
+                                    interruptible=not command.compensation)
+        state = saga.on_submitted(state, command.step, command.compensation, task_id, self._clock())
+        await self._sagas.save(state)
+        return await self._finished(state, command.step, command.compensation, task_id,
+                                    interruptible=not command.compensation)
 
     async def _finished(self, state: saga.SagaState, step: str, compensation: bool, task_id: str, *,
                         interruptible: bool) -> saga.SagaState:
         """Wait for the task and record how it ended; returns early (unchanged) when the saga is cancelled."""
-        record = await self._wait(state.saga_id, task_id, interruptible)
+        try:
+            record = await self._wait(state.saga_id, task_id, interruptible)
+        except TaskNotFoundError:
+            logger.warning("saga task lost", extra={"saga_id": state.saga_id, "step": step, "task_id": task_id})
+            state = saga.on_task_lost(state, step, compensation, self._clock())
+            await self._sagas.save(state)
+            if compensation:
+                await self._sagas.dead_letter(state.saga_id, step, f"task {task_id} is gone", self._clock())
+            return state
         if record is None:
             return state
         error = None if record.error is None else record.error.message
@@ -212,6 +296,7 @@ class SagaCoordinatorActor:
                     return None
         return record
 
-    async def _sleep_until(self, saga_id: str, until: float) -> None:
-        while self._clock() < until and saga_id not in self._cancels:
+    async def _sleep_until(self, saga_id: str, until: float, *, interruptible: bool) -> None:
+        """Until `until`, or (`interruptible`) until the saga is cancelled."""
+        while self._clock() < until and not (interruptible and saga_id in self._cancels):
             await asyncio.sleep(min(WAIT_SLICE_S, until - self._clock()))  # a backoff, not synchronisation

@@ -3,15 +3,23 @@
 Pure: the coordinator actor loads a saga's state, asks `next_command` what to do, does it (submits
 a task, waits for one, sleeps), records the outcome with `on_*`, persists, and asks again. Because
 the next command is computed from the persisted state alone, a restarted coordinator resumes
-every saga where it stood, and every task it submits carries an idempotency key derived from the
-saga, the step and the attempt, so a step in flight is awaited, never started twice.
+every saga where it stood.
+
+A step (or compensation) in flight is never started twice: its task id is chosen and saved with the
+intent *before* the submit, so a restarted coordinator resubmits the intent under that same id (the
+task store answers with the task if it was accepted) and, once the submit is known to be accepted,
+follows the saved id — whatever became of the idempotency key (saga, step, attempt), which expires.
+`Admission` decides which waiting sagas run: priority order, within a global and a per-tenant limit.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import re
-from collections.abc import Collection, Mapping
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -187,15 +195,30 @@ class CompensationStatus(enum.StrEnum):
     FAILED = "failed"  # gave up after its retries: a dead letter
 
 
+class AttemptStatus(enum.StrEnum):
+    """Where an attempt's task stands before it finishes (then: the task's final status, or `lost`)."""
+
+    SUBMITTING = "submitting"  # the intent (key and task id) is saved; whether the task was accepted is unknown
+    HELD = "held"  # refused for the tenant's quota or a full store (nothing written): tried again until accepted
+    SUBMITTED = "submitted"  # accepted: followed by its task id
+    WITHDRAWN = "withdrawn"  # held when the saga was cancelled: never accepted, never run
+    LOST = "lost"  # accepted, but its record is gone (expired): its outcome is unknown
+
+
 class Attempt(BaseModel):
     """One task run for a step or a compensation."""
 
     key: str  # the task's idempotency key: saga, step, kind and attempt number
-    task_id: str | None = None
-    status: str = "submitted"
+    task_id: str | None = None  # chosen before the submit (sagas saved by older versions: learned from it)
+    status: str = AttemptStatus.SUBMITTED.value  # an AttemptStatus, or the task's final status
     error: str | None = None
     started_at: float
     finished_at: float | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """The task store accepted its task: it is followed by its id, never submitted again."""
+        return self.task_id is not None and self.status not in (AttemptStatus.SUBMITTING, AttemptStatus.HELD)
 
 
 class StepState(BaseModel):
@@ -220,6 +243,7 @@ class SagaState(BaseModel):
     priority: int
     agent: str | None = None
     tenant: str | None = None  # its API key's; the steps' tasks are the tenant's too
+    quota_exempt: bool = False  # started by an admin: not held to the tenant's quotas (its tasks still count)
     status: SagaStatus = SagaStatus.RUNNING
     error: str | None = None
     cancel_requested: bool = False
@@ -235,9 +259,10 @@ class SagaState(BaseModel):
 
 
 def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str, Any], priority: int,
-             now: float, agent: str | None = None, tenant: str | None = None) -> SagaState:
+             now: float, agent: str | None = None, tenant: str | None = None,
+             quota_exempt: bool = False) -> SagaState:
     return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
-                     priority=priority, agent=agent, tenant=tenant,
+                     priority=priority, agent=agent, tenant=tenant, quota_exempt=quota_exempt,
                      steps=[StepState(name=s.name) for s in definition.steps], created_at=now, updated_at=now)
 
 
@@ -246,7 +271,9 @@ def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str,
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Submit a task idempotently (by `key`: submitting it again finds the same task) and wait for it."""
+    """Save the intent, submit the task and wait for it. `task_id` None: a new attempt (choose its id);
+    else the saved intent of one whose acceptance is unknown — submitted again under the same id and key,
+    which finds the task if it was accepted."""
 
     step: str
     compensation: bool
@@ -254,11 +281,22 @@ class Submit:
     tool: str
     input: dict[str, Any]
     timeout_s: float | None
+    task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Await:
+    """Wait for the accepted task of a step or compensation in flight, by its saved id (never resubmitted)."""
+
+    step: str
+    compensation: bool
+    task_id: str
 
 
 @dataclass(frozen=True, slots=True)
 class Cancel:
-    """Cancel the running task of a step (the saga is being cancelled), then wait for it."""
+    """Cancel the running task of a step (the saga is being cancelled), then wait for it: if it finished
+    meanwhile, its outcome stands."""
 
     step: str
     task_id: str
@@ -286,7 +324,7 @@ class Settle:
     status: SagaStatus
 
 
-Command = Submit | Cancel | Fail | Sleep | Settle
+Command = Submit | Await | Cancel | Fail | Sleep | Settle
 
 
 def next_command(state: SagaState, now: float) -> Command | None:
@@ -304,14 +342,20 @@ def _forward(state: SagaState, now: float) -> Command:
             continue
         if step.status is StepStatus.RUNNING:
             current = step.attempts[-1]
-            if state.cancel_requested and current.task_id is not None:
-                return Cancel(step.name, current.task_id, current.key)
-            return _submit(state, step_def, step, False, current.key)  # in flight: find it again by its key
+            if current.accepted:
+                assert current.task_id is not None
+                if state.cancel_requested:
+                    return Cancel(step.name, current.task_id, current.key)
+                return Await(step.name, False, current.task_id)
+            # Saved before its submit, acceptance unknown: the same id (and key) finds the task if it exists.
+            return _submit(state, step_def, step, False, current.key, current.task_id)
         if state.cancel_requested:
             return Settle(SagaStatus.COMPENSATING)
         if step.retry_at is not None and now < step.retry_at:
             return Sleep(step.retry_at)
         return _submit(state, step_def, step, False, f"saga:{state.saga_id}:{step.name}:{len(step.attempts) + 1}")
+    if state.cancel_requested:  # the last step finished as the cancel came: it is undone like the others
+        return Settle(SagaStatus.COMPENSATING)
     return Settle(SagaStatus.SUCCEEDED)
 
 
@@ -319,7 +363,11 @@ def _backward(state: SagaState, now: float) -> Command:
     """Compensate completed steps, last first, one at a time."""
     for step_def, step in reversed(list(zip(state.definition.steps, state.steps, strict=True))):
         if step.compensation is CompensationStatus.RUNNING:
-            return _submit(state, step_def, step, True, step.compensation_attempts[-1].key)
+            current = step.compensation_attempts[-1]
+            if current.accepted:
+                assert current.task_id is not None
+                return Await(step.name, True, current.task_id)
+            return _submit(state, step_def, step, True, current.key, current.task_id)
         if step.compensation is CompensationStatus.PENDING:
             if step.retry_at is not None and now < step.retry_at:
                 return Sleep(step.retry_at)
@@ -330,26 +378,36 @@ def _backward(state: SagaState, now: float) -> Command:
     return Settle(SagaStatus.CANCELLED if state.cancel_requested else SagaStatus.FAILED)
 
 
-def _submit(state: SagaState, step_def: StepDefinition, step: StepState, compensation: bool, key: str) -> Command:
+def _submit(state: SagaState, step_def: StepDefinition, step: StepState, compensation: bool, key: str,
+            task_id: str | None = None) -> Command:
     call = step_def.compensation if compensation else step_def
     assert call is not None
     try:
         task_input = render(call.input, state.scope())
     except TemplateError as exc:
         return Fail(step.name, compensation, str(exc))
-    return Submit(step.name, compensation, key, call.tool, task_input, None if compensation else step_def.timeout_s)
+    return Submit(step.name, compensation, key, call.tool, task_input, None if compensation else step_def.timeout_s,
+                  task_id)
 
 
 # ---------------------------------------------------------------- transitions
 
 
-def on_submitting(state: SagaState, command: Submit, now: float) -> SagaState:
-    """Record the attempt before its task is submitted (so a crash in between resubmits the same key)."""
+def on_submitting(state: SagaState, command: Submit, task_id: str, now: float) -> SagaState:
+    """Record the attempt with its task's id before the task is submitted (a crash in between resubmits the
+    same id and key, which find the task if it was accepted).
+
+    Args:
+        task_id: the id to submit under, for a new attempt (a resubmitted intent keeps the one it saved).
+    """
     state = state.model_copy(deep=True)
     step = _step(state, command.step)
     attempts = step.compensation_attempts if command.compensation else step.attempts
     if not attempts or attempts[-1].key != command.key:
         attempts.append(Attempt(key=command.key, started_at=now))
+    current = attempts[-1]
+    current.task_id = current.task_id or task_id
+    current.status, current.error = AttemptStatus.SUBMITTING.value, None
     if command.compensation:
         step.compensation = CompensationStatus.RUNNING
     else:
@@ -360,11 +418,55 @@ def on_submitting(state: SagaState, command: Submit, now: float) -> SagaState:
     return state
 
 
+def on_held(state: SagaState, step_name: str, compensation: bool, reason: str, now: float) -> SagaState:
+    """The task was refused for a reason that passes (the tenant's quota, a full store): it waits, shown with why."""
+    state = state.model_copy(deep=True)
+    current = _attempts(_step(state, step_name), compensation)[-1]
+    current.status, current.error = AttemptStatus.HELD.value, reason
+    state.updated_at = now
+    return state
+
+
 def on_submitted(state: SagaState, step_name: str, compensation: bool, task_id: str, now: float) -> SagaState:
+    """The task was accepted (`task_id`: the saved one, or an older task its key found)."""
+    state = state.model_copy(deep=True)
+    current = _attempts(_step(state, step_name), compensation)[-1]
+    current.task_id, current.status, current.error = task_id, AttemptStatus.SUBMITTED.value, None
+    state.updated_at = now
+    return state
+
+
+def on_withdrawn(state: SagaState, step_name: str, now: float) -> SagaState:
+    """The saga was cancelled while its step's task was held (refused, so never written): the step is cancelled
+    without having run, and the completed steps are compensated."""
     state = state.model_copy(deep=True)
     step = _step(state, step_name)
-    (step.compensation_attempts if compensation else step.attempts)[-1].task_id = task_id
+    current = step.attempts[-1]
+    current.status, current.finished_at = AttemptStatus.WITHDRAWN.value, now
+    step.status, step.error, step.finished_at = StepStatus.CANCELLED, "cancelled before its task was accepted", now
+    state.cancel_requested, state.updated_at = True, now
+    _begin_compensation(state)
+    return state
+
+
+def on_task_lost(state: SagaState, step_name: str, compensation: bool, now: float) -> SagaState:
+    """An accepted task's record is gone (it expired, `redis.retention_s` after it finished): its outcome is
+    unknown, so it is not run again (that could repeat its effect) — the step fails, a compensation gives up."""
+    state = state.model_copy(deep=True)
+    step = _step(state, step_name)
+    current = _attempts(step, compensation)[-1]
+    error = f"task {current.task_id} is gone (expired?): its outcome is unknown"
+    current.status, current.error, current.finished_at = AttemptStatus.LOST.value, error, now
     state.updated_at = now
+    if compensation:
+        step.compensation, step.compensation_error = CompensationStatus.FAILED, error
+    elif state.cancel_requested:
+        step.status, step.error, step.finished_at = StepStatus.CANCELLED, error, now
+        _begin_compensation(state)
+    else:
+        step.status, step.error, step.finished_at = StepStatus.FAILED, error, now
+        state.error = f"step {step_name!r} failed: {error}"
+        _begin_compensation(state)
     return state
 
 
@@ -419,7 +521,7 @@ def on_failed_to_render(state: SagaState, command: Fail, now: float) -> SagaStat
     step = _step(state, command.step)
     state.updated_at = now
     attempts = step.compensation_attempts if command.compensation else step.attempts
-    if attempts and attempts[-1].task_id is None:  # it was about to be submitted, and was refused
+    if attempts and not attempts[-1].accepted and attempts[-1].finished_at is None:  # about to be submitted: refused
         attempts[-1].status, attempts[-1].error, attempts[-1].finished_at = "failed", command.error, now
     if command.compensation:
         step.compensation, step.compensation_error = CompensationStatus.FAILED, command.error
@@ -447,3 +549,99 @@ def on_cancel_requested(state: SagaState, now: float) -> SagaState:
 
 def _step(state: SagaState, name: str) -> StepState:
     return next(s for s in state.steps if s.name == name)
+
+
+def _attempts(step: StepState, compensation: bool) -> list[Attempt]:
+    return step.compensation_attempts if compensation else step.attempts
+
+
+def attempt_of(state: SagaState, step_name: str, compensation: bool) -> Attempt:
+    """The latest attempt of a step (or of its compensation)."""
+    return _attempts(_step(state, step_name), compensation)[-1]
+
+
+# ---------------------------------------------------------------- admission
+
+
+class Admission:
+    """Which waiting sagas run next: highest priority first, then first come; at most `max_running` in all and
+    each tenant's own limit at once. A tenant at its limit holds up only its own sagas.
+
+    Args:
+        limit_of: a tenant's limit of running sagas (None: none); read at each admission, so it may change.
+    """
+
+    def __init__(self, max_running: int, limit_of: Callable[[str], int | None]) -> None:
+        self._max_running = max_running
+        self._limit_of = limit_of
+        self._seq = itertools.count()
+        self._waiting: dict[str | None, list[tuple[int, int, str]]] = {}  # by tenant (None: not limited), a heap
+        self._queued: set[str] = set()
+        self._running: dict[str, str | None] = {}  # saga id → the tenant it counts against
+        self._per_tenant: Counter[str] = Counter()
+
+    def put(self, saga_id: str, priority: int, tenant: str | None) -> None:
+        """Queue a saga (once: again while it waits or runs is a no-op).
+
+        Args:
+            tenant: the tenant whose limit it counts against; None: none (no tenant, or started by an admin).
+        """
+        if saga_id in self._queued or saga_id in self._running:
+            return
+        heapq.heappush(self._waiting.setdefault(tenant, []), (-priority, next(self._seq), saga_id))
+        self._queued.add(saga_id)
+
+    def admit(self) -> list[str]:
+        """The sagas to start now, best first; each counts as running until `finished`."""
+        started: list[str] = []
+        while len(self._running) < self._max_running:
+            heads = [(queue[0], tenant) for tenant, queue in self._waiting.items() if self._has_room(tenant)]
+            if not heads:
+                break
+            _, tenant = min(heads, key=lambda head: head[0])
+            queue = self._waiting[tenant]
+            _, _, saga_id = heapq.heappop(queue)
+            if not queue:
+                del self._waiting[tenant]
+            self._queued.discard(saga_id)
+            self._running[saga_id] = tenant
+            if tenant is not None:
+                self._per_tenant[tenant] += 1
+            started.append(saga_id)
+        return started
+
+    def withdraw(self, saga_id: str) -> bool:
+        """Take a waiting saga out of the queue (it was cancelled: settling it must not wait for room); whether it
+        was waiting."""
+        if saga_id not in self._queued:
+            return False
+        self._queued.discard(saga_id)
+        for tenant, queue in list(self._waiting.items()):
+            kept = [entry for entry in queue if entry[2] != saga_id]
+            if len(kept) != len(queue):
+                heapq.heapify(kept)
+                if kept:
+                    self._waiting[tenant] = kept
+                else:
+                    del self._waiting[tenant]
+        return True
+
+    def finished(self, saga_id: str) -> None:
+        """A saga stopped running (settled, or its driver ended): its place goes to the next."""
+        if saga_id not in self._running:
+            return
+        tenant = self._running.pop(saga_id)
+        if tenant is not None:
+            self._per_tenant[tenant] -= 1
+            if not self._per_tenant[tenant]:
+                del self._per_tenant[tenant]
+
+    def waiting(self) -> int:
+        """How many sagas wait to be admitted."""
+        return len(self._queued)
+
+    def _has_room(self, tenant: str | None) -> bool:
+        if tenant is None:
+            return True
+        limit = self._limit_of(tenant)
+        return limit is None or self._per_tenant[tenant] < limit

@@ -216,6 +216,17 @@ def _default_tools() -> dict[str, ToolSettings]:
     }
 
 
+class SandboxSettings(Upgradable):
+    """How `sandbox.run` and `sandbox.test` isolate generated code (README: The code sandbox)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["auto", "bwrap", "unshare", "unsafe-plain"] = Field(
+        default="auto", description="auto: bwrap, else unshare, else refuse to run; unsafe-plain: no isolation "
+        "at all (network, the worker's files and processes reachable): only for code you trust")
+    bwrap: str = Field(default="bwrap", description="the bubblewrap binary: a name on PATH or a path")
+
+
 class SlaSettings(Upgradable):
     """The SLA policy actor: pools listed in `pools` are resized to their targets (others keep their size)."""
 
@@ -243,12 +254,20 @@ class LimitSettings(Upgradable):
     max_children: int = Field(default=16, ge=0, description="fanout children per task")
     max_wait_s: float = Field(default=60.0, ge=0)
     max_event_streams: int = Field(default=256, ge=1, description="SSE followers per ingress replica")
+    max_event_streams_per_tenant: int = Field(default=32, ge=1, description="SSE followers of one tenant, over "
+                                              "every replica")
+    max_event_stream_s: float = Field(default=3600.0, gt=0, description="an SSE stream ends after this (the "
+                                      "client resumes with Last-Event-ID)")
+    max_mcp_sessions_per_tenant: int = Field(default=64, ge=1, description="open MCP sessions of one tenant")
+    max_mcp_session_s: float = Field(default=86_400.0, gt=0, description="an MCP session ends after this, idle "
+                                     "or not")
     max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
+RESERVED_KEY_NAMES = frozenset({"system", "anonymous", "nobody"})  # the orchestrator's own callers, in audits
 Scope = Literal["submit", "read", "admin", "metrics", "urgent"]
 TenantName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$", description="a tenant's name")]
 
@@ -265,7 +284,7 @@ class ApiKeySettings(Upgradable):
 
 
 class QuotaSettings(Upgradable):
-    """What one tenant's keys may submit (admin keys and the saga coordinator are exempt)."""
+    """What one tenant's keys may submit (admin keys are exempt; a saga's steps are held to `max_active_tasks`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -276,21 +295,30 @@ class QuotaSettings(Upgradable):
     max_priority: int | None = Field(default=None, ge=0, le=10, description="the highest priority the tenant's "
                                      "keys may use (may reach the preemption threshold); without it: below the "
                                      "threshold, unless the key has the `urgent` scope")
+    max_running_sagas: int | None = Field(default=None, ge=1, description="sagas driven at once; more wait in the "
+                                          "coordinator's queue while other tenants' run (sagas.max_running: in all)")
 
 
 class AuthSettings(Upgradable):
-    """API keys; with none configured auth is off and the orchestrator serves loopback only."""
+    """API keys: these, and those created at runtime (kept in Redis). Auth is off only while neither exists
+    and `required` is false; the orchestrator then serves loopback only."""
 
     model_config = ConfigDict(extra="forbid")
 
     keys: dict[str, ApiKeySettings] = Field(default_factory=dict, description="by key name (shown in audits)")
     default_quota: QuotaSettings = QuotaSettings()
     quotas: dict[str, QuotaSettings] = Field(default_factory=dict, description="per tenant, instead of the default")
+    required: bool = Field(default=False, description="auth is on even with no key anywhere (everything is "
+                           "refused until `orchestrator keys create --redis-url` makes one): what serving other "
+                           "interfaces needs when no key is configured here")
 
     @model_validator(mode="after")
     def _hashes_are_unique(self) -> AuthSettings:
         names: dict[str, str] = {}
         for name, key in self.keys.items():
+            if name.lower() in RESERVED_KEY_NAMES:
+                raise ValueError(f"auth.keys.{name}: the name is reserved (it names the orchestrator's own callers "
+                                 "in audits); choose another")
             if key.hash in names:
                 raise ValueError(f"auth.keys.{names[key.hash]} and auth.keys.{name} have the same hash")
             names[key.hash] = name
@@ -338,6 +366,7 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     router: RouterSettings = RouterSettings()
     auth: AuthSettings = AuthSettings()
+    sandbox: SandboxSettings = SandboxSettings()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         fill_defaults(type(self), state)

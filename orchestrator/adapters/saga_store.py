@@ -75,9 +75,17 @@ class SagaStore:
             raise SagaNotFoundError(saga_id)
         return SagaState.model_validate_json(raw)
 
-    async def request_cancel(self, saga_id: str) -> None:
+    async def request_cancel(self, saga_id: str) -> bool:
+        """Record a cancel request durably (a restarted coordinator still sees it); False if the saga is not
+        running any more. Atomic with `save`: a saga that settles leaves no request behind."""
         with storage_errors():
-            await self._redis.sadd(self._keys.cancelled_sagas, saga_id)
+            async with self._redis.pipeline(transaction=True) as tx:
+                tx.sismember(self._keys.active_sagas, saga_id)
+                tx.sadd(self._keys.cancelled_sagas, saga_id)
+                active, _ = await tx.execute()
+            if not active:
+                await self._redis.srem(self._keys.cancelled_sagas, saga_id)
+        return bool(active)
 
     async def cancel_requested(self, saga_id: str) -> bool:
         with storage_errors():

@@ -1,5 +1,6 @@
 """Sagas through the whole system: steps as tasks, compensation of completed steps, coordinator crashes,
-cancellation, and the built-in code_pipeline against the fake provider returning real code."""
+cancellation, the built-in code_pipeline against the fake provider returning real code, and tenants' limits
+(steps held to the tenant's active tasks, running sagas per tenant)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import asyncio
 import os
 import signal
 import tempfile
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import ray
 
@@ -18,6 +22,7 @@ from deployments.fake_provider import FakeProviderConfig
 from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.task_store import redis_client
+from orchestrator.auth import hash_key, new_key
 from orchestrator.naming import SAGA_COORDINATOR_NAME
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
@@ -299,3 +304,136 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}
     assert [s["name"] for s in workflows["code_pipeline"]["steps"]][-1] == "deploy"
     assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail"}
+
+
+# ---------------------------------------------------------------- a tool that finishes when released
+
+
+async def gate(tool_input: dict[str, Any]) -> dict[str, Any]:
+    """A test tool (kind python): when `gated`, waits until released (`<dir>/<name>.go` exists); then logs the run
+    in `<dir>/runs.log`, one line per run — a step run twice shows twice."""
+    directory, name = Path(tool_input["dir"]), str(tool_input["name"])
+    deadline = time.monotonic() + 120
+    while tool_input.get("gated") and not (directory / f"{name}.go").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} was never released")
+        await asyncio.sleep(0.02)  # the work itself: busy until released (or cancelled)
+    with (directory / "runs.log").open("a") as log:  # O_APPEND: one whole line per write
+        log.write(f"{name}\n")
+    return {"name": name}
+
+
+GATE_TOOL = {"kind": "python", "function": f"{__name__}:gate"}
+
+
+def gated(name: str, gated: bool | str = True) -> dict[str, Any]:
+    """A gate tool call's input (in a workflow): its run is logged as `name`."""
+    return {"name": name, "dir": "{{ input.dir }}", "gated": gated}
+
+
+def release(directory: Path, name: str) -> None:
+    (directory / f"{name}.go").touch()
+
+
+def runs(directory: Path) -> Counter[str]:
+    log = directory / "runs.log"
+    return Counter(log.read_text().splitlines() if log.exists() else [])
+
+
+# ---------------------------------------------------------------- tenants
+
+
+TOKENS = {name: new_key() for name in ("alice", "bob", "tiny")}
+ONE_STEP = {"name": "one_step", "steps": [{"name": "work", "tool": "gate",
+                                            "input": gated("{{ input.name }}", "{{ input.gated }}")}]}
+
+
+@pytest.fixture(scope="module")
+def tenants(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    """Alice may run one saga at a time; tiny may have one unfinished task; bob is not limited."""
+    keys = {name: {"hash": hash_key(token), "tenant": name, "scopes": ["submit", "read"]}
+            for name, token in TOKENS.items()}
+    settings = make_settings(
+        redis_server.url, tools={"gate": GATE_TOOL}, workflows={"one_step": ONE_STEP},
+        auth={"keys": keys, "quotas": {"alice": {"max_running_sagas": 1}, "tiny": {"max_active_tasks": 1}}})
+    with deployed(settings, ray_session) as running:
+        yield running
+
+
+def as_tenant(system: Deployed, tenant: str, method: str, params: dict[str, Any]) -> Any:
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params}
+    reply = httpx.post(f"{system.base_url}/v2/rpc", json=body, headers={"authorization": f"Bearer {TOKENS[tenant]}"},
+                       timeout=60).json()
+    assert "error" not in reply, reply
+    return reply["result"]
+
+
+def start_one_step(system: Deployed, tenant: str, directory: Path, name: str, gated: bool) -> str:
+    started = as_tenant(system, tenant, "run_saga",
+                        {"workflow": "one_step", "input": {"name": name, "dir": str(directory), "gated": gated}})
+    return str(started["saga_id"])
+
+
+def tenant_saga(system: Deployed, tenant: str, saga_id: str) -> dict[str, Any]:
+    return dict(as_tenant(system, tenant, "get_saga", {"saga_id": saga_id}))
+
+
+def tenant_settled(system: Deployed, tenant: str, saga_id: str, timeout_s: float = 30) -> dict[str, Any]:
+    state: dict[str, Any] = {}
+
+    def finished() -> bool:
+        state.update(tenant_saga(system, tenant, saga_id))
+        return state["status"] in ("succeeded", "failed", "cancelled", "failed_compensation")
+
+    wait_until(finished, timeout_s, f"saga {saga_id} to settle")
+    return state
+
+
+def work_attempt(system: Deployed, tenant: str, saga_id: str, status: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The saga's step attempt, once it has `status`."""
+    found: dict[str, Any] = {}
+
+    def reached() -> bool:
+        attempts = tenant_saga(system, tenant, saga_id)["steps"][0]["attempts"]
+        found.update(attempts[-1] if attempts else {})
+        return found.get("status") == status
+
+    wait_until(reached, timeout_s, f"saga {saga_id}'s step to be {status}")
+    return found
+
+
+def test_a_tenant_beyond_its_running_sagas_waits_while_another_tenants_run(tenants: Deployed, tmp_path: Path) -> None:
+    first = start_one_step(tenants, "alice", tmp_path, "alice-1", gated=True)
+    work_attempt(tenants, "alice", first, "submitted")
+    second = start_one_step(tenants, "alice", tmp_path, "alice-2", gated=False)
+    bobs = start_one_step(tenants, "bob", tmp_path, "bob-1", gated=False)
+    assert tenant_settled(tenants, "bob", bobs)["status"] == "succeeded"
+    waiting = tenant_saga(tenants, "alice", second)  # queued before bob's, passed by it: not admitted
+    assert waiting["status"] == "running" and waiting["steps"][0]["attempts"] == []
+    dropped = start_one_step(tenants, "alice", tmp_path, "alice-3", gated=False)
+    as_tenant(tenants, "alice", "cancel_saga", {"saga_id": dropped})  # settles now, not once there is room
+    assert tenant_settled(tenants, "alice", dropped)["status"] == "cancelled"
+    assert tenant_saga(tenants, "alice", first)["status"] == "running"
+    release(tmp_path, "alice-1")
+    assert tenant_settled(tenants, "alice", first)["status"] == "succeeded"
+    assert tenant_settled(tenants, "alice", second)["status"] == "succeeded"
+    assert runs(tmp_path) == {"alice-1": 1, "alice-2": 1, "bob-1": 1}
+
+
+def test_saga_steps_count_against_their_tenants_active_tasks(tenants: Deployed, tmp_path: Path) -> None:
+    holder = start_one_step(tenants, "tiny", tmp_path, "tiny-1", gated=True)
+    work_attempt(tenants, "tiny", holder, "submitted")  # tiny's one unfinished task
+    waiting = start_one_step(tenants, "tiny", tmp_path, "tiny-2", gated=False)
+    withdrawn = start_one_step(tenants, "tiny", tmp_path, "tiny-3", gated=False)
+    held = work_attempt(tenants, "tiny", waiting, "held")
+    assert "tenant tiny has 1 unfinished tasks" in held["error"]
+    work_attempt(tenants, "tiny", withdrawn, "held")
+    as_tenant(tenants, "tiny", "cancel_saga", {"saga_id": withdrawn})
+    cancelled = tenant_settled(tenants, "tiny", withdrawn)
+    assert cancelled["status"] == "cancelled" and cancelled["steps"][0]["attempts"][-1]["status"] == "withdrawn"
+    release(tmp_path, "tiny-1")
+    done = tenant_settled(tenants, "tiny", waiting)
+    assert done["status"] == "succeeded"  # held, not failed: the same attempt ran once there was room
+    assert [(a["status"], a["task_id"]) for a in done["steps"][0]["attempts"]] == [("succeeded", held["task_id"])]
+    assert tenant_settled(tenants, "tiny", holder)["status"] == "succeeded"
+    assert runs(tmp_path) == {"tiny-1": 1, "tiny-2": 1}

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from orchestrator import saga
 from orchestrator.saga import (
+    Admission,
+    Await,
     Cancel,
     CompensationStatus,
     Fail,
@@ -42,9 +45,17 @@ def run_step(state: saga.SagaState, status: str, output: Any = None, error: str 
     """Submit what next_command asks for and finish its task with `status`."""
     command = saga.next_command(state, now)
     assert isinstance(command, Submit), command
-    state = saga.on_submitting(state, command, now)
+    state = saga.on_submitting(state, command, f"task-{command.key}", now)
     state = saga.on_submitted(state, command.step, command.compensation, f"task-{command.key}", now)
     return saga.on_task_finished(state, command.step, command.compensation, status, output, error, now)
+
+
+def submitted(state: saga.SagaState, now: float = 101.0) -> tuple[saga.SagaState, Submit]:
+    """Submit what next_command asks for; its task is accepted and still running."""
+    command = saga.next_command(state, now)
+    assert isinstance(command, Submit), command
+    state = saga.on_submitting(state, command, f"task-{command.key}", now)
+    return saga.on_submitted(state, command.step, command.compensation, f"task-{command.key}", now), command
 
 
 def test_definitions_name_what_cannot_run() -> None:
@@ -91,14 +102,36 @@ def test_success_runs_each_step_once_in_order_with_earlier_outputs() -> None:
     assert [len(s.attempts) for s in state.steps] == [1, 1, 1]
 
 
-def test_a_resumed_saga_resubmits_the_step_in_flight_by_the_same_key() -> None:
+def test_an_intent_saved_before_its_submit_is_resubmitted_under_the_same_id_and_key() -> None:
     state = start()
     command = saga.next_command(state, 101)
-    assert isinstance(command, Submit)
-    state = saga.on_submitting(state, command, 101)  # persisted, then the coordinator died
+    assert isinstance(command, Submit) and command.task_id is None  # a new attempt: the coordinator picks the id
+    state = saga.on_submitting(state, command, "0-chosen", 101)  # persisted, then the coordinator died
     again = saga.next_command(state, 200)
-    assert again == command  # same idempotency key: the task service answers with the same task
-    assert len(saga.on_submitting(state, again, 200).steps[0].attempts) == 1
+    assert again == replace(command, task_id="0-chosen")  # the store finds the task by its id if it was accepted
+    resubmitted = saga.on_submitting(state, again, "0-other", 200)
+    assert [(a.key, a.task_id, a.status) for a in resubmitted.steps[0].attempts] == [
+        ("saga:s1:a:1", "0-chosen", "submitting")]
+
+
+@pytest.mark.parametrize("compensation", [False, True])
+def test_an_accepted_task_in_flight_is_followed_by_its_saved_id_not_resubmitted(compensation: bool) -> None:
+    state = start()
+    if compensation:  # a completed, then b failed for good: a's compensation is in flight
+        state = run_step(state, "succeeded", {"text": "hi"})
+        state = run_step(run_step(state, "failed", error="x"), "failed", error="x", now=200)
+    state, command = submitted(state, now=300)
+    # The coordinator restarts a day later: the idempotency key has expired, the saved id has not.
+    assert saga.next_command(state, 300 + 86_400 * 2) == Await(command.step, compensation, f"task-{command.key}")
+
+
+def test_an_older_sagas_intent_without_an_id_gets_one_and_is_resubmitted_by_its_key() -> None:
+    state = start()
+    state.steps[0].status = StepStatus.RUNNING  # as versions before task ids were chosen saved an intent
+    state.steps[0].attempts = [saga.Attempt(key="saga:s1:a:1", started_at=100)]
+    command = saga.next_command(state, 101)
+    assert isinstance(command, Submit) and (command.key, command.task_id) == ("saga:s1:a:1", None)
+    assert saga.on_submitting(state, command, "0-new", 101).steps[0].attempts[0].task_id == "0-new"
 
 
 def test_failure_retries_then_compensates_only_completed_steps_in_reverse() -> None:
@@ -129,16 +162,104 @@ def test_a_failing_compensation_is_retried_then_given_up_on() -> None:
 
 
 def test_cancel_stops_the_running_step_then_compensates() -> None:
-    state = run_step(start(), "succeeded", {"text": "hi"})
-    command = saga.next_command(state, 101)
-    assert isinstance(command, Submit)
-    state = saga.on_submitted(saga.on_submitting(state, command, 101), "b", False, "task-b", 101)
+    state, _ = submitted(run_step(start(), "succeeded", {"text": "hi"}))
     state = saga.on_cancel_requested(state, 102)
-    assert saga.next_command(state, 102) == Cancel("b", "task-b", "saga:s1:b:1")
+    assert saga.next_command(state, 102) == Cancel("b", "task-saga:s1:b:1", "saga:s1:b:1")
     state = saga.on_task_finished(state, "b", False, "cancelled", None, "cancelled", 103)
     assert state.status is SagaStatus.COMPENSATING and state.steps[1].status is StepStatus.CANCELLED
     state = run_step(state, "succeeded", now=104)  # a's compensation
     assert saga.next_command(state, 105) == Settle(SagaStatus.CANCELLED)
+
+
+@pytest.mark.parametrize("last", [False, True])
+def test_a_step_that_finished_as_the_cancel_came_is_compensated_with_the_others(last: bool) -> None:
+    state = run_step(start(), "succeeded", {"text": "hi"})
+    if last:
+        state = run_step(state, "succeeded", {"text": "B"})
+    state, command = submitted(state)
+    state = saga.on_cancel_requested(state, 102)
+    assert saga.next_command(state, 102) == Cancel(command.step, f"task-{command.key}", command.key)
+    # cancel_task answered "not cancellable": the task had succeeded; its outcome stands.
+    state = saga.on_task_finished(state, command.step, False, "succeeded", {"text": "done"}, None, 103)
+    assert saga.next_command(state, 103) == Settle(SagaStatus.COMPENSATING)
+    state = saga.on_settled(state, SagaStatus.COMPENSATING, 103)
+    undone = []
+    while isinstance(command := saga.next_command(state, 104), Submit):
+        assert command.compensation
+        undone.append(command.step)
+        state = run_step(state, "succeeded", now=104)
+    assert undone == (["c", "a"] if last else ["a"])  # in reverse, each once (b has no compensation)
+    assert command == Settle(SagaStatus.CANCELLED)
+    assert saga.on_settled(state, SagaStatus.CANCELLED, 105).status.finished
+
+
+def test_a_step_held_for_its_tenants_quota_waits_and_is_withdrawn_if_the_saga_is_cancelled() -> None:
+    state = run_step(start(), "succeeded", {"text": "hi"})
+    command = saga.next_command(state, 101)
+    assert isinstance(command, Submit)
+    state = saga.on_submitting(state, command, "0-b", 101)
+    state = saga.on_held(state, "b", False, "quota exceeded: tenant t has 2 unfinished tasks, its limit", 102)
+    assert state.steps[1].attempts[-1].status == "held" and not state.steps[1].attempts[-1].accepted
+    assert saga.next_command(state, 103) == replace(command, task_id="0-b")  # after a restart: tried again
+    accepted = saga.on_submitted(state, "b", False, "0-b", 104).steps[1].attempts[-1]
+    assert (accepted.status, accepted.error, accepted.accepted) == ("submitted", None, True)
+    state = saga.on_withdrawn(state, "b", 105)  # cancelled while held: the task never existed
+    assert state.steps[1].status is StepStatus.CANCELLED and state.steps[1].attempts[-1].status == "withdrawn"
+    assert state.status is SagaStatus.COMPENSATING and state.cancel_requested
+    assert state.steps[0].compensation is CompensationStatus.PENDING
+
+
+@pytest.mark.parametrize("compensation", [False, True])
+def test_a_task_whose_record_is_gone_is_not_run_again(compensation: bool) -> None:
+    state = run_step(start(), "succeeded", {"text": "hi"})
+    if compensation:
+        state = run_step(run_step(state, "failed", error="x"), "failed", error="x", now=200)
+    state, command = submitted(state, now=300)
+    state = saga.on_task_lost(state, command.step, compensation, 301)
+    step = state.steps[0] if compensation else state.steps[1]
+    attempts = step.compensation_attempts if compensation else step.attempts
+    assert attempts[-1].status == "lost" and "is gone" in (attempts[-1].error or "")
+    if compensation:
+        assert step.compensation is CompensationStatus.FAILED
+        assert saga.next_command(state, 302) == Settle(SagaStatus.FAILED_COMPENSATION)
+    else:  # b would retry a plain failure; a lost one may have had its effect
+        assert step.status is StepStatus.FAILED and state.status is SagaStatus.COMPENSATING
+        assert isinstance(undo := saga.next_command(state, 302), Submit) and undo.compensation
+
+
+def test_admission_runs_the_best_first_within_the_global_and_each_tenants_limit() -> None:
+    limits = {"alice": 1}
+    admission = Admission(3, limits.get)
+    admission.put("a1", 5, "alice")
+    admission.put("a2", 9, "alice")
+    admission.put("b1", 1, "bob")
+    admission.put("x1", 0, None)  # no tenant (or an admin's): only the global limit
+    admission.put("a2", 9, "alice")  # queued twice: once
+    assert admission.admit() == ["a2", "b1", "x1"]  # a1 waits for alice's running saga; others pass it
+    assert admission.admit() == [] and admission.waiting() == 1
+    admission.finished("b1")
+    assert admission.admit() == []  # a place is free, but alice is at her limit
+    admission.put("b2", 0, "bob")
+    assert admission.admit() == ["b2"]
+    admission.finished("a2")
+    admission.finished("x1")
+    assert admission.admit() == ["a1"]
+    limits["alice"] = 2  # read at each admission
+    admission.put("a3", 0, "alice")
+    assert admission.admit() == ["a3"]
+
+
+def test_a_waiting_saga_withdrawn_leaves_the_queue_and_the_others_in_order() -> None:
+    admission = Admission(1, {}.get)
+    for saga_id, priority in (("run", 9), ("a", 5), ("b", 7), ("c", 1)):
+        admission.put(saga_id, priority, "acme")
+    assert admission.admit() == ["run"]
+    assert admission.withdraw("b") and not admission.withdraw("b") and not admission.withdraw("run")
+    assert admission.waiting() == 2
+    admission.finished("run")
+    assert admission.admit() == ["a"]
+    admission.finished("a")
+    assert admission.admit() == ["c"]
 
 
 def test_an_input_that_cannot_render_fails_the_step_without_a_task() -> None:
