@@ -1,7 +1,8 @@
 """The `sandbox.run` and `sandbox.test` python-kind tools: run an LLM's code, or its tests, in the sandbox.
 
 Both take raw code or an LLM answer with Markdown fenced blocks. A non-zero exit, a failing test or a
-limit hit is a `ToolError` with a short message (e.g. "sandbox: wall time limit (10s) exceeded").
+limit hit is a `ToolError` with a short message (e.g. "sandbox: wall time limit (10s) exceeded"); so is a
+worker where the sandbox cannot isolate the code (retryable: another worker may have one), naming why.
 """
 
 from __future__ import annotations
@@ -14,8 +15,15 @@ from collections.abc import Mapping
 from dataclasses import fields, replace
 from typing import cast
 
-from orchestrator.adapters.sandbox import SandboxLimits, SandboxResult, SandboxUnavailableError, run_python
+from orchestrator.adapters.sandbox import (
+    SandboxConfig,
+    SandboxLimits,
+    SandboxResult,
+    SandboxUnavailableError,
+    run_python,
+)
 from orchestrator.errors import ToolError
+from orchestrator.settings import SandboxSettings
 from orchestrator.tools.base import JsonValue
 
 logger = logging.getLogger(__name__)
@@ -24,6 +32,7 @@ MAX_LIMITS = SandboxLimits()  # a tool input may lower these, never raise them
 MAX_SOURCE_CHARS = 200_000
 MAX_STDIN_CHARS = 1_000_000
 _MESSAGE_CHARS = 300
+_UNAVAILABLE_CHARS = 500  # an unavailable sandbox's message names each backend's reason
 _PYTHON_LANGUAGES = {"python", "py", "python3", "py3"}
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\n]*)$")
 _SUMMARY_MARK = "@@orch-test-summary"
@@ -110,6 +119,15 @@ def sandbox_limits(requested: object) -> SandboxLimits:
         raise ToolError(f"limits: {exc}") from None
 
 
+_config = SandboxConfig()  # this process's; the worker sets it from settings.sandbox
+
+
+def configure(settings: SandboxSettings) -> None:
+    """Set how this process's sandbox tools run code: `settings.sandbox` (the backend, bubblewrap's path)."""
+    global _config
+    _config = SandboxConfig(backend=settings.backend, bwrap=settings.bwrap)
+
+
 def _text(tool_input: Mapping[str, JsonValue], key: str, required: bool = True, max_chars: int = MAX_SOURCE_CHARS
           ) -> str | None:
     value = tool_input.get(key)
@@ -122,9 +140,9 @@ def _text(tool_input: Mapping[str, JsonValue], key: str, required: bool = True, 
     return value
 
 
-def _short(text: str) -> str:
+def _short(text: str, limit: int = _MESSAGE_CHARS) -> str:
     text = " ".join(text.split())
-    return text if len(text) <= _MESSAGE_CHARS else text[: _MESSAGE_CHARS - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _last_line(text: str) -> str:
@@ -148,10 +166,11 @@ def _failure(result: SandboxResult, what: str = "") -> ToolError | None:
 async def _sandboxed(files: Mapping[str, str], entrypoint: list[str], limits: SandboxLimits,
                      stdin: str | None = None) -> SandboxResult:
     try:
-        return await run_python(files, entrypoint, limits, stdin=stdin)
+        return await run_python(files, entrypoint, limits, stdin=stdin, config=_config)
     except SandboxUnavailableError as exc:
-        logger.error("sandbox unavailable", extra={"reason": str(exc)})
-        raise ToolError(_short(str(exc)), retryable=True) from None  # another worker may have a sandbox
+        logger.error("sandbox unavailable", extra={"reason": str(exc), "backend": _config.backend})
+        # Retryable: another worker may have a sandbox.
+        raise ToolError(_short(str(exc), _UNAVAILABLE_CHARS), retryable=True) from None
 
 
 async def run_code(tool_input: dict[str, JsonValue]) -> dict[str, JsonValue]:
