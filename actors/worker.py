@@ -21,6 +21,7 @@ from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.task_store import TakePolicy, TaskStore
 from orchestrator.models import TaskStatus
 from orchestrator.settings import Settings
+from orchestrator.tools import code
 from orchestrator.tools.base import Tool
 from orchestrator.tools.registry import ToolDeps, build_tools
 from orchestrator.worker import Limits, Runner
@@ -41,6 +42,7 @@ class WorkerActor:
     def __init__(self, settings: Settings, name: str, worker_type: str) -> None:
         # Ray runs an async actor's __init__ inside its event loop, so the loops can start here.
         self._name, self._worker_type = name, worker_type
+        code.configure(settings.sandbox)  # before any sandbox tool runs
         self._store = TaskStore.from_settings(settings.redis)
         self._tools: dict[str, Tool] = build_tools(settings, worker_type, self._tool_deps(settings, worker_type))
         pool = settings.pools[worker_type]
@@ -49,7 +51,7 @@ class WorkerActor:
         policy = TakePolicy(
             max_attempts=router.max_attempts, max_preemptions=router.max_preemptions,
             aging_interval_s=router.aging_interval_s,
-            fixed_tools=frozenset(n for n, t in tools.items() if not t.preemptible),
+            fixed_tools=frozenset(n for n, t in tools.items() if not t.preemptible or not self._tools[n].preemptible),
             restarting_tools=frozenset(n for n, tool in self._tools.items() if not tool.resumable))
         self._slots = pool.slots
         self._heartbeat_s = router.heartbeat_interval_s

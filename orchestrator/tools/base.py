@@ -40,6 +40,9 @@ class Tool(abc.ABC):
     input_schema: ClassVar[Mapping[str, JsonValue]]
     # Whether a new attempt can continue from the latest checkpoint; otherwise it restarts from zero.
     resumable: ClassVar[bool] = False
+    # Whether a run can be stopped where it stands (preempted for urgent work); one that cannot is never
+    # picked as a victim.
+    preemptible: bool = True
 
     def __init__(self, name: str) -> None:
         self.name = name

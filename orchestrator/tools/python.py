@@ -107,14 +107,22 @@ class PythonTool(Tool):
             raise ValueError(f"python tool {name!r} needs function ('package.module:function')")
         self._fn = load_function(settings.function)
         self.schema = settings.input_schema or function_schema(self._fn)
+        # A thread cannot be stopped: a sync function is never preempted, and a cancel waits for it to return
+        # (so no retry ever runs beside it).
+        self.preemptible = inspect.iscoroutinefunction(self._fn)
 
     async def run(self, call: ToolCall, ctx: ToolContext) -> JsonValue:
-        """Await an async function; run a sync one in a thread (cancelling stops waiting, not the thread)."""
+        """Await an async function; run a sync one in a thread, to its end even when the task is cancelled."""
         tool_input = dict(call.input)
         try:
-            if inspect.iscoroutinefunction(self._fn):
+            if self.preemptible:
                 return await self._fn(tool_input)
-            return await asyncio.to_thread(self._fn, tool_input)
+            running = asyncio.get_running_loop().run_in_executor(None, self._fn, tool_input)
+            try:
+                return await asyncio.shield(running)
+            except asyncio.CancelledError:
+                await asyncio.wait([running])  # the attempt ends when the thread does
+                raise
         except OrchestratorError:
             raise  # ToolError from the function, or the task store failing: the worker handles it
         except Exception as exc:

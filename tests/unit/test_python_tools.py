@@ -58,6 +58,16 @@ def square(x: int) -> int:
     return x * x
 
 
+RELEASE = threading.Event()
+RUNNING = threading.Event()
+
+
+def held(tool_input: dict[str, Any]) -> str:
+    RUNNING.set()
+    RELEASE.wait(30)  # until the test lets it finish
+    return "done"
+
+
 def seen_input(tool_input: dict[str, Any]) -> dict[str, Any]:
     return {"got": tool_input}
 
@@ -345,3 +355,19 @@ def test_autotune_input_schema_is_valid_draft_2020_12() -> None:
     assert not validator.is_valid({"model": "svc", "dataset": "mnist"})
     assert not validator.is_valid({"model": "svc", "dataset": "iris", "search": {"C": []}})
     assert not validator.is_valid({"model": "svc"})
+
+
+async def test_a_sync_function_is_never_preempted_and_a_cancel_waits_for_its_thread() -> None:
+    """A thread cannot be stopped: its attempt ends when it does, so no retry ever runs beside it."""
+    tool = PythonTool("held", settings(f"{HERE}:held"))
+    assert tool.preemptible is False and PythonTool("a", settings(f"{HERE}:async_double")).preemptible is True
+    RUNNING.clear()
+    RELEASE.clear()
+    run = asyncio.create_task(tool.run(call({}), RecordingContext()))
+    await asyncio.to_thread(RUNNING.wait, 10)
+    run.cancel()
+    await asyncio.sleep(0.05)  # a cancel that did not wait would have ended the task by now
+    assert not run.done()
+    RELEASE.set()
+    with pytest.raises(asyncio.CancelledError):
+        await run
