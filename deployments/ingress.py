@@ -2,9 +2,12 @@
 
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,14 +17,16 @@ from fastapi.security import HTTPBearer
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
-from deployments.http_auth import caller, refusal
+from deployments.http_auth import NOT_IN, caller, refusal
 from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
 from orchestrator.adapters.channels import Channels
+from orchestrator.adapters.key_store import KeyRing, KeyStore
 from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.stats_store import StatsStore
 from orchestrator.adapters.task_store import TaskStore
+from orchestrator.adapters.tenant_slots import TenantSlots
 from orchestrator.adapters.waiter import CompletionWaiter
 from orchestrator.auth import METRICS, READ, Authenticator, Principal
 from orchestrator.errors import (
@@ -29,15 +34,17 @@ from orchestrator.errors import (
     InvalidParamsError,
     OrchestratorError,
     QueueFullError,
+    QuotaExceededError,
     TaskNotFoundError,
-    UnauthenticatedError,
 )
 from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
+from orchestrator.key_service import KeyService
 from orchestrator.saga_service import SagaService
 from orchestrator.settings import Settings
 from orchestrator.tools import registry
 
 logger = logging.getLogger(__name__)
+STREAMS = "max_event_streams"  # the kind of slot an event stream holds (the quota a refusal names)
 
 app = FastAPI(
     title="MCP Orchestrator",
@@ -100,12 +107,16 @@ class RpcIngress:
         from orchestrator.service import TaskService
 
         self._settings = settings
-        self._auth = Authenticator(settings.auth)
         self._store = TaskStore.from_settings(settings.redis)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
         self._router = ActorRouterClient(settings, self._store)
         self._channels = Channels(self._store.redis)  # live task events, for SSE and MCP followers
+        # The settings' keys and the runtime ones (Redis), kept fresh by pub/sub and a version check.
+        key_store = KeyStore(self._store.redis, settings.redis.prefix)
+        self._auth = KeyRing(Authenticator(settings.auth), key_store, self._channels)
+        self._key_store = key_store
         self._followers = asyncio.Semaphore(settings.limits.max_event_streams)
+        self._slots = TenantSlots(self._store.redis, settings.redis.prefix)
         self._providers = sorted({settings.provider_of(n) for n, t in settings.tools.items() if t.kind == "openai"})
         self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, self._providers)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
@@ -115,7 +126,8 @@ class RpcIngress:
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
-        methods = {version: api.methods(service, version, sagas) for version in (1, 2)}
+        keys = KeyService(settings.auth, key_store, self._store.audit, time.time)
+        methods = {version: api.methods(service, version, sagas, keys) for version in (1, 2)}
         self._dispatchers = {
             version: Dispatcher(methods[version], max_batch=limits.max_batch, version=str(version),
                                 extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})
@@ -123,13 +135,17 @@ class RpcIngress:
         }
         # The MCP tools are the v2 methods, answered by the v2 dispatcher.
         self._mcp = McpFace(settings, methods[2], self._mcp_rpc, self._store, self._channels,
-                            SessionRegistry(self._store.redis, redis.prefix), self._auth, version=app.version)
+                            SessionRegistry(self._store.redis, redis.prefix, per_tenant=limits.max_mcp_sessions_per_tenant,
+                                            max_s=limits.max_mcp_session_s), self._auth, version=app.version)
 
     def __del__(self) -> None:
-        # Serve calls this when it stops the replica; the MCP face owns a background task.
+        # Serve calls this when it stops the replica; the MCP face and the key ring own background tasks.
         face = getattr(self, "_mcp", None)
         if face is not None:
             face.close()
+        ring = getattr(self, "_auth", None)
+        if ring is not None:
+            ring.close()
 
     @app.post("/v1/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, API v1 (all methods)")
     async def rpc_v1(self, request: Request) -> Response:
@@ -168,29 +184,42 @@ class RpcIngress:
              summary="Server-Sent Events: the task's history, then live, to the end")
     async def task_events(self, task_id: str, request: Request) -> Response:
         try:
-            principal = self._caller(request, READ, "task events")
-        except (UnauthenticatedError, ForbiddenError) as exc:
+            principal = await self._caller(request, READ, "task events")
+        except (*NOT_IN, ForbiddenError) as exc:
             return refusal(exc)
         try:
             after = events.check_event_id(request.headers.get("last-event-id"))
             if len(task_id) > 64:
                 raise TaskNotFoundError(task_id[:64])
             await self._service.get_task(task_id, principal)  # another tenant's task is not found either
+            limits = self._settings.limits
             if self._followers.locked():
-                raise QueueFullError(self._settings.limits.max_event_streams, self._settings.limits.max_event_streams,
-                                     self._settings.limits.queue_full_retry_after_s)
-            frames = self._frames(task_id, after)
+                raise QueueFullError(limits.max_event_streams, limits.max_event_streams, limits.queue_full_retry_after_s)
+            follower = uuid.uuid4().hex
+            await self._slots.take(STREAMS, principal.tenant, follower, limits.max_event_streams_per_tenant,
+                                   limits.max_event_stream_s)
+            frames = self._frames(task_id, after, principal.tenant, follower)
             first = await anext(frames)  # surfaces a store failure as a JSON error, not a broken stream
+        except QuotaExceededError as exc:  # the tenant holds all the streams it may: others are still served
+            return JSONResponse({"jsonrpc": "2.0", "id": None, "error": to_jsonrpc_error(exc)}, status_code=429,
+                                headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
         except (OrchestratorError, InvalidParamsError) as exc:
             status = 404 if isinstance(exc, TaskNotFoundError) else 503 if getattr(exc, "retryable", False) else 400
             return JSONResponse({"error": to_jsonrpc_error(exc)}, status_code=status)
         return StreamingResponse(_prepend(first, frames), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    async def _frames(self, task_id: str, after: int) -> AsyncIterator[str]:
-        async with self._followers:
-            async for event in events.follow(self._store, self._channels, task_id, after):
-                yield events.sse_frame(event)
+    async def _frames(self, task_id: str, after: int, tenant: str | None, follower: str) -> AsyncIterator[str]:
+        """The stream's frames, within the replica's and the tenant's limits; it ends after max_event_stream_s
+        (the client resumes with Last-Event-ID), and its slot is given back however it ends."""
+        try:
+            async with self._followers:
+                async for event in events.follow(self._store, self._channels, task_id, after,
+                                                 for_s=self._settings.limits.max_event_stream_s):
+                    yield events.sse_frame(event)
+        finally:
+            with contextlib.suppress(OrchestratorError):
+                await self._slots.release(STREAMS, tenant, follower)
 
     @app.post("/mcp", dependencies=_KEYED,
               summary="MCP (Streamable HTTP): the API's methods as MCP tools; one JSON-RPC message")
@@ -209,16 +238,20 @@ class RpcIngress:
              summary="Prometheus metrics of the whole system (text exposition format); needs scope `metrics`")
     async def prometheus_metrics(self, request: Request) -> Response:
         try:
-            self._caller(request, METRICS, "GET /metrics")
-        except (UnauthenticatedError, ForbiddenError) as exc:
+            await self._caller(request, METRICS, "GET /metrics")
+        except (*NOT_IN, ForbiddenError) as exc:
             return refusal(exc)
         try:
             overview = await self._router.overview()
         except OrchestratorError:
             overview = None  # unreadable now: the counters still answer
         circuits = {p: await self._gate.breaker_state(p) for p in self._providers}
+        try:
+            failures: dict[str, int] | None = await self._key_store.failures()
+        except OrchestratorError:
+            failures = None
         text = metrics.render(metrics.families(await self._stats.totals(), overview, await self._store.counts(),
-                                               circuits))
+                                               circuits, failures))
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", summary="Ready when Redis answers and a router manages the pools")
@@ -236,9 +269,9 @@ class RpcIngress:
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
 
-    def _caller(self, request: Request, scope: str, what: str) -> Principal:
-        """The request's caller, if it may do `what` (which needs `scope`); raises Unauthenticated/ForbiddenError."""
-        principal = caller(self._auth, request.headers)
+    async def _caller(self, request: Request, scope: str, what: str) -> Principal:
+        """The request's caller, if it may do `what` (which needs `scope`); raises one of NOT_IN or ForbiddenError."""
+        principal = await caller(self._auth, request.headers)
         if not principal.can(scope):
             raise ForbiddenError(what, scope)
         return principal
@@ -249,8 +282,8 @@ class RpcIngress:
 
     async def _rpc(self, request: Request, version: int, method: str | None = None) -> Response:
         try:  # before the body is read: nothing of an unauthenticated request is looked at
-            principal = caller(self._auth, request.headers)
-        except UnauthenticatedError as exc:
+            principal = await caller(self._auth, request.headers)
+        except NOT_IN as exc:
             return refusal(exc)
         body = await _read_limited(request, self._settings.limits.max_body_bytes)
         if body is None:

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -34,13 +35,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from deployments.http_auth import caller, refusal
+from deployments.http_auth import NOT_IN, caller, refusal
 from orchestrator import events
 from orchestrator.adapters.channels import Channels
+from orchestrator.adapters.key_store import KeyRing
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import TaskStore, storage_errors
-from orchestrator.auth import Authenticator, Principal
-from orchestrator.errors import OrchestratorError, UnauthenticatedError
+from orchestrator.adapters.tenant_slots import TenantSlots
+from orchestrator.auth import Principal
+from orchestrator.errors import OrchestratorError, QuotaExceededError
 from orchestrator.jsonrpc import Method, to_jsonrpc_error
 from orchestrator.models import FINISHED, RunTaskResult, WaitSeconds
 from orchestrator.settings import Settings
@@ -55,6 +58,7 @@ TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga
 
 READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows"})
 SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
+SESSIONS = "max_mcp_sessions"  # the kind of slot a session holds (the quota a refusal names)
 MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output
 _PRINCIPAL = "orchestrator.principal"  # where a request's caller is kept in its ASGI scope
 _NOBODY = Principal("nobody", None, frozenset())  # a request that did not come through __call__ may do nothing
@@ -183,19 +187,23 @@ def transport_security(host: str) -> TransportSecuritySettings:
 
 
 class SessionRegistry:
-    """MCP sessions in Redis (id → negotiated protocol version and the key that opened it), shared by every
-    replica; idle ones expire."""
+    """MCP sessions in Redis (id → negotiated protocol version, the key that opened it, when), shared by every
+    replica; idle ones expire, every one ends after `max_s`, and a tenant holds at most `per_tenant` at once."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, idle_s: int = SESSION_IDLE_S) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, idle_s: int = SESSION_IDLE_S, *,
+                 per_tenant: int = 64, max_s: float = 86_400.0) -> None:
         self._redis, self._keys, self._idle_s = client, Keys(prefix), idle_s
+        self._slots = TenantSlots(client, prefix)
+        self._per_tenant, self._max_s = per_tenant, max_s
 
     def _key(self, session_id: str) -> str:
         return self._keys.mcp_session(session_id)
 
     async def open(self, protocol_version: str, principal: Principal) -> str:
-        """A new session's id."""
+        """A new session's id; raises QuotaExceededError when the tenant has as many open as it may."""
         session_id = uuid.uuid4().hex
-        value = json.dumps({"version": protocol_version, "key": principal.key_id})
+        await self._slots.take(SESSIONS, principal.tenant, session_id, self._per_tenant, self._idle_s)
+        value = json.dumps({"version": protocol_version, "key": _holder(principal), "opened": time.time()})
         with storage_errors():
             await self._redis.set(self._key(session_id), value, ex=self._idle_s)
         return session_id
@@ -211,20 +219,26 @@ class SessionRegistry:
             session = json.loads(raw) if raw is not None else None
         except ValueError:  # written by an older version: the client initializes again
             return None
-        if not isinstance(session, dict) or session.get("key") != principal.key_id:
+        if not isinstance(session, dict) or session.get("key") != _holder(principal):
             return None
+        left_s = float(session.get("opened", 0)) + self._max_s - time.time()
+        if left_s <= 0:  # too old, idle or not: the client initializes again
+            await self.close(session_id, principal)
+            return None
+        await self._slots.take(SESSIONS, principal.tenant, session_id, self._per_tenant, min(self._idle_s, left_s))
         return str(session.get("version"))
 
-    async def close(self, session_id: str) -> None:
+    async def close(self, session_id: str, principal: Principal) -> None:
         with storage_errors():
             await self._redis.delete(self._key(session_id))
+        await self._slots.release(SESSIONS, principal.tenant, session_id)
 
 
 class McpFace:
     """The MCP server of one ingress replica, as an ASGI app; `response()` hands it one HTTP exchange."""
 
     def __init__(self, settings: Settings, methods: Sequence[Method], rpc: Rpc, store: TaskStore, channels: Channels,
-                 sessions: SessionRegistry, authenticator: Authenticator, *, version: str = "") -> None:
+                 sessions: SessionRegistry, authenticator: KeyRing, *, version: str = "") -> None:
         self._settings, self._rpc, self._store, self._channels, self._sessions = settings, rpc, store, channels, sessions
         self._auth = authenticator
         self._tools = tool_definitions(methods)
@@ -270,8 +284,8 @@ class McpFace:
             await rejected(scope, receive, send)
             return
         try:
-            principal = caller(self._auth, request.headers)
-        except UnauthenticatedError as exc:
+            principal = await caller(self._auth, request.headers)
+        except NOT_IN as exc:
             await refusal(exc)(scope, receive, send)
             return
         scope[_PRINCIPAL] = principal  # the SDK hands handlers a Request over this same scope
@@ -306,10 +320,14 @@ class McpFace:
         if negotiated is None:  # not an `initialize`: served without a session, as the SDK's stateless mode does
             await self._manager.handle_request(scope, receive, send)
             return
-        session_id = await self._sessions.open(negotiated, principal)
+        try:
+            session_id = await self._sessions.open(negotiated, principal)
+        except QuotaExceededError as exc:
+            await _busy(exc)(scope, receive, send)
+            return
         status = await _serve(self._manager.handle_request, scope, receive, _with_session_header(send, session_id))
         if status is None or status >= 400:  # the handshake failed: nothing was established
-            await self._sessions.close(session_id)
+            await self._sessions.close(session_id, principal)
         else:
             logger.info("mcp session opened", extra={"protocol_version": negotiated})
 
@@ -322,7 +340,7 @@ class McpFace:
             return
         method = scope["method"]
         if method == "DELETE":
-            await self._sessions.close(session_id)
+            await self._sessions.close(session_id, principal)
             await Response(status_code=200)(scope, receive, send)
             return
         if method == "GET":  # no server-initiated messages here: every reply rides its request's stream
@@ -439,6 +457,11 @@ class _Exchange(Response):
         await self._face(scope, receive, send)
 
 
+def _holder(principal: Principal) -> str:
+    """Who a session belongs to: the very key that opened it (a later key given a revoked one's name is not it)."""
+    return principal.credential or principal.key_id
+
+
 def _principal_of(ctx: ServerRequestContext[Any]) -> Principal:
     """The caller of an MCP request: set on the scope by `McpFace.__call__` (nothing else reaches the SDK)."""
     request = ctx.request
@@ -529,6 +552,13 @@ async def _serve(app: Callable[[Scope, Receive, Send], Awaitable[None]], scope: 
 def _json_error(error: Mapping[str, Any], status_code: int) -> Response:
     body = json.dumps({"jsonrpc": "2.0", "id": None, "error": dict(error)}, separators=(",", ":"))
     return Response(body, status_code=status_code, media_type="application/json")
+
+
+def _busy(exc: QuotaExceededError) -> Response:
+    """429, when to come back, and why (the JSON-RPC error every face answers)."""
+    response = _json_error(to_jsonrpc_error(exc), 429)
+    response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    return response
 
 
 async def _method_not_allowed(scope: Scope, receive: Receive, send: Send) -> None:

@@ -7,6 +7,7 @@ from typing import Any, cast
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult
 from orchestrator.auth import ADMIN, READ, SUBMIT
 from orchestrator.jsonrpc import Method, RequestContext
+from orchestrator.key_service import KeyService
 from orchestrator.models import (
     CancelSagaResult,
     CancelTaskResult,
@@ -14,6 +15,8 @@ from orchestrator.models import (
     ControlResult,
     InjectParams,
     InjectResult,
+    KeysParams,
+    KeysResult,
     ListWorkflowsParams,
     RunSagaParams,
     RunSagaResult,
@@ -36,9 +39,23 @@ RUN_TASK_SUMMARY = (
 )
 
 
-def methods(service: TaskService, version: int, sagas: SagaService | None = None) -> list[Method]:
+def methods(service: TaskService, version: int, sagas: SagaService | None = None,
+            keys: KeyService | None = None) -> list[Method]:
     """The methods of one API version; v2 differs only in `run_task`'s params."""
-    return _task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
+    return (_task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
+            + ([] if keys is None else key_methods(keys)))
+
+
+def key_methods(keys: KeyService) -> list[Method]:
+    async def manage_keys(params: Any, ctx: RequestContext) -> KeysResult:
+        return await keys.keys(cast(KeysParams, params), ctx.principal)
+
+    return [
+        Method("keys", KeysParams, KeysResult,
+               "Admin: API keys kept in Redis — create (the key is answered once; only its hash is kept), list, "
+               "revoke (refused on every replica within a second). Settings keys are listed, not revocable. "
+               "Audited.", manage_keys, ADMIN),
+    ]
 
 
 def saga_methods(sagas: SagaService) -> list[Method]:

@@ -42,15 +42,26 @@ app = typer.Typer(
 
 
 ApiKey = Annotated[str | None, typer.Option(envvar="ORCH_API_KEY", show_envvar=True,
-                                           help="the API key to send (needed once auth.keys are configured)")]
-keys_app = typer.Typer(help="API keys: make one (`create`), or hash one you have (`hash`).", no_args_is_help=True)
+                                           help="the API key to send (needed once auth is on: keys in settings or Redis)")]
+keys_app = typer.Typer(
+    help="API keys kept in Redis (hashed), effective on every replica within a second: `create`, `list`, `revoke`. "
+    "They go through the orchestrator's API with an admin key (--url, ORCH_API_KEY), or straight to Redis with "
+    "--redis-url (bootstrap, break-glass). `create --for-settings` makes a key for auth.keys instead; `hash` "
+    "hashes one you have.",
+    no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+Url = Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")]
+DirectRedis = Annotated[str | None, typer.Option(
+    "--redis-url", help="work on this Redis directly instead of through the API (no admin key needed: whoever "
+    "reaches Redis is trusted); the key prefix is redis.prefix (ORCH_REDIS__PREFIX)")]
+AsJson = Annotated[bool, typer.Option("--json", help="print the raw result")]
+_DURATION_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
 @app.command()
 def up(
     host: Annotated[str | None, typer.Option(help="interface the HTTP ingress listens on (default: http.host, "
-                                             "127.0.0.1); another than loopback needs auth.keys")] = None,
+                                             "127.0.0.1); another than loopback needs auth.keys or auth.required")] = None,
     port: Annotated[int | None, typer.Option(min=1, max=65535, help="port of the HTTP ingress (default: "
                                              "http.port, 8000)")] = None,
     redis_url: Annotated[
@@ -118,11 +129,41 @@ def up(
             raise CliError("orchestrator up failed: stopped what it had started.")
     ray_desc = f"ray {address}" if address else "ray local"
     out.print(f"orchestrator up: {url} (redis {effective_redis}, {ray_desc})", markup=False)
+    runtime = _runtime_keys_exist(effective_redis, settings.redis.prefix)
     if settings.auth.keys:
-        out.print(f"auth on: {len(settings.auth.keys)} API key(s); clients send `Authorization: Bearer <key>`.")
+        plus = " and keys created at runtime" if runtime else ""
+        out.print(f"auth on: {len(settings.auth.keys)} API key(s) in settings{plus}; clients send "
+                  "`Authorization: Bearer <key>`.")
+    elif runtime:
+        out.print("auth on: API keys created at runtime (`orchestrator keys list`); clients send "
+                  "`Authorization: Bearer <key>`.")
+    elif settings.auth.required:
+        out.print("auth on (auth.required) but no API key exists yet, so every request is refused: "
+                  "`orchestrator keys create --redis-url …` makes the first one.")
     else:
         out.print("auth off: no API keys are configured, so it listens on loopback only "
-                  "(`orchestrator keys create` makes one).")
+                  "(`orchestrator keys create` makes one; auth is on from then on).")
+
+
+def _runtime_keys_exist(redis_url: str | list[str], prefix: str) -> bool:
+    """Whether keys were ever created in this Redis (auth is then on); False when it cannot be read."""
+    import asyncio
+
+    from orchestrator.adapters.key_store import KeyStore
+    from orchestrator.adapters.redis_connect import connect
+
+    async def read() -> bool:
+        client = connect(redis_url, max_connections=2, pool_timeout_s=5, socket_timeout_s=5)
+        try:
+            return await KeyStore(client, prefix).version() is not None
+        finally:
+            await client.aclose()
+
+    try:
+        return asyncio.run(read())
+    except Exception:  # only a message depends on it
+        logger.debug("runtime keys unreadable", exc_info=True)
+        return False
 
 
 @app.command()
@@ -243,7 +284,7 @@ def _top_frame(base: str, status: dict[str, Any], figures: dict[str, Any], windo
 def daemon(
     host: Annotated[str, typer.Option()],
     port: Annotated[int, typer.Option()],
-    redis_url: Annotated[str, typer.Option()],
+    redis_url: Annotated[str, typer.Option(envvar=local.DAEMON_REDIS_URL)],
     address: Annotated[str | None, typer.Option()] = None,
     dashboard: Annotated[bool, typer.Option()] = True,
     ray_temp_dir: Annotated[str | None, typer.Option()] = None,
@@ -305,21 +346,175 @@ def keys_create(
     tenant: Annotated[str, typer.Option(help="the tenant the key acts for: it sees only this tenant's tasks")],
     scope: Annotated[list[str], typer.Option(help="repeat for several: submit, read, admin (everything), "
                                                 "metrics, urgent (priorities that preempt)")],
-    name: Annotated[str | None, typer.Option(help="the key's name in settings and audits (default: the tenant and "
+    name: Annotated[str | None, typer.Option(help="the key's name in listings and audits (default: the tenant and "
                                              "a few characters of the hash)")] = None,
+    ttl: Annotated[str | None, typer.Option(help="the key expires after this: seconds, or 90m, 12h, 30d, 2w")] = None,
+    expires_at: Annotated[str | None, typer.Option(help="the key expires then: ISO 8601 with a time zone, "
+                                                   "e.g. 2030-01-31T00:00:00Z")] = None,
+    for_settings: Annotated[bool, typer.Option("--for-settings", help="store nothing: print the key and the "
+                                               "auth.keys entry that accepts it (the first admin key, or keys "
+                                               "that must survive an emptied Redis)")] = False,
+    url: Url = None,
+    redis_url: DirectRedis = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
 ) -> None:
-    """Make a new API key: prints the key once, and the settings that accept it (only its hash)."""
+    """Make a new API key and print it once (only its hash is kept); it works on every replica within a second."""
+    if for_settings:
+        if ttl is not None or expires_at is not None or redis_url is not None or url is not None:
+            raise CliError("--for-settings stores nothing and keys in settings do not expire: drop --ttl, "
+                           "--expires-at, --url and --redis-url.")
+        _print_settings_key(tenant, scope, name)
+        return
+    params: dict[str, Any] = {"action": "create", "tenant": tenant, "scopes": scope}
+    if name is not None:
+        params["name"] = name
+    if ttl is not None:
+        params["ttl_s"] = _parse_duration(ttl)
+    if expires_at is not None:
+        params["expires_at"] = _parse_time(expires_at)
+    result = _keys(params, url, redis_url, api_key)
+    if as_json:
+        out.print_json(data=result)
+        return
+    info = result["info"]
+    out.print(f"API key (shown only now; give it to the client, keep it secret):\n{result['key']}\n", markup=False)
+    out.print(f"name {info['name']} · tenant {info['tenant']} · scopes {', '.join(info['scopes'])} · expires "
+              f"{_when(info['expires_at'])} UTC; it works on every replica within a second "
+              f"(`orchestrator keys revoke {info['name']}` ends it).", markup=False)
+
+
+@keys_app.command("list")
+def keys_list(
+    everything: Annotated[bool, typer.Option("--all", help="also the expired and revoked keys")] = False,
+    url: Url = None,
+    redis_url: DirectRedis = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """List the API keys: those of the settings and those kept in Redis (never a key or its hash)."""
+    result = _keys({"action": "list", "all": everything}, url, redis_url, api_key)
+    if as_json:
+        out.print_json(data=result["keys"])
+        return
+    out.print(_keys_table(result["keys"]))
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="the key's name (`orchestrator keys list`)")],
+    url: Url = None,
+    redis_url: DirectRedis = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Revoke a key kept in Redis: every replica refuses it within a second. Keys in settings cannot be revoked
+    at runtime (remove them from the settings and redeploy)."""
+    info = _keys({"action": "revoke", "name": name}, url, redis_url, api_key)["info"]
+    out.print(f"revoked API key {info['name']} (tenant {info['tenant']}): every replica refuses it within a "
+              "second.", markup=False)
+
+
+def _print_settings_key(tenant: str, scopes: list[str], name: str | None) -> None:
     key = auth.new_key()
     digest = auth.hash_key(key)
     name = name or f"{tenant}-{digest[-6:]}"  # never a piece of the key: names show up in audits
     try:
-        config = ApiKeySettings.model_validate({"hash": digest, "tenant": tenant, "scopes": scope})
+        config = ApiKeySettings.model_validate({"hash": digest, "tenant": tenant, "scopes": scopes})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}.") from None
     out.print(f"API key (shown only now; give it to the client, keep it secret):\n{key}\n", markup=False)
     out.print("Accept it with these settings (the config file named by ORCH_CONFIG_FILE):\n", markup=False)
     out.print(_key_toml(name, config), markup=False)
+
+
+def _keys(params: dict[str, Any], url: str | None, redis_url: str | None, api_key: str | None) -> dict[str, Any]:
+    """The `keys` method's result: through the API, or straight from Redis with --redis-url."""
+    if redis_url is None:
+        result: dict[str, Any] = _call(_resolve_url(url), "keys", params, timeout_s=30, api_key=api_key)
+        return result
+    if url is not None:
+        raise CliError("give --url (through the API) or --redis-url (straight to Redis), not both.")
+    import asyncio
+    import getpass
+
+    from orchestrator.adapters.key_store import KeyStore
+    from orchestrator.adapters.task_store import TaskStore
+    from orchestrator.errors import InvalidParamsError, OrchestratorError
+    from orchestrator.key_service import KeyService
+    from orchestrator.models import KeysParams
+
+    settings = _load_settings()
+    try:
+        checked = KeysParams.model_validate(params)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise CliError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}.") from None
+    who = auth.Principal(f"cli:{getpass.getuser()}", None, frozenset(auth.SCOPES))
+
+    async def direct() -> dict[str, Any]:
+        # The URL `up` printed has no password: the local redis-server's is added from its file.
+        direct_url = local.authenticated(_layout(settings), redis_url)
+        store = TaskStore.from_settings(settings.redis.model_copy(update={"url": direct_url}))
+        try:
+            keys = KeyService(settings.auth, KeyStore(store.redis, settings.redis.prefix), store.audit, time.time)
+            return (await keys.keys(checked, who)).model_dump(mode="json")
+        finally:
+            await store.aclose()
+
+    try:
+        return asyncio.run(direct())
+    except InvalidParamsError as exc:
+        raise CliError("; ".join(f"{path.removeprefix('params.')}: {why}" for path, why in exc.fields.items())
+                       + ".") from None
+    except OrchestratorError as exc:
+        raise CliError(f"cannot use Redis at {local.redact_url(redis_url)}: {exc}.") from None
+    except (ValueError, OSError) as exc:  # a malformed URL, a refused connection before any retry
+        raise CliError(f"cannot use Redis at {local.redact_url(redis_url)}: {exc}.") from None
+
+
+def _parse_duration(text: str) -> float:
+    value, unit = text.strip(), ""
+    if value and value[-1].lower() in _DURATION_UNITS_S:
+        value, unit = value[:-1], value[-1].lower()
+    try:
+        seconds = float(value) * _DURATION_UNITS_S[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise CliError(f"--ttl {text!r}: give a positive duration, e.g. 3600, 90m, 12h, 30d or 2w.")
+    return seconds
+
+
+def _parse_time(text: str) -> str:
+    from datetime import datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise CliError(f"--expires-at {text!r}: give an ISO 8601 time with a time zone, e.g. 2030-01-31T00:00:00Z.")
+    return moment.isoformat()
+
+
+def _when(unix_s: float | None, never: str = "never") -> str:
+    if unix_s is None:
+        return never
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(unix_s))
+
+
+def _keys_table(keys: list[dict[str, Any]]) -> Table:
+    """Names and tenants on one line (names are what `revoke` takes); the rest folds on a narrow terminal.
+    `--json` has every field (when and by whom each key was created)."""
+    table = Table(title="API keys", title_justify="left")
+    for column in ("name", "tenant"):
+        table.add_column(column, no_wrap=True, min_width=max([len(k[column]) for k in keys] + [len(column)]))
+    for column in ("scopes", "source", "status", "expires (UTC)"):
+        table.add_column(column, overflow="fold")
+    for k in keys:
+        table.add_row(k["name"], k["tenant"], ",".join(k["scopes"]), k["source"], k["status"], _when(k["expires_at"]))
+    return table
 
 
 @keys_app.command("hash")
@@ -374,7 +569,7 @@ def _serve_until_stopped(
         serve.start(http_options={"host": settings.http.host, "port": settings.http.port})
         deploy(settings)
         logger.info("orchestrator serving", extra={"host": settings.http.host, "port": settings.http.port,
-                                                   "redis_url": settings.redis.url, "ray": address or "local"})
+                                                   "redis_url": _shown(settings.redis.url), "ray": address or "local"})
         while not stop.wait(1.0):
             continue
         logger.info("stop requested")
@@ -534,6 +729,11 @@ def _load_settings() -> Settings:
 def _layout(settings: Settings) -> Layout:
     """The data dir made absolute, so `down` finds what `up` wrote from any working directory."""
     return Layout(settings.data_dir.expanduser().resolve())
+
+
+def _shown(url: str | list[str]) -> str | list[str]:
+    """A Redis URL (or a cluster's) fit for a log: any password masked."""
+    return local.redact_url(url) if isinstance(url, str) else [local.redact_url(u) for u in url]
 
 
 def _with_endpoints(settings: Settings, *, redis_url: str, host: str, port: int) -> Settings:

@@ -179,6 +179,8 @@ class QuotaExceededError(OrchestratorError):
     def __str__(self) -> str:
         if self.quota == "max_active_tasks":
             what = f"has {self.limit:g} unfinished tasks, its limit"
+        elif self.quota in ("max_event_streams", "max_mcp_sessions"):
+            what = f"has {self.limit:g} {self.quota.removeprefix('max_').replace('_', ' ')} open, its limit"
         else:
             what = f"submits faster than its limit of {self.limit:g} per second"
         return f"quota exceeded: tenant {self.tenant} {what}; retry in {self.retry_after_s:g} s"

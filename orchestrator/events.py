@@ -27,13 +27,15 @@ def check_event_id(last_event_id: str | None) -> int:
     return int(last_event_id)
 
 
-async def follow(store: TaskStore, channels: Channels, task_id: str, after: int,
-                 reread_s: float = REREAD_S) -> AsyncIterator[Event | None]:
+async def follow(store: TaskStore, channels: Channels, task_id: str, after: int, reread_s: float = REREAD_S,
+                 for_s: float | None = None) -> AsyncIterator[Event | None]:
     """The task's events after event number `after`, then each new one as it happens; None while nothing
-    happens for `reread_s`; ends after the final event. The caller checks first that the task exists and is
-    the client's to follow."""
+    happens for `reread_s`; ends after the final event, or after `for_s` seconds (the client resumes). The
+    caller checks first that the task exists and is the client's to follow."""
+    loop = asyncio.get_running_loop()
+    ends = None if for_s is None else loop.time() + for_s
     async with channels.listen(store.keys.task_channel(task_id)) as nudges:
-        while True:  # subscribed before reading: no event can fall between the read and the subscription
+        while ends is None or loop.time() < ends:  # subscribed before reading: no event falls in between
             news = [event for event in await store.history(task_id) if event.seq > after]
             for event in news:
                 yield event
@@ -42,7 +44,7 @@ async def follow(store: TaskStore, channels: Channels, task_id: str, after: int,
                     return
             if not news:
                 try:
-                    async with asyncio.timeout(reread_s):
+                    async with asyncio.timeout(reread_s if ends is None else min(reread_s, ends - loop.time())):
                         await nudges.get()
                 except TimeoutError:
                     yield None

@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -41,6 +42,7 @@ REDIS_PING_TIMEOUT_S = 3.0
 LEFTOVER_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.1
 LOG_TAIL_LINES = 30
+REDIS_PASSWORD_BYTES = 32
 
 
 class Appendfsync(StrEnum):
@@ -88,6 +90,10 @@ class Layout:
         return self.redis_dir / "redis.log"
 
     @property
+    def redis_password_file(self) -> Path:
+        return self.redis_dir / "password"
+
+    @property
     def ray_temp_dir(self) -> Path:
         """`<data_dir>/ray`, or a fixed short dir in the system temp dir when that path is too long for Ray."""
         preferred = self.data_dir / "ray"
@@ -114,13 +120,20 @@ class State:
 # ---------------------------------------------------------------- up and down
 
 
+DAEMON_REDIS_URL = "ORCH_DAEMON_REDIS_URL"  # in the environment, not the command line: `ps` shows arguments
+
+
 def spawn_daemon(
     layout: Layout, host: str, port: int, redis_url: str, address: str | None, dashboard: bool,
     ray_temp_dir: Path | None,
 ) -> subprocess.Popen[bytes]:
-    """Start the daemon process in its own session, its output appended to the log file."""
+    """Start the daemon process in its own session, its output appended to the log file.
+
+    The daemon (and through it every actor) gets the local redis-server's URL with its password, in its
+    environment.
+    """
     args = [sys.executable, "-m", "orchestrator.cli", "_daemon", "--host", host, "--port", str(port),
-            "--redis-url", redis_url, "--dashboard" if dashboard else "--no-dashboard"]
+            "--dashboard" if dashboard else "--no-dashboard"]
     if address:
         args += ["--address", address]
     if ray_temp_dir is not None:
@@ -128,7 +141,8 @@ def spawn_daemon(
         args += ["--ray-temp-dir", str(ray_temp_dir)]
     with layout.log_file.open("ab") as log:
         return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                                             DAEMON_REDIS_URL: authenticated(layout, redis_url)})
 
 
 def wait_healthy(url: str, daemon: subprocess.Popen[bytes], timeout_s: float) -> str | None:
@@ -165,10 +179,7 @@ def stop(state: State, layout: Layout, daemon_timeout_s: float = DAEMON_STOP_TIM
         stopped.append(f"{leftovers} leftover Ray process{'es' if leftovers > 1 else ''}")
     redis_port = urllib.parse.urlsplit(state.redis_url).port
     if state.started_redis and state.redis_pid is not None and _is_redis(state.redis_pid, redis_port):
-        _signal(state.redis_pid, signal.SIGTERM)  # Redis fsyncs the AOF on SIGTERM before it exits
-        if not _wait_gone(state.redis_pid, REDIS_STOP_TIMEOUT_S):
-            _signal(state.redis_pid, signal.SIGKILL)
-            _wait_gone(state.redis_pid, 10)
+        _stop_redis(state.redis_pid)
         stopped.append(f"redis-server (pid {state.redis_pid}; data kept in {layout.redis_dir})")
     layout.state_file.unlink(missing_ok=True)
     return stopped
@@ -204,29 +215,38 @@ def _kill_leftovers(state: State, *, daemon_was_alive: bool) -> int:
 
 
 def start_redis(layout: Layout, appendfsync: Appendfsync) -> tuple[int, str]:
-    """Start (or adopt, if one of ours survived) the local redis-server; returns its pid and URL."""
+    """Start (or adopt, if one of ours survived) the local redis-server; returns its pid and URL.
+
+    The server requires the data dir's password (`redis_password`); the URL returned does not carry it, so
+    it can be printed and recorded: `authenticated` adds it for the daemon.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise CliError("redis-server was not found on PATH: install Redis 7 (for example `apt-get install "
                        "redis-server`) or pass --redis-url redis://HOST:PORT/0 to use a running server.")
     layout.redis_dir.mkdir(parents=True, exist_ok=True)
-    port = _redis_port(layout)
-    url = f"redis://127.0.0.1:{port}/0"
-    pid = _read_pid(layout.redis_pidfile)
-    if pid is not None and _is_redis(pid, port) and _ping(url):
-        return pid, url  # left running by an interrupted `down`; same data dir, so keep it
+    password = redis_password(layout)
+    pid, recorded = _read_pid(layout.redis_pidfile), _recorded_port(layout)
+    if pid is not None and recorded is not None and _is_redis(pid, recorded):
+        if _ping(_with_password(_local_url(recorded), password)):
+            return pid, _local_url(recorded)  # left running by an interrupted `down`; same data dir, so keep it
+        _stop_redis(pid)  # ours, but without the password (started by an older version): restart it with one
     layout.redis_pidfile.unlink(missing_ok=True)
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(layout.redis_dir.resolve()),
+    port = _redis_port(layout)
+    url = _local_url(port)
+    authed = _with_password(url, password)
+    # `-` reads the password's config line from stdin: it never shows in the server's command line.
+    args = [binary, "-", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(layout.redis_dir.resolve()),
             "--daemonize", "yes", "--pidfile", str(layout.redis_pidfile.resolve()),
             "--logfile", str(layout.redis_log.resolve()), "--appendonly", "yes",
             "--appendfsync", appendfsync.value, "--save", ""]  # AOF only: no RDB save that could refuse a SIGTERM
     log_offset = layout.redis_log.stat().st_size if layout.redis_log.exists() else 0
-    launched = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False)
+    launched = subprocess.run(args, input=f"requirepass {password}\n", capture_output=True, text=True, check=False)
     if launched.returncode != 0:
         raise CliError(f"redis-server did not start: {(launched.stderr or launched.stdout).strip()}")
 
     def ready() -> bool:
-        return _read_pid(layout.redis_pidfile) is not None and _ping(url)
+        return _read_pid(layout.redis_pidfile) is not None and _ping(authed)
 
     if not _poll(ready, REDIS_START_TIMEOUT_S):
         pid = _read_pid(layout.redis_pidfile)
@@ -240,13 +260,74 @@ def start_redis(layout: Layout, appendfsync: Appendfsync) -> tuple[int, str]:
     return pid, url
 
 
-def _redis_port(layout: Layout) -> int:
-    """The port chosen the first time, kept next to the data so every `up` finds the same server address."""
+def redis_password(layout: Layout) -> str:
+    """The local redis-server's password: generated by the first `up`, then kept in the data dir (mode 0600)."""
+    path = layout.redis_password_file
+    try:
+        password = path.read_text().strip()
+    except FileNotFoundError:
+        password = ""
+    if password:
+        if path.stat().st_mode & 0o077:
+            path.chmod(0o600)
+        return password
+    password = secrets.token_urlsafe(REDIS_PASSWORD_BYTES)
+    partial = path.with_name(path.name + ".tmp")
+    partial.unlink(missing_ok=True)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w") as handle:
+        handle.write(password + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    partial.replace(path)
+    return password
+
+
+def authenticated(layout: Layout, url: str) -> str:
+    """`url` with the local redis-server's password if it is the URL `start_redis` returned, else `url`."""
+    port = _recorded_port(layout)
+    if port is None or url != _local_url(port) or not layout.redis_password_file.exists():
+        return url
+    return _with_password(url, redis_password(layout))
+
+
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***` (for messages, logs and the state file)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.netloc.rpartition("@")[0].partition(":")[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
+def _local_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(netloc=f":{urllib.parse.quote(password, safe='')}@{parts.netloc}"))
+
+
+def _stop_redis(pid: int) -> None:
+    _signal(pid, signal.SIGTERM)  # Redis fsyncs the AOF on SIGTERM before it exits
+    if not _wait_gone(pid, REDIS_STOP_TIMEOUT_S):
+        _signal(pid, signal.SIGKILL)
+        _wait_gone(pid, 10)
+
+
+def _recorded_port(layout: Layout) -> int | None:
     try:
         port = int(layout.redis_port_file.read_text().strip())
     except (OSError, ValueError):
-        port = 0
-    if port <= 0 or _port_taken("127.0.0.1", port):
+        return None
+    return port if port > 0 else None
+
+
+def _redis_port(layout: Layout) -> int:
+    """The port chosen the first time, kept next to the data so every `up` finds the same server address."""
+    port = _recorded_port(layout)
+    if port is None or _port_taken("127.0.0.1", port):
         port = _free_port()
         layout.redis_port_file.write_text(f"{port}\n")
     return port
@@ -255,7 +336,7 @@ def _redis_port(layout: Layout) -> int:
 def check_redis(url: str) -> None:
     """Raise CliError with one sentence unless the Redis at `url` answers PING."""
     if not _ping(url):
-        raise CliError(f"cannot reach Redis at {url}: start it, or fix --redis-url / ORCH_REDIS__URL.")
+        raise CliError(f"cannot reach Redis at {redact_url(url)}: start it, or fix --redis-url / ORCH_REDIS__URL.")
 
 
 def _ping(url: str) -> bool:
@@ -294,9 +375,12 @@ def read_state(layout: Layout) -> State | None:
 
 
 def write_state(layout: Layout, state: State) -> None:
-    """Write the state file atomically (rename into place)."""
+    """Write the state file atomically (rename into place); a Redis password in it is redacted."""
+    recorded = asdict(state)
+    url = recorded["redis_url"]
+    recorded["redis_url"] = [redact_url(u) for u in url] if isinstance(url, list) else redact_url(url)
     partial = layout.state_file.with_suffix(".json.tmp")
-    partial.write_text(json.dumps(asdict(state), indent=2) + "\n")
+    partial.write_text(json.dumps(recorded, indent=2) + "\n")
     partial.replace(layout.state_file)
 
 

@@ -14,6 +14,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from orchestrator.analytics import BUCKETS_MS, LATENCIES
+from orchestrator.auth import REASONS
 from orchestrator.models import RouterOverview
 
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -21,11 +22,14 @@ _PHASES = {"e2e": "end_to_end", "wait": "queue_wait", "run": "run"}
 
 
 def families(totals: Mapping[str, int], overview: RouterOverview | None, counts: Mapping[str, int],
-             circuits: Mapping[str, str]) -> list[Metric]:
+             circuits: Mapping[str, str], auth_failures: Mapping[str, int] | None = None) -> list[Metric]:
     """Every metric family: task counters and latency histograms (from `totals`), pool and queue gauges
-    (from the `overview`, absent if it could not be read), store gauges and provider states."""
+    (from the `overview`, absent if it could not be read), store gauges, provider states and failed
+    authentications by reason (absent if they could not be read)."""
     groups = _by_group(totals)
     found: list[Metric] = [*_task_counters(groups), *_histograms(groups), *_provider_metrics(groups, circuits)]
+    if auth_failures is not None:
+        found.append(_auth_failures(auth_failures))
     store = GaugeMetricFamily("orchestrator_active_tasks", "Accepted tasks not yet finished (queued + running).")
     store.add_metric([], counts.get("active_tasks", 0))
     pending = GaugeMetricFamily("orchestrator_stream_pending", "Task stream entries delivered but not acknowledged.")
@@ -117,6 +121,14 @@ def _provider_metrics(groups: Mapping[str, Mapping[str, int]], circuits: Mapping
     for provider, state in sorted(circuits.items()):
         circuit.add_metric([provider], CIRCUIT_STATES.get(state, 0))
     return [calls, circuit]
+
+
+def _auth_failures(counts: Mapping[str, int]) -> Metric:
+    failures = CounterMetricFamily("orchestrator_auth_failures", "Requests refused for their API key, by reason: "
+                                   "missing, unknown, expired, revoked (every replica's).", labels=["reason"])
+    for reason in REASONS:  # a fixed set: never the key, never a name
+        failures.add_metric([reason], counts.get(reason, 0))
+    return failures
 
 
 def _pool_gauges(overview: RouterOverview) -> list[Metric]:

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from orchestrator.settings import TenantName
+from orchestrator.settings import Scope, TenantName
 
 JsonObject = dict[str, Any]
 
@@ -297,3 +297,61 @@ class CancelSagaResult(BaseModel):
 
 class ListWorkflowsParams(Params):
     pass
+
+
+# ---------------------------------------------------------------- API keys
+
+
+KeyName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$",
+                               description="a key's name: shown in audits and listings, never secret")]
+MAX_KEY_TTL_S = 10 * 365 * 86_400
+
+
+class KeysParams(Params):
+    """Admin: API keys kept in Redis (only their SHA-256). `create` (tenant, scopes; name, ttl_s or expires_at
+    optional) answers the new key, once; `list` (all: also the expired and revoked ones) names every key,
+    those of the settings included; `revoke` (name) refuses the key on every replica within a second. A key
+    configured in settings cannot be revoked here (remove it from the settings and redeploy). Audited."""
+
+    action: Literal["create", "list", "revoke"]
+    name: KeyName | None = Field(default=None, description="create (default: the tenant and a few characters of "
+                                 "the hash), revoke")
+    tenant: TenantName | None = Field(default=None, description="create: the tenant the key acts for")
+    scopes: list[Scope] | None = Field(default=None, min_length=1, description="create: submit, read, admin "
+                                       "(everything), metrics, urgent")
+    ttl_s: float | None = Field(default=None, gt=0, le=MAX_KEY_TTL_S, description="create: the key expires this "
+                                "many seconds from now")
+    expires_at: AwareDatetime | None = Field(default=None, description="create: RFC 3339; the key expires then")
+    all: bool = Field(default=False, description="list: include expired and revoked keys")
+
+
+class ApiKeyRecord(BaseModel):
+    """A key created at runtime, as stored in Redis under its hash (the key itself is never stored)."""
+
+    name: str
+    tenant: str
+    scopes: list[Scope]
+    created_at: float
+    expires_at: float | None = None
+    created_by: str = Field(description="the key (or `cli:<user>`) that created it")
+
+
+class ApiKeyInfo(BaseModel):
+    """A key as `keys list` shows it: never the key, never its hash."""
+
+    name: str
+    tenant: str
+    scopes: list[str]
+    source: Literal["settings", "runtime"] = Field(description="settings keys are fixed until a redeploy")
+    status: Literal["active", "expired", "revoked"]
+    created_at: float | None = Field(default=None, description="unix seconds (runtime keys)")
+    expires_at: float | None = Field(default=None, description="unix seconds; null: never")
+    revoked_at: float | None = None
+    created_by: str | None = None
+
+
+class KeysResult(BaseModel):
+    action: str
+    key: str | None = Field(default=None, description="create: the new API key; shown only in this answer")
+    info: ApiKeyInfo | None = Field(default=None, description="create, revoke: the key concerned")
+    keys: list[ApiKeyInfo] | None = Field(default=None, description="list")

@@ -181,6 +181,11 @@ class Keys:
         """Set of worker types whose queued tasks are not taken."""
         return f"{self.prefix}:paused_pools"
 
+    def slots(self, kind: str, tenant: str) -> str:
+        """Sorted set: a tenant's open connections of one kind (event streams, MCP sessions) → when each slot
+        runs out unless refreshed."""
+        return f"{self.prefix}:slots:{kind}:{tenant}"
+
     def mcp_session(self, session_id: str) -> str:
         """An MCP session (its negotiated protocol version), shared by every ingress replica."""
         return f"{self.prefix}:mcp_session:{session_id}"
@@ -253,6 +258,26 @@ class Keys:
         one name are distinct (tenant names hold no ':')."""
         base = f"{{{self.prefix}:a:{tenant or ''}:{name}}}"
         return [f"{base}:versions", f"{base}:live", f"{base}:published"]
+
+    # --- API keys created at runtime: one tag, so a key script touches one slot --------------------------
+
+    def api_keys(self) -> dict[str, str]:
+        """The KEYS of the key scripts: `records` (hash: a key's hash → its record, JSON; the key itself is never
+        stored), `names` (hash: name → hash, of keys not revoked), `revoked` (hash: hash → when), `ends`
+        (sorted set: hash → when the key stopped or stops working; what the purge of old keys reads) and
+        `version` (counter of changes: a replica reloads the keys when it moved)."""
+        tag = f"{{{self.prefix}:keys}}"
+        return {name: f"{tag}:{name}" for name in ("records", "names", "revoked", "ends", "version")}
+
+    @property
+    def keys_changed(self) -> str:
+        """Pub/sub channel announcing a change of the runtime API keys (every ingress replica reloads them)."""
+        return f"{self.prefix}:keys_changed"
+
+    @property
+    def auth_failures(self) -> str:
+        """Hash: reason → failed authentications counted by every replica (what /metrics exports)."""
+        return f"{self.prefix}:auth_failures"
 
     # --- the layout before shards (read once, to migrate) --------------------------------------------
 

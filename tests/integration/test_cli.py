@@ -15,8 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from orchestrator.auth import hash_key, new_key
+from orchestrator.local import Layout
 from tests.support import alive, free_port, wait_until
 
 pytestmark = pytest.mark.integration
@@ -112,6 +114,20 @@ def test_down_then_up_resumes_unfinished_tasks(data_dir: Path) -> None:
     assert alive(state["daemon_pid"]) and alive(state["redis_pid"])
     assert state["ray_temp_dir"] == str(data_dir.resolve() / "ray")
     assert "already running" in ok(cli(env, "up", "--port", str(port), "--no-dashboard"))
+    # The local Redis wants the password `up` generated (kept 0600 in the data dir), shown nowhere else.
+    password_file = data_dir / "redis" / "password"
+    password = password_file.read_text().strip()
+    assert len(password) >= 32 and password_file.stat().st_mode & 0o777 == 0o600
+    assert password not in started + (data_dir / "state.json").read_text()
+    redis_port = int(state["redis_url"].rsplit(":", 1)[1].split("/")[0])
+    with redis.Redis(port=redis_port) as anonymous, pytest.raises(redis.AuthenticationError):
+        anonymous.ping()
+    with redis.Redis(port=redis_port, password=password) as authenticated:
+        assert authenticated.ping()
+    assert password not in Path(f"/proc/{state['daemon_pid']}/cmdline").read_text()  # `ps` shows it to anyone
+    assert password not in Layout(data_dir.resolve()).log_file.read_text()
+    listed = json.loads(ok(cli(env, "keys", "list", "--redis-url", state["redis_url"], "--json")))
+    assert listed == []  # straight to the local Redis by the URL `up` printed: its password is added
 
     record = json.loads(ok(cli(env, "run", "--tool", "echo", "hello", "--wait")))
     assert record["status"] == "succeeded" and record["result"]["text"] == "hello"
@@ -143,6 +159,7 @@ def test_down_then_up_resumes_unfinished_tasks(data_dir: Path) -> None:
     assert "auth on: 1 API key(s)" in ok(cli(keyed, "up", "--host", "0.0.0.0", "--port", str(port), "--no-dashboard"))
     again = read_state(data_dir)
     assert again is not None and again["redis_url"] == state["redis_url"]  # same port, same data
+    assert password_file.read_text().strip() == password  # generated once
     refused = cli(keyed, "status")
     assert refused.returncode == 1 and "error -32011: unauthenticated: no API key" in refused.stderr
     assert "worker:reasoning:0" in ok(cli({**keyed, "ORCH_API_KEY": admin_key}, "status"))
