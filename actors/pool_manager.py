@@ -16,7 +16,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors.worker import WorkerActor
-from orchestrator.adapters.migration import migrate_legacy
+from orchestrator.adapters.migration import index_unlisted, migrate_legacy
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.naming import worker_name
 from orchestrator.routing import plan_preemptions
@@ -51,6 +51,7 @@ class PoolManager:
         """Bring the pools to their planned sizes, adopting the workers that exist (those beyond the plan were
         draining under a previous manager: they finish and are retired)."""
         await migrate_legacy(self._store, self._settings)  # tasks accepted by a version before shards
+        await index_unlisted(self._store)  # tasks stored before the listing's indexes
         sizes, paused = await self._store.pool_plan()
         for worker_type, pool in self._settings.pools.items():
             wanted = sizes.get(worker_type, pool.workers)

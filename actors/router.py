@@ -139,6 +139,7 @@ class RouterActor:
                 began = time.time()
                 try:
                     await self._store.deliver_outbox(shard, time.time())
+                    await self._store.prune_index(shard, time.time())
                     await self._sweep(shard, holder)
                 except Exception:
                     self._reachable_since = time.time()

@@ -230,7 +230,7 @@ class SagaCoordinatorActor:
         except InvalidParamsError as exc:  # the rendered input does not fit the tool: the step fails
             fail = saga.Fail(command.step, command.compensation, f"invalid input for {command.tool}: {exc}")
             return await self._failed_to_render(state, fail)
-        submission = Submission(replace(task, task_id=current.task_id), children, quota)
+        submission = Submission(replace(task, task_id=current.task_id, saga=state.saga_id), children, quota)
         while True:
             try:
                 task_id, _ = await self._submitter.submit(submission)

@@ -37,6 +37,7 @@ from orchestrator.errors import (
     QuotaExceededError,
     TaskNotFoundError,
 )
+from orchestrator.finder import Finder
 from orchestrator.jsonrpc import Dispatcher, RequestContext, to_jsonrpc_error
 from orchestrator.key_service import KeyService
 from orchestrator.saga_service import SagaService
@@ -127,7 +128,8 @@ class RpcIngress:
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
         keys = KeyService(settings.auth, key_store, self._store.audit, time.time)
-        methods = {version: api.methods(service, version, sagas, keys) for version in (1, 2)}
+        finder = Finder(self._store, saga_store)
+        methods = {version: api.methods(service, version, sagas, keys, finder) for version in (1, 2)}
         self._dispatchers = {
             version: Dispatcher(methods[version], max_batch=limits.max_batch, version=str(version),
                                 extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})

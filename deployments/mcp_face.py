@@ -53,10 +53,11 @@ logger = logging.getLogger(__name__)
 Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
 """Answers one JSON-RPC request body (API v2) for a caller."""
 
-TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows")
+TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows",
+         "list_tasks", "list_sagas")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
 
-READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows"})
+READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows", "list_tasks", "list_sagas"})
 SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
 SESSIONS = "max_mcp_sessions"  # the kind of slot a session holds (the quota a refusal names)
 MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output

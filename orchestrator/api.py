@@ -6,6 +6,7 @@ from typing import Any, cast
 
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult
 from orchestrator.auth import ADMIN, READ, SUBMIT
+from orchestrator.finder import Finder
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.key_service import KeyService
 from orchestrator.models import (
@@ -17,6 +18,10 @@ from orchestrator.models import (
     InjectResult,
     KeysParams,
     KeysResult,
+    ListSagasParams,
+    ListSagasResult,
+    ListTasksParams,
+    ListTasksResult,
     ListWorkflowsParams,
     RunSagaParams,
     RunSagaResult,
@@ -40,10 +45,28 @@ RUN_TASK_SUMMARY = (
 
 
 def methods(service: TaskService, version: int, sagas: SagaService | None = None,
-            keys: KeyService | None = None) -> list[Method]:
+            keys: KeyService | None = None, finder: Finder | None = None) -> list[Method]:
     """The methods of one API version; v2 differs only in `run_task`'s params."""
     return (_task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
-            + ([] if keys is None else key_methods(keys)))
+            + ([] if keys is None else key_methods(keys)) + ([] if finder is None else finder_methods(finder)))
+
+
+def finder_methods(finder: Finder) -> list[Method]:
+    async def list_tasks(params: Any, ctx: RequestContext) -> ListTasksResult:
+        return await finder.list_tasks(cast(ListTasksParams, params), ctx.principal)
+
+    async def list_sagas(params: Any, ctx: RequestContext) -> ListSagasResult:
+        return await finder.list_sagas(cast(ListSagasParams, params), ctx.principal)
+
+    return [
+        Method("list_tasks", ListTasksParams, ListTasksResult,
+               "Find tasks, newest first: by status (one or several), tool, worker type, priority range, creation "
+               "time, parent, saga and (admins) tenant; pages follow `next_cursor` until it is null.", list_tasks,
+               READ),
+        Method("list_sagas", ListSagasParams, ListSagasResult,
+               "Find sagas, newest first: by status, workflow, creation time and (admins) tenant; pages follow "
+               "`next_cursor` until it is null.", list_sagas, READ),
+    ]
 
 
 def key_methods(keys: KeyService) -> list[Method]:

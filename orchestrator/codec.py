@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from orchestrator.models import TaskRecord, TaskStatus
+from orchestrator.models import TaskRecord, TaskStatus, TaskSummary
 from orchestrator.tasks import TaskSpec
 
 Kind = Literal["str", "int", "ms", "json", "ids", "flag"]
@@ -43,6 +43,7 @@ FIELDS: tuple[Field, ...] = (
     Field("deadline", "dl", "ms"),
     Field("idempotency_key", "k", "str"),
     Field("parent", "pa", "str"),
+    Field("saga", "sg", "str"),
     Field("children", "ch", "ids"),
     Field("created_at", "c", "ms"),
     # as it runs
@@ -131,7 +132,7 @@ def submitted(task: TaskSpec, status: TaskStatus) -> str:
 
 
 SPEC_FIELDS = ("task_id", "tool", "worker_type", "priority", "input", "context", "v1", "agent", "tenant", "deadline",
-               "idempotency_key", "parent", "children", "created_at")
+               "idempotency_key", "parent", "saga", "children", "created_at")
 
 
 def spec_of(stored: Mapping[str, Any], parent_result: Any = None) -> TaskSpec:
@@ -155,6 +156,19 @@ def record_of(text: str) -> TaskRecord:
     if values.get("finished_at") is not None and values.get("started_at") is not None:
         values["run_ms"] = round((values["finished_at"] - values["started_at"]) * 1000, 3)
     return TaskRecord.model_validate(values)
+
+
+SUMMARY_WIRES = frozenset(BY_NAME[name].wire for name in TaskSummary.model_fields if name in BY_NAME)
+
+
+def summary_of(text: str) -> TaskSummary:
+    """A row of `list_tasks`, from a stored record or from the members the listing script read off one (`ec`:
+    its error's code)."""
+    stored = json.loads(text)
+    code = stored.get("ec")
+    if code is None and "e" in stored:
+        code = json.loads(stored["e"]).get("code")
+    return TaskSummary(**decode({w: v for w, v in stored.items() if w in SUMMARY_WIRES}), error_code=code)
 
 
 def history_of(text: str) -> list[Event]:

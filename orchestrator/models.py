@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from orchestrator.saga import SagaStatus
 from orchestrator.settings import Scope, TenantName
 
 JsonObject = dict[str, Any]
@@ -189,6 +190,7 @@ class TaskRecord(BaseModel):
     dead_letter: str | None = Field(default=None, description="its dead-letter entry, when given up on")
     worker: str | None = None
     parent: str | None = Field(default=None, description="the task whose result this one received")
+    saga: str | None = Field(default=None, description="the saga whose step or compensation this task runs")
     children: list[str] = Field(default_factory=list, description="tasks that run when this one succeeds")
     progress: Any = None
     idempotency_key: str | None = None
@@ -209,6 +211,55 @@ class RunTaskResult(BaseModel):
 class CancelTaskResult(BaseModel):
     task_id: str
     status: TaskStatus
+
+
+MAX_PAGE = 500
+PageLimit = Annotated[int, Field(ge=1, le=MAX_PAGE, description=f"rows per page, at most {MAX_PAGE}")]
+Cursor = Annotated[str, Field(min_length=1, max_length=256, description="`next_cursor` of the previous page")]
+UnixSeconds = Annotated[float, Field(ge=0, le=1e11, description="unix seconds")]
+
+
+class ListTasksParams(Params):
+    """Find tasks, newest first (by creation time). Every filter given must hold. A page may hold fewer than
+    `limit` rows while `next_cursor` is set (a filter no index answers stopped the scan): follow the cursor until
+    it is null. A non-admin key sees its own tenant's tasks only."""
+
+    status: TaskStatus | list[TaskStatus] | None = Field(default=None, description="one status or several")
+    tool: ToolName | None = None
+    worker_type: str | None = Field(default=None, min_length=1, max_length=64)
+    priority_min: Priority | None = None
+    priority_max: Priority | None = None
+    created_after: UnixSeconds | None = Field(default=None, description="created at or after (unix seconds, ms)")
+    created_before: UnixSeconds | None = Field(default=None, description="created before (unix seconds, ms)")
+    parent: str | None = Field(default=None, min_length=1, max_length=64, description="fanout children of this task")
+    saga: str | None = Field(default=None, min_length=1, max_length=64, description="the tasks of this saga's steps "
+                             "and compensations")
+    tenant: TenantName | None = Field(default=None, description="admins: only this tenant's tasks (default: every "
+                                      "tenant's); other keys may name only their own")
+    limit: PageLimit = 50
+    cursor: Cursor | None = None
+
+
+class TaskSummary(BaseModel):
+    """A task as `list_tasks` shows it; `get_task` has the rest."""
+
+    task_id: str
+    status: TaskStatus
+    tool: str
+    worker_type: str
+    priority: int
+    tenant: str | None = None
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    parent: str | None = None
+    saga: str | None = None
+    error_code: int | None = Field(default=None, description="the error's code, when it failed or was cancelled")
+
+
+class ListTasksResult(BaseModel):
+    tasks: list[TaskSummary]
+    next_cursor: str | None = Field(description="pass it as `cursor` for the next page; null: no more")
 
 
 class WorkerStatus(BaseModel):
@@ -297,6 +348,36 @@ class CancelSagaResult(BaseModel):
 
 class ListWorkflowsParams(Params):
     pass
+
+
+class ListSagasParams(Params):
+    """Find sagas, newest first (by creation time); a non-admin key sees its own tenant's only. Pages as
+    `list_tasks`."""
+
+    status: SagaStatus | list[SagaStatus] | None = Field(default=None, description="one status or several")
+    workflow: str | None = Field(default=None, min_length=1, max_length=64)
+    created_after: UnixSeconds | None = Field(default=None, description="created at or after (unix seconds, ms)")
+    created_before: UnixSeconds | None = Field(default=None, description="created before (unix seconds, ms)")
+    tenant: TenantName | None = Field(default=None, description="admins: only this tenant's sagas (default: every "
+                                      "tenant's); other keys may name only their own")
+    limit: PageLimit = 50
+    cursor: Cursor | None = None
+
+
+class SagaSummary(BaseModel):
+    saga_id: str
+    workflow: str
+    status: SagaStatus
+    tenant: str | None = None
+    priority: int
+    created_at: float
+    finished_at: float | None = None
+    error: str | None = None
+
+
+class ListSagasResult(BaseModel):
+    sagas: list[SagaSummary]
+    next_cursor: str | None = Field(description="pass it as `cursor` for the next page; null: no more")
 
 
 # ---------------------------------------------------------------- API keys

@@ -52,6 +52,7 @@ class TaskSpec:
     deadline: float | None = None
     idempotency_key: str | None = None
     parent: str | None = None
+    saga: str | None = None  # the saga whose step (or compensation) this task runs
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
 
     @property

@@ -114,6 +114,33 @@ class ShardKeys:
         """Hash of counters since the start (the same fields as a minute's): what /metrics exports."""
         return f"{self.tag}:totals"
 
+    # The secondary indexes `list_tasks` reads (see lua/common.lua `index`): sorted sets of task ids scored by
+    # creation time (ms), kept by the very scripts that change a task. Tenant names hold no ':' ('' = none).
+
+    def by_status(self, tenant: str | None, status: str) -> str:
+        """Sorted set: the tenant's tasks in one status (a task is in exactly one) → created ms."""
+        return f"{self.tag}:ix:{tenant or ''}:s:{status}"
+
+    def by_tool(self, tenant: str | None, tool: str) -> str:
+        """Sorted set: the tenant's tasks of one tool → created ms."""
+        return f"{self.tag}:ix:{tenant or ''}:t:{tool}"
+
+    @property
+    def indexed_tenants(self) -> str:
+        """Hash: tenant → its tasks in the indexes (what an admin's listing of every tenant goes through)."""
+        return f"{self.tag}:ix:tenants"
+
+    @property
+    def index_version(self) -> str:
+        """Set once the shard's tasks stored before the indexes existed were indexed (see `migration`)."""
+        return f"{self.tag}:ix:version"
+
+    @property
+    def index_expiry(self) -> str:
+        """Sorted set: `<tenant>:<status>:<task id>:<tool>` of every finished task → when its record expires (ms);
+        what the prune reads to drop expired tasks from the indexes."""
+        return f"{self.tag}:ix:expiry"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -227,6 +254,25 @@ class Keys:
 
     def saga_idempotency(self, key: str, tenant: str | None = None) -> str:
         return f"{self._sagas}:idem@{tenant or ''}:{key}"
+
+    @property
+    def saga_tag(self) -> str:
+        """What every saga key starts with (a script builds the keys of the sagas it reads from it)."""
+        return self._sagas
+
+    def sagas_by_status(self, tenant: str | None, status: str) -> str:
+        """Sorted set: the tenant's sagas in one status → created ms (what `list_sagas` reads)."""
+        return f"{self._sagas}:ix:{tenant or ''}:s:{status}"
+
+    @property
+    def saga_tenants(self) -> str:
+        """Set of the tenants that have sagas (what an admin's listing of every tenant goes through)."""
+        return f"{self._sagas}:ix:tenants"
+
+    @property
+    def saga_expiry(self) -> str:
+        """Sorted set: `<tenant>:<status>:<saga id>` of every finished saga → when its state expires (ms)."""
+        return f"{self._sagas}:ix:expiry"
 
     @property
     def saga_dead_letters(self) -> str:

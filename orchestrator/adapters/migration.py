@@ -127,6 +127,36 @@ async def migrate_legacy(store: TaskStore, settings: Settings) -> dict[str, int]
     return counts
 
 
+async def index_unlisted(store: TaskStore) -> int:
+    """Put the tasks a version before the listing's indexes stored into them, once per shard (a marker says it
+    was done); how many. Tasks submitted meanwhile are indexed by their own submit: the step skips them."""
+    added = 0
+    for shard in range(store.shards):
+        keys = store.keys.shard(shard)
+        with storage_errors():
+            if await store.redis.exists(keys.index_version):
+                continue
+            prefix = keys.task("")
+            found: list[str] = []
+            async for key in store.redis.scan_iter(match=f"{prefix}*", count=BATCH):  # every node of a cluster
+                found.append(key[len(prefix):])
+                if len(found) == BATCH:
+                    added += await _index(store, shard, found)
+                    found = []
+            added += await _index(store, shard, found)
+            await store.redis.set(keys.index_version, "1")
+    if added:
+        logger.info("stored tasks indexed for list_tasks", extra={"tasks": added})
+    return added
+
+
+async def _index(store: TaskStore, shard: int, task_ids: Sequence[str]) -> int:
+    if not task_ids:
+        return 0
+    return int(await store._run("index_task", shard, time.time(),  # pyright: ignore[reportPrivateUsage]
+                                {"ids": codec.dumps(list(task_ids))}))
+
+
 # --- tasks ---------------------------------------------------------------------------------------------------
 
 

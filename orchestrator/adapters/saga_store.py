@@ -4,16 +4,43 @@ unfinished sagas a restarted coordinator resumes."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.scripts import Scripts
-from orchestrator.adapters.task_store import storage_errors
+from orchestrator.adapters.task_store import LIST_BUDGET, storage_errors
+from orchestrator.codec import dumps, to_ms
 from orchestrator.errors import QuotaExceededError, SagaNotFoundError
-from orchestrator.saga import SagaState
+from orchestrator.listing import END_MS, Position, ShardPage, merge
+from orchestrator.models import SagaSummary
+from orchestrator.saga import SagaState, SagaStatus
 from orchestrator.settings import QuotaSettings
 from orchestrator.submitter import keyed_shard
+
+
+@dataclass(frozen=True, slots=True)
+class SagaQuery:
+    """What `list_sagas` asks (see `TaskQuery`)."""
+
+    tenants: Sequence[str | None] | None  # None: every tenant's
+    statuses: Sequence[SagaStatus]
+    workflow: str | None = None
+    created_min_ms: int = 0
+    created_max_ms: int = END_MS  # exclusive
+    after: Position | None = None
+    limit: int = 50
+    budget: int = LIST_BUDGET
+
+    def args(self) -> dict[str, Any]:
+        return {"tenants": "*" if self.tenants is None else dumps([t or "" for t in self.tenants]),
+                "statuses": dumps([s.value for s in self.statuses]), "workflow": self.workflow or "",
+                "created_min": self.created_min_ms, "created_max": self.created_max_ms,
+                "after_ms": "" if self.after is None else self.after[0],
+                "after_id": "" if self.after is None else self.after[1], "limit": self.limit, "budget": self.budget}
 
 
 class SagaStore:
@@ -49,24 +76,50 @@ class SagaStore:
                     raise QuotaExceededError(state.tenant, "submits_per_s", limits.submits_per_s, round(float(wait), 3))
             saga_id, duplicate = await self._scripts.run(
                 "saga_create", {"idempotency": idempotency, "saga": self._keys.saga(state.saga_id),
-                                "active": self._keys.active_sagas},
+                                "active": self._keys.active_sagas, "tenants": self._keys.saga_tenants,
+                                "listed": self._keys.sagas_by_status(state.tenant, state.status.value)},
                 {"saga_id": state.saga_id, "state": state.model_dump_json(), "has_key": "1" if idempotency_key else "0",
-                 "idempotency_ttl_s": self._idempotency_ttl_s})
+                 "idempotency_ttl_s": self._idempotency_ttl_s, "created_ms": to_ms(state.created_at),
+                 "tenant": state.tenant or ""})
         return saga_id, bool(duplicate)
 
     async def save(self, state: SagaState) -> None:
-        """Persist a transition; a finished saga leaves the active set and expires after the retention."""
+        """Persist a transition, listed under its status (see `list`); a finished saga leaves the active set and
+        expires after the retention (its listing with it: the next finishes prune it)."""
         key = self._keys.saga(state.saga_id)
         with storage_errors():
             async with self._redis.pipeline(transaction=True) as tx:
+                for status in SagaStatus:
+                    listed = self._keys.sagas_by_status(state.tenant, status.value)
+                    if status is state.status:
+                        tx.zadd(listed, {state.saga_id: to_ms(state.created_at)})
+                    else:
+                        tx.zrem(listed, state.saga_id)
+                tx.sadd(self._keys.saga_tenants, state.tenant or "")
                 if state.status.finished:
                     tx.set(key, state.model_dump_json(), ex=self._retention_s)
                     tx.srem(self._keys.active_sagas, state.saga_id)
                     tx.srem(self._keys.cancelled_sagas, state.saga_id)
+                    expires_ms = to_ms(state.updated_at + self._retention_s)
+                    tx.zadd(self._keys.saga_expiry, {f"{state.tenant or ''}:{state.status.value}:{state.saga_id}":
+                                                     expires_ms})
                 else:
                     tx.set(key, state.model_dump_json())
                     tx.sadd(self._keys.active_sagas, state.saga_id)
                 await tx.execute()
+            if state.status.finished:  # as many expire as finish (a retention ago): the listing keeps up
+                await self._scripts.run("saga_prune", {"expiry": self._keys.saga_expiry},
+                                        {"tag": self._keys.saga_tag, "now_ms": to_ms(state.updated_at), "count": 2})
+
+    async def list(self, query: SagaQuery) -> tuple[list[SagaSummary], Position | None]:
+        """A page of sagas newest first, and the position the next page starts after (None: no more)."""
+        with storage_errors():
+            rows, exhausted, floor_ms, floor_id = await self._scripts.run(
+                "list_sagas", {"tenants_set": self._keys.saga_tenants}, {"tag": self._keys.saga_tag, **query.args()})
+        summaries = [SagaSummary.model_validate_json(row) for row in rows]
+        floor = None if int(exhausted) or not floor_ms else (int(floor_ms), str(floor_id))
+        page = ShardPage([((to_ms(s.created_at), s.saga_id), s) for s in summaries], floor)
+        return merge([page], query.limit)
 
     async def load(self, saga_id: str) -> SagaState:
         with storage_errors():

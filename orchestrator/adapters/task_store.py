@@ -33,7 +33,8 @@ from orchestrator.errors import (
     TaskNotCancellableError,
     TaskNotFoundError,
 )
-from orchestrator.models import TaskRecord, TaskStatus
+from orchestrator.listing import END_MS, Position, ShardPage, merge
+from orchestrator.models import TaskRecord, TaskStatus, TaskSummary
 from orchestrator.settings import QuotaSettings, RedisSettings
 from orchestrator.tasks import TaskSpec, shard_of
 
@@ -245,6 +246,29 @@ class TaskStore:
     async def requeue(self, task_id: str, now: float) -> bool:
         """Put a dead-lettered task back in the queue with a fresh allowance of attempts."""
         return bool(await self._run("requeue_dead", self._shard_of(task_id), now, {"task_id": task_id}))
+
+    async def list_tasks(self, query: TaskQuery) -> tuple[list[TaskSummary], Position | None]:
+        """A page of tasks newest first, from every shard's indexes (merged by creation time), and the position
+        the next page starts after (None: no more)."""
+        args = query.args()
+
+        async def build(pipe: Any) -> None:
+            for shard in range(self.shards):
+                await self._run("list_tasks", shard, 0, args, client=pipe)
+
+        pages = [_shard_page(reply) for reply in await self._pipeline(build)]
+        return merge(pages, query.limit)
+
+    async def prune_index(self, shard: int, now: float, count: int = 1000, rounds: int = 10) -> int:
+        """Drop finished tasks whose records expired from the shard's indexes, `count` per script (a short
+        block), at most `rounds` times; how many."""
+        pruned = 0
+        for _ in range(rounds):
+            step = int(await self._run("prune_index", shard, now, {"count": count}))
+            pruned += step
+            if step < count:
+                break
+        return pruned
 
     async def dead_letters(self, count: int) -> list[dict[str, Any]]:
         """The oldest `count` dead letters of every shard: task id, reason, attempts, time."""
@@ -524,6 +548,41 @@ class TaskStore:
                 found = await pipe.execute()
         ranked = sorted((score, task_id) for entries in found for task_id, score in entries)
         return ranked[:count]
+
+
+LIST_BUDGET = 1000  # records a listing examines per shard per call: the bound of a page's cost (and its blocking)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """What `list_tasks` asks of every shard."""
+
+    tenants: Sequence[str | None] | None  # None: every tenant's
+    statuses: Sequence[TaskStatus]  # those to list (all of them when the caller filters none)
+    tool: str | None = None
+    worker_type: str | None = None
+    priority_min: int = 0
+    priority_max: int = 10
+    created_min_ms: int = 0
+    created_max_ms: int = END_MS  # exclusive
+    after: Position | None = None
+    limit: int = 50
+    budget: int = LIST_BUDGET
+
+    def args(self) -> dict[str, Any]:
+        tenants = "*" if self.tenants is None else codec.dumps([t or "" for t in self.tenants])
+        return {"tenants": tenants, "statuses": codec.dumps([s.value for s in self.statuses]),
+                "tool": self.tool or "", "worker_type": self.worker_type or "", "priority_min": self.priority_min,
+                "priority_max": self.priority_max, "created_min": self.created_min_ms,
+                "created_max": self.created_max_ms, "after_ms": "" if self.after is None else self.after[0],
+                "after_id": "" if self.after is None else self.after[1], "limit": self.limit, "budget": self.budget}
+
+
+def _shard_page(reply: Sequence[Any]) -> ShardPage[TaskSummary]:
+    rows, exhausted, floor_ms, floor_id = reply
+    summaries = [codec.summary_of(row) for row in rows]
+    floor = None if int(exhausted) or not floor_ms else (int(floor_ms), str(floor_id))
+    return ShardPage([((codec.to_ms(t.created_at), t.task_id), t) for t in summaries], floor)
 
 
 @dataclass(frozen=True, slots=True)

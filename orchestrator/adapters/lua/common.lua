@@ -13,13 +13,54 @@ local function record_key(id) return tag .. ':t:' .. id end
 local function level_key(w, p) return tag .. ':q:' .. w .. ':' .. p end
 local function run_key(w) return tag .. ':run:' .. w end
 
+-- The secondary indexes of `list_tasks` (see adapters/keys.py): per tenant, a sorted set of its tasks in each
+-- status and one of each tool's, scored by creation time (ms); every finished task also waits in the expiry set
+-- until its record expires, when the prune drops it from the indexes. `save` keeps them: each record's status
+-- as indexed is the one it was loaded with, so a status change moves the task between sets in the same step.
+local indexed = {}  -- task id → its status as the indexes have it (as loaded)
+local function ix_key(tenant, kind, name) return tag .. ':ix:' .. tenant .. ':' .. kind .. ':' .. name end
+local function expiry_member(rec) return (rec.n or '') .. ':' .. rec.s .. ':' .. rec.i .. ':' .. rec.t end
+
+local function index(rec)
+  local was = indexed[rec.i]
+  if was == rec.s then return end
+  local tenant = rec.n or ''
+  if was then
+    redis.call('ZREM', ix_key(tenant, 's', was), rec.i)
+  else  -- a new record
+    redis.call('ZADD', ix_key(tenant, 't', rec.t), rec.c, rec.i)
+    redis.call('HINCRBY', tag .. ':ix:tenants', tenant, 1)
+  end
+  redis.call('ZADD', ix_key(tenant, 's', rec.s), rec.c, rec.i)
+  indexed[rec.i] = rec.s
+end
+
+-- Drop finished tasks whose records expired from the indexes, oldest first, at most `count`; how many.
+local function prune(count)
+  local expiry = tag .. ':ix:expiry'
+  local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, count)
+  for _, member in ipairs(due) do
+    local tenant, status, id, tool = string.match(member, '^([^:]*):([^:]*):([^:]*):(.*)$')
+    redis.call('ZREM', ix_key(tenant, 's', status), id)
+    redis.call('ZREM', ix_key(tenant, 't', tool), id)
+    if redis.call('HINCRBY', tag .. ':ix:tenants', tenant, -1) <= 0 then redis.call('HDEL', tag .. ':ix:tenants', tenant) end
+    redis.call('ZREM', expiry, member)
+  end
+  return #due
+end
+
 local function load(id)
   local raw = redis.call('GET', record_key(id))
   if not raw then return nil end
-  return cjson.decode(raw)
+  local rec = cjson.decode(raw)
+  indexed[id] = rec.s
+  return rec
 end
 
-local function save(rec) redis.call('SET', record_key(rec.i), cjson.encode(rec)) end
+local function save(rec)
+  index(rec)
+  redis.call('SET', record_key(rec.i), cjson.encode(rec))
+end
 
 local function owner(rec) return rec.n or rec.a or '' end
 
@@ -126,6 +167,8 @@ finalize = function(rec, status, data, parent_failed_code)
   count_tenant(rec, -1)
   save(rec)
   redis.call('EXPIRE', record_key(rec.i), retention_s)
+  redis.call('ZADD', tag .. ':ix:expiry', now + retention_s * 1000, expiry_member(rec))
+  prune(2)  -- as many expire as finish (a retention ago): the indexes keep up without a sweep while tasks finish
   finished_ids[#finished_ids + 1] = rec.i
 end
 

@@ -22,7 +22,9 @@ if redis.call('EXISTS', record_key(rec.i)) == 0 then
   save(rec)
   if finished == '1' then
     local ttl = redis.call('PTTL', legacy)
-    if ttl > 0 then redis.call('PEXPIRE', record_key(rec.i), ttl) else redis.call('EXPIRE', record_key(rec.i), retention_s) end
+    if ttl <= 0 then ttl = retention_s * 1000 end
+    redis.call('PEXPIRE', record_key(rec.i), ttl)
+    redis.call('ZADD', tag .. ':ix:expiry', now + ttl, expiry_member(rec))
   end
   if counted == '1' then
     redis.call('INCR', active)

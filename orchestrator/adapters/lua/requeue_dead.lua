@@ -6,6 +6,7 @@
 local rec = load(task_id)
 if not rec or rec.s ~= 'failed' or not rec.dd then return 0 end
 redis.call('XDEL', tag .. ':dead', rec.dd)
+redis.call('ZREM', tag .. ':ix:expiry', expiry_member(rec))  -- kept again: no longer expiring
 rec.dd, rec.e, rec.fn, rec.lf = nil, nil, nil, nil
 rec.ab = (rec.at or 0) - (rec.pe or 0)
 rec.s = 'queued'

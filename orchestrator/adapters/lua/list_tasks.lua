@@ -1,0 +1,64 @@
+#!lua flags=no-writes
+-- One page of this shard's tasks, newest first, from the secondary indexes `save` keeps (see common.lua): per
+-- tenant, the sets of the statuses asked for, or the tool's set when that one holds fewer tasks in the range.
+-- Every record examined is checked against every filter, so a filter no set answers (worker type, priority;
+-- the status or tool besides the set read) costs a scan, bounded by `budget` (see pages.lua). Tasks whose record
+-- expired (not pruned yet) are skipped.
+-- tenants: JSON list ('' = tasks of no tenant), or '*' for every tenant with tasks here; statuses: JSON list
+-- (every status when the caller filters none); tool, worker_type: '' for any.
+-- Returns a page (see pages.lua) whose rows are the JSON text of a record's summary members (codec.summary_of).
+-- USES: common, pages
+-- KEYS: active
+-- ARGV: tenants, statuses, tool, worker_type, priority_min, priority_max, created_min, created_max, after_ms, after_id, limit, budget
+local pmin, pmax = tonumber(priority_min), tonumber(priority_max)
+local wanted = cjson.decode(statuses)
+local wanted_set = {}
+for _, status in ipairs(wanted) do wanted_set[status] = true end
+local high = '(' .. created_max  -- of the range a set's size is compared in
+if after_ms ~= '' and tonumber(after_ms) < tonumber(created_max) then high = after_ms end
+
+-- (cjson writes '/' as '\/'; our names hold no other escape)
+local function text(raw, name)
+  local value = string.match(raw, '"' .. name .. '":"([^"]*)"')
+  return value and (string.gsub(value, '\\/', '/'))
+end
+local function number(raw, name) return tonumber(string.match(raw, '"' .. name .. '":(%-?%d+)')) end
+
+local function in_range(keys)
+  local n = 0
+  for _, key in ipairs(keys) do n = n + redis.call('ZCOUNT', key, created_min, high) end
+  return n
+end
+
+local function matches(raw)
+  if not wanted_set[text(raw, 's')] then return false end
+  if tool ~= '' and text(raw, 't') ~= tool then return false end
+  if worker_type ~= '' and text(raw, 'w') ~= worker_type then return false end
+  local p = number(raw, 'p')
+  return p >= pmin and p <= pmax
+end
+
+-- Top-level members only: client and tool data are JSON text inside the record, their quotes escaped.
+local function row_of(id)
+  local raw = redis.call('GET', record_key(id))
+  if not raw or not matches(raw) then return nil end
+  local row = {}
+  for _, name in ipairs({'i', 's', 't', 'w', 'n', 'pa', 'sg'}) do row[name] = text(raw, name) end
+  for _, name in ipairs({'p', 'c', 'st', 'fn'}) do row[name] = number(raw, name) end
+  local at = string.find(raw, '"e":"', 1, true)
+  if at then row.ec = tonumber(string.match(string.sub(raw, at, at + 200), 'code\\":(%-?%d+)')) end
+  return cjson.encode(row)
+end
+
+local keys = {}
+local names = tenants == '*' and redis.call('HKEYS', tag .. ':ix:tenants') or cjson.decode(tenants)
+for _, tenant in ipairs(names) do
+  local of_tenant = {}
+  for _, status in ipairs(wanted) do of_tenant[#of_tenant + 1] = ix_key(tenant, 's', status) end
+  if tool ~= '' then
+    local by_tool = {ix_key(tenant, 't', tool)}
+    if in_range(by_tool) < in_range(of_tenant) then of_tenant = by_tool end
+  end
+  for _, key in ipairs(of_tenant) do keys[#keys + 1] = key end
+end
+return page_of(keys, created_min, created_max, after_ms, after_id, tonumber(limit), tonumber(budget), row_of)
