@@ -4,7 +4,7 @@
 
 Starts its own redis-server and stores tasks directly through the task store's submit script (batches of 500;
 5 tenants, 4 tools over 2 worker types, priorities 0..10); a few percent are then run to succeeded, failed or
-cancelled. For each filter it times the first page (limit 50) and the page after 10 pages, through the same
+cancelled. For each filter it times the first page (`--limit` rows) and the page after 10 pages, through the same
 `Finder` the JSON-RPC method calls (no HTTP: the figure is the store's), first with 100 tasks stored, then with
 `-n`. It also prints the Redis bytes the indexes take per task (`MEMORY USAGE` of their keys).
 """
@@ -84,19 +84,22 @@ async def run_some(store: TaskStore, fraction: float, seq: list[int]) -> None:
 
 
 async def page_ms(finder: Finder, who: Principal, params: dict[str, Any], n: int, repeat: int,
-                  depth: int) -> tuple[float, int]:
+                  depth: int, limit: int) -> tuple[float, int]:
     """Median ms of the page `depth` pages in (0: the first), and its rows."""
     if params.get("created_before") == "oldest":
         params = {**params, "created_before": BASE + max(1, n // 100) / 1000}
+    def wire(cursor: str | None) -> ListTasksParams:  # as the dispatcher builds them: from JSON
+        return ListTasksParams.model_validate_json(json.dumps({**params, "cursor": cursor, "limit": limit}))
+
     cursor = None
     for _ in range(depth):
-        cursor = (await finder.list_tasks(ListTasksParams(**params, cursor=cursor), who)).next_cursor
+        cursor = (await finder.list_tasks(wire(cursor), who)).next_cursor
         if cursor is None:
             return float("nan"), 0
     times, rows = [], 0
     for _ in range(repeat):
         began = time.perf_counter()
-        page = await finder.list_tasks(ListTasksParams(**params, cursor=cursor), who)
+        page = await finder.list_tasks(wire(cursor), who)
         times.append((time.perf_counter() - began) * 1000)
         rows = len(page.tasks)
     return statistics.median(times), rows
@@ -111,11 +114,11 @@ async def index_bytes(store: TaskStore) -> int:
     return total
 
 
-async def measure(finder: Finder, n: int, repeat: int) -> dict[str, dict[str, Any]]:
+async def measure(finder: Finder, n: int, repeat: int, limit: int) -> dict[str, dict[str, Any]]:
     figures: dict[str, dict[str, Any]] = {}
     for name, (who, params) in FILTERS.items():
-        first, rows = await page_ms(finder, who, params, n, repeat, 0)
-        deep, deep_rows = await page_ms(finder, who, params, n, repeat, 10)
+        first, rows = await page_ms(finder, who, params, n, repeat, 0, limit)
+        deep, deep_rows = await page_ms(finder, who, params, n, repeat, 10, limit)
         figures[name] = {"first_ms": round(first, 2), "rows": rows, "page_11_ms": round(deep, 2),
                          "page_11_rows": deep_rows}
     return figures
@@ -133,7 +136,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         report: dict[str, Any] = {"shards": args.shards}
         await store_tasks(store, 0, 100)
         await run_some(store, 0.1, seq)
-        report["small"] = {"tasks": 100, "pages": await measure(finder, 100, args.repeat)}
+        report["small"] = {"tasks": 100, "pages": await measure(finder, 100, args.repeat, args.limit)}
         before = (await store.redis.info("memory"))["used_memory"]
         began = time.perf_counter()
         await store_tasks(store, 100, args.n)
@@ -142,7 +145,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         await run_some(store, 0.1, seq)
         report["large"] = {"tasks": args.n, "store_s": round(stored_s, 1),
                            "redis_bytes_per_task": round(used / (args.n - 100)),
-                           "pages": await measure(finder, args.n, args.repeat)}
+                           "pages": await measure(finder, args.n, args.repeat, args.limit)}
         report["index_bytes_per_task"] = round(await index_bytes(store) / args.n)
         await store.aclose()
         return report
@@ -155,6 +158,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--shards", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=50, help="rows per page")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     report = asyncio.run(main_async(args))
@@ -162,7 +166,7 @@ def main() -> int:
     print(f"stored {large['tasks']} tasks in {large['store_s']} s ({args.shards} shard(s)); "
           f"{large['redis_bytes_per_task']} bytes of Redis per queued task, of which the indexes "
           f"{report['index_bytes_per_task']} (after some ran)")
-    print(f"{'filter':42s} {'first page, ms':>22s} {'11th page, ms':>22s}")
+    print(f"{'filter (limit ' + str(args.limit) + ')':42s} {'first page, ms':>22s} {'11th page, ms':>22s}")
     print(f"{'':42s} {'100':>10s} {large['tasks']:>11d} {'100':>10s} {large['tasks']:>11d}")
     for name, small in report["small"]["pages"].items():
         big = large["pages"][name]

@@ -1,12 +1,11 @@
 """Finding tasks and sagas (`list_tasks`, `list_sagas`): the params checked, the caller's tenants, and the
 indexes asked (see `adapters/lua/list_tasks.lua`).
 
-What a listing costs does not depend on how many tasks are stored: every filter combination reads a few sorted
-sets (per tenant: those of the statuses asked for, or the tool's) from the page's position on, merged by
-creation time, and checks each record read against the other filters; a call examines at most `LIST_BUDGET`
-records per shard, so a filter no set answers (worker type, priority) may answer a short page with a cursor
-rather than scan on. A parent's or a saga's tasks are read directly (the parent's record and the saga's state
-name them).
+What a listing costs does not depend on how many tasks are stored: per tenant it reads the sorted sets of the
+statuses asked for from the page's position on, merged by creation time, and checks each record read against
+the other filters (tool, worker type, priority); a call examines at most `LIST_BUDGET` records per shard, so a
+rare match answers short pages with a cursor rather than scan on. A parent's or a saga's tasks are read directly
+(the parent's record and the saga's state name them).
 """
 
 from __future__ import annotations

@@ -114,20 +114,16 @@ class ShardKeys:
         """Hash of counters since the start (the same fields as a minute's): what /metrics exports."""
         return f"{self.tag}:totals"
 
-    # The secondary indexes `list_tasks` reads (see lua/common.lua `index`): sorted sets of task ids scored by
+    # The secondary index `list_tasks` reads (see lua/common.lua `index`): sorted sets of task ids scored by
     # creation time (ms), kept by the very scripts that change a task. Tenant names hold no ':' ('' = none).
 
     def by_status(self, tenant: str | None, status: str) -> str:
         """Sorted set: the tenant's tasks in one status (a task is in exactly one) → created ms."""
         return f"{self.tag}:ix:{tenant or ''}:s:{status}"
 
-    def by_tool(self, tenant: str | None, tool: str) -> str:
-        """Sorted set: the tenant's tasks of one tool → created ms."""
-        return f"{self.tag}:ix:{tenant or ''}:t:{tool}"
-
     @property
     def indexed_tenants(self) -> str:
-        """Hash: tenant → its tasks in the indexes (what an admin's listing of every tenant goes through)."""
+        """Hash: tenant → its tasks in the index (what an admin's listing of every tenant goes through)."""
         return f"{self.tag}:ix:tenants"
 
     @property
@@ -137,8 +133,8 @@ class ShardKeys:
 
     @property
     def index_expiry(self) -> str:
-        """Sorted set: `<tenant>:<status>:<task id>:<tool>` of every finished task → when its record expires (ms);
-        what the prune reads to drop expired tasks from the indexes."""
+        """Sorted set: `<tenant>:<status>:<task id>` of every finished task → when its record expires (ms); what
+        the prune reads to drop expired tasks from the index."""
         return f"{self.tag}:ix:expiry"
 
 

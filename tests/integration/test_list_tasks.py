@@ -245,7 +245,7 @@ async def test_expired_tasks_leave_the_indexes(world: World) -> None:
     keys = world.store.keys.shard(0)
     assert await world.store.redis.zcard(keys.by_status("alice", "succeeded")) == 1
     assert await world.store.prune_index(0, time.time()) == 1
-    for key in (keys.by_status("alice", "succeeded"), keys.by_tool("alice", "echo"), keys.index_expiry):
+    for key in (keys.by_status("alice", "succeeded"), keys.index_expiry):
         assert await world.store.redis.zcard(key) == 0
     assert not await world.store.redis.hexists(keys.indexed_tenants, "alice")
 

@@ -13,25 +13,24 @@ local function record_key(id) return tag .. ':t:' .. id end
 local function level_key(w, p) return tag .. ':q:' .. w .. ':' .. p end
 local function run_key(w) return tag .. ':run:' .. w end
 
--- The secondary indexes of `list_tasks` (see adapters/keys.py): per tenant, a sorted set of its tasks in each
--- status and one of each tool's, scored by creation time (ms); every finished task also waits in the expiry set
--- until its record expires, when the prune drops it from the indexes. `save` keeps them: each record's status
--- as indexed is the one it was loaded with, so a status change moves the task between sets in the same step.
-local indexed = {}  -- task id → its status as the indexes have it (as loaded)
-local function ix_key(tenant, kind, name) return tag .. ':ix:' .. tenant .. ':' .. kind .. ':' .. name end
-local function expiry_member(rec) return (rec.n or '') .. ':' .. rec.s .. ':' .. rec.i .. ':' .. rec.t end
+-- The secondary index of `list_tasks` (see adapters/keys.py): per tenant and status, a sorted set of task ids
+-- scored by creation time (ms); a task is in exactly one. Every finished task also waits in the expiry set until
+-- its record expires, when the prune drops it from the index. `save` keeps them: a record's status as indexed is
+-- the one it was loaded with, so a status change moves the task between sets in the same step.
+local indexed = {}  -- task id → its status as the index has it (as loaded)
+local function ix_key(tenant, status) return tag .. ':ix:' .. tenant .. ':s:' .. status end
+local function expiry_member(rec) return (rec.n or '') .. ':' .. rec.s .. ':' .. rec.i end
 
 local function index(rec)
   local was = indexed[rec.i]
   if was == rec.s then return end
   local tenant = rec.n or ''
   if was then
-    redis.call('ZREM', ix_key(tenant, 's', was), rec.i)
-  else  -- a new record
-    redis.call('ZADD', ix_key(tenant, 't', rec.t), rec.c, rec.i)
+    redis.call('ZREM', ix_key(tenant, was), rec.i)
+  else  -- a new record: its tenant counted
     redis.call('HINCRBY', tag .. ':ix:tenants', tenant, 1)
   end
-  redis.call('ZADD', ix_key(tenant, 's', rec.s), rec.c, rec.i)
+  redis.call('ZADD', ix_key(tenant, rec.s), rec.c, rec.i)
   indexed[rec.i] = rec.s
 end
 
@@ -40,9 +39,8 @@ local function prune(count)
   local expiry = tag .. ':ix:expiry'
   local due = redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, count)
   for _, member in ipairs(due) do
-    local tenant, status, id, tool = string.match(member, '^([^:]*):([^:]*):([^:]*):(.*)$')
-    redis.call('ZREM', ix_key(tenant, 's', status), id)
-    redis.call('ZREM', ix_key(tenant, 't', tool), id)
+    local tenant, status, id = string.match(member, '^([^:]*):([^:]*):(.*)$')
+    redis.call('ZREM', ix_key(tenant, status), id)
     if redis.call('HINCRBY', tag .. ':ix:tenants', tenant, -1) <= 0 then redis.call('HDEL', tag .. ':ix:tenants', tenant) end
     redis.call('ZREM', expiry, member)
   end

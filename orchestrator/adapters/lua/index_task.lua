@@ -8,8 +8,8 @@
 local added = 0
 for _, id in ipairs(cjson.decode(ids)) do
   local rec = load(id)
-  if rec and not redis.call('ZSCORE', ix_key(rec.n or '', 's', rec.s), id) then
-    indexed[id] = nil  -- as a new record: its status's and its tool's sets, its tenant counted
+  if rec and not redis.call('ZSCORE', ix_key(rec.n or '', rec.s), id) then
+    indexed[id] = nil  -- as a new record: its tenant counted
     index(rec)
     local ttl = redis.call('PTTL', record_key(id))
     if ttl > 0 then redis.call('ZADD', tag .. ':ix:expiry', now + ttl, expiry_member(rec)) end

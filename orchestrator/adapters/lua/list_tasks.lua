@@ -1,9 +1,8 @@
 #!lua flags=no-writes
--- One page of this shard's tasks, newest first, from the secondary indexes `save` keeps (see common.lua): per
--- tenant, the sets of the statuses asked for, or the tool's set when that one holds fewer tasks in the range.
--- Every record examined is checked against every filter, so a filter no set answers (worker type, priority;
--- the status or tool besides the set read) costs a scan, bounded by `budget` (see pages.lua). Tasks whose record
--- expired (not pruned yet) are skipped.
+-- One page of this shard's tasks, newest first, from the secondary index `save` keeps (see common.lua): per
+-- tenant asked for, the sets of the statuses asked for, merged. Every record read is checked against the other
+-- filters, so a filter the sets do not answer (tool, worker type, priority) costs a scan, bounded by `budget`
+-- (see pages.lua). Tasks whose record expired (not pruned yet) are skipped.
 -- tenants: JSON list ('' = tasks of no tenant), or '*' for every tenant with tasks here; statuses: JSON list
 -- (every status when the caller filters none); tool, worker_type: '' for any.
 -- Returns a page (see pages.lua) whose rows are the JSON text of a record's summary members (codec.summary_of).
@@ -14,8 +13,6 @@ local pmin, pmax = tonumber(priority_min), tonumber(priority_max)
 local wanted = cjson.decode(statuses)
 local wanted_set = {}
 for _, status in ipairs(wanted) do wanted_set[status] = true end
-local high = '(' .. created_max  -- of the range a set's size is compared in
-if after_ms ~= '' and tonumber(after_ms) < tonumber(created_max) then high = after_ms end
 
 -- (cjson writes '/' as '\/'; our names hold no other escape)
 local function text(raw, name)
@@ -23,12 +20,6 @@ local function text(raw, name)
   return value and (string.gsub(value, '\\/', '/'))
 end
 local function number(raw, name) return tonumber(string.match(raw, '"' .. name .. '":(%-?%d+)')) end
-
-local function in_range(keys)
-  local n = 0
-  for _, key in ipairs(keys) do n = n + redis.call('ZCOUNT', key, created_min, high) end
-  return n
-end
 
 local function matches(raw)
   if not wanted_set[text(raw, 's')] then return false end
@@ -53,12 +44,6 @@ end
 local keys = {}
 local names = tenants == '*' and redis.call('HKEYS', tag .. ':ix:tenants') or cjson.decode(tenants)
 for _, tenant in ipairs(names) do
-  local of_tenant = {}
-  for _, status in ipairs(wanted) do of_tenant[#of_tenant + 1] = ix_key(tenant, 's', status) end
-  if tool ~= '' then
-    local by_tool = {ix_key(tenant, 't', tool)}
-    if in_range(by_tool) < in_range(of_tenant) then of_tenant = by_tool end
-  end
-  for _, key in ipairs(of_tenant) do keys[#keys + 1] = key end
+  for _, status in ipairs(wanted) do keys[#keys + 1] = ix_key(tenant, status) end
 end
 return page_of(keys, created_min, created_max, after_ms, after_id, tonumber(limit), tonumber(budget), row_of)

@@ -4,23 +4,24 @@
 -- created_min, created_max: ms, inclusive and exclusive; after_ms, after_id: only ids after this one in the
 -- order ('' = from the newest).
 -- Returns {rows, exhausted (1: nothing older is left in the sets), floor_ms, floor_id}.
-local CHUNK = 100
+local FIRST_CHUNK, MAX_CHUNK = 8, 256  -- a set read a little at first (most sets of a merge give few rows), then more
 
 local function page_of(keys, created_min, created_max, after_ms, after_id, limit, budget, row_of)
   local cursor_ms = after_ms ~= '' and tonumber(after_ms) or nil
   local high = '(' .. created_max
   if cursor_ms and cursor_ms < tonumber(created_max) then high = after_ms end
   local streams = {}
-  for _, key in ipairs(keys) do streams[#streams + 1] = {key = key, buf = {}, at = 1, offset = 0} end
+  for _, key in ipairs(keys) do streams[#streams + 1] = {key = key, buf = {}, at = 1, offset = 0, chunk = FIRST_CHUNK} end
 
   -- The stream's next id and its score, fetched a chunk at a time; nil when it has no more in the range.
   local function head(stream)
     if stream.at > #stream.buf then
       if stream.done then return nil end
+      local chunk = stream.chunk
       stream.buf = redis.call('ZREVRANGEBYSCORE', stream.key, high, created_min, 'WITHSCORES', 'LIMIT', stream.offset,
-                              CHUNK)
-      stream.offset, stream.at = stream.offset + CHUNK, 1
-      if #stream.buf < 2 * CHUNK then stream.done = true end
+                              chunk)
+      stream.offset, stream.at, stream.chunk = stream.offset + chunk, 1, math.min(2 * chunk, MAX_CHUNK)
+      if #stream.buf < 2 * chunk then stream.done = true end
       if #stream.buf == 0 then return nil end
     end
     return stream.buf[stream.at], tonumber(stream.buf[stream.at + 1])
