@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 
 from orchestrator import codec
+from orchestrator.adapters.migration import index_unlisted
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.task_store import Settlement, Submission, TakePolicy, TakeRequest, TaskQuery, TaskStore
 from orchestrator.auth import Principal
@@ -303,3 +304,18 @@ async def test_sagas_by_status_workflow_and_tenant(world: World) -> None:
     assert await listed(ALICE, created_after=BASE + 5) == expect(lambda s: s.created_at >= BASE + 5
                                                                   and s.tenant == "alice")
     assert await listed(BOB, status=["running"]) == expect(lambda s: s.tenant == "bob" and s.status == "running")
+
+
+async def test_tasks_stored_before_the_index_are_indexed_once_on_upgrade(populated: World) -> None:
+    before = [t.task_id for t in await populated.listed(ADMIN, limit=100)]
+    for shard in range(SHARDS):  # the layout of the version before: records, no index
+        tag = populated.store.keys.shard(shard).tag
+        await populated.store.redis.delete(*[k async for k in populated.store.redis.scan_iter(match=f"{tag}:ix:*")])
+    assert await populated.listed(ADMIN) == []
+    assert await index_unlisted(populated.store) == len(before)
+    assert [t.task_id for t in await populated.listed(ADMIN, limit=100)] == before
+    finished = await populated.listed(ADMIN, status=["succeeded", "failed", "cancelled"])
+    expiring = sum([await populated.store.redis.zcard(populated.store.keys.shard(s).index_expiry)
+                    for s in range(SHARDS)])
+    assert finished and expiring == len(finished)  # they still leave the index when their records expire
+    assert await index_unlisted(populated.store) == 0  # once
