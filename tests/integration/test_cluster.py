@@ -76,6 +76,15 @@ def test_tasks_run_once_each_across_the_shards(system: Deployed) -> None:
     records = all_terminal(system.base_url, ids, timeout_s=120)
     assert all(r["status"] == "succeeded" and r["result"]["text"] == p["prompt"] and r["attempts"] == 1
                for r, p in zip((records[t] for t in ids), load, strict=True))
+    listed: list[str] = []  # list_tasks merges the shards (on several masters): each task once, newest first
+    page: dict[str, Any] = {"next_cursor": None}
+    while True:
+        params = {"tool": "echo", "status": "succeeded", "limit": 100, "cursor": page["next_cursor"]}
+        page = result(system.base_url, "list_tasks", {k: v for k, v in params.items() if v is not None})
+        listed += [row["task_id"] for row in page["tasks"] if row["task_id"] in records]
+        if page["next_cursor"] is None:
+            break
+    assert listed == sorted(ids, key=lambda t: (round(records[t]["created_at"] * 1000), t), reverse=True)
 
 
 def test_priority_order_holds_on_the_cluster(system: Deployed) -> None:
@@ -116,6 +125,7 @@ def test_sagas_status_analytics_and_metrics_on_the_cluster(system: Deployed) -> 
     wait_until(lambda: result(base, "get_saga", {"saga_id": saga["saga_id"]})["status"] == "succeeded", 60, "saga")
     steps = result(base, "get_saga", {"saga_id": saga["saga_id"]})["steps"]
     assert steps[-1]["output"]["text"] == "hello cluster!"
+    assert [s["saga_id"] for s in result(base, "list_sagas", {"workflow": "greet"})["sagas"]] == [saga["saga_id"]]
     status = result(base, "status")
     assert {p["worker_type"]: p["workers"] for p in status["pools"]}["reasoning"] == 2
     analytics = result(base, "analytics", {"window_s": 600})

@@ -11,8 +11,6 @@
 -- ARGV: tenants, statuses, tool, worker_type, priority_min, priority_max, created_min, created_max, after_ms, after_id, limit, budget
 local pmin, pmax = tonumber(priority_min), tonumber(priority_max)
 local wanted = cjson.decode(statuses)
-local wanted_set = {}
-for _, status in ipairs(wanted) do wanted_set[status] = true end
 
 -- (cjson writes '/' as '\/'; our names hold no other escape)
 local function text(raw, name)
@@ -21,12 +19,15 @@ local function text(raw, name)
 end
 local function number(raw, name) return tonumber(string.match(raw, '"' .. name .. '":(%-?%d+)')) end
 
+-- (its status is the set's: `save` moves a task between sets in the step that changes it)
 local function matches(raw)
-  if not wanted_set[text(raw, 's')] then return false end
   if tool ~= '' and text(raw, 't') ~= tool then return false end
   if worker_type ~= '' and text(raw, 'w') ~= worker_type then return false end
-  local p = number(raw, 'p')
-  return p >= pmin and p <= pmax
+  if pmin > 0 or pmax < 10 then
+    local p = number(raw, 'p')
+    return p >= pmin and p <= pmax
+  end
+  return true
 end
 
 -- Top-level members only: client and tool data are JSON text inside the record, their quotes escaped.
