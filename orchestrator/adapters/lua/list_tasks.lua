@@ -12,31 +12,33 @@
 local pmin, pmax = tonumber(priority_min), tonumber(priority_max)
 local wanted = cjson.decode(statuses)
 
--- (cjson writes '/' as '\/'; our names hold no other escape)
-local function text(raw, name)
-  local value = string.match(raw, '"' .. name .. '":"([^"]*)"')
-  return value and (string.gsub(value, '\\/', '/'))
+-- The record's top-level members a row shows, read in two passes over its text (no decoding): client and tool data
+-- are JSON text inside the record, their quotes escaped, so a nested `"name":` never matches. (cjson writes '/'
+-- as '\/'; the names read hold no other escape.)
+local TEXTS = {i = true, s = true, t = true, w = true, n = true, pa = true, sg = true}
+local NUMBERS = {p = true, c = true, st = true, fn = true}
+local function summary(raw)
+  local row = {}
+  for name, value in string.gmatch(raw, '"(%a+)":"([^"]*)"') do
+    if TEXTS[name] then row[name] = (string.gsub(value, '\\/', '/')) end
+  end
+  for name, value in string.gmatch(raw, '"(%a+)":(%-?%d+)') do
+    if NUMBERS[name] then row[name] = tonumber(value) end
+  end
+  return row
 end
-local function number(raw, name) return tonumber(string.match(raw, '"' .. name .. '":(%-?%d+)')) end
+
+local function matches(row)
+  return (tool == '' or row.t == tool) and (worker_type == '' or row.w == worker_type)
+    and row.p >= pmin and row.p <= pmax
+end
 
 -- (its status is the set's: `save` moves a task between sets in the step that changes it)
-local function matches(raw)
-  if tool ~= '' and text(raw, 't') ~= tool then return false end
-  if worker_type ~= '' and text(raw, 'w') ~= worker_type then return false end
-  if pmin > 0 or pmax < 10 then
-    local p = number(raw, 'p')
-    return p >= pmin and p <= pmax
-  end
-  return true
-end
-
--- Top-level members only: client and tool data are JSON text inside the record, their quotes escaped.
 local function row_of(id)
   local raw = redis.call('GET', record_key(id))
-  if not raw or not matches(raw) then return nil end
-  local row = {}
-  for _, name in ipairs({'i', 's', 't', 'w', 'n', 'pa', 'sg'}) do row[name] = text(raw, name) end
-  for _, name in ipairs({'p', 'c', 'st', 'fn'}) do row[name] = number(raw, name) end
+  if not raw then return nil end
+  local row = summary(raw)
+  if not matches(row) then return nil end
   local at = string.find(raw, '"e":"', 1, true)
   if at then row.ec = tonumber(string.match(string.sub(raw, at, at + 200), 'code\\":(%-?%d+)')) end
   return cjson.encode(row)
