@@ -56,7 +56,7 @@ async def store_tasks(store: TaskStore, start: int, end: int) -> None:
     for first in range(start, end, BATCH):
         by_shard: dict[int, list[Submission]] = {}
         for i in range(first, min(first + BATCH, end)):
-            shard = i % store.shards
+            shard = (i // len(TOOLS)) % store.shards  # tools and tenants spread over every shard
             tool = list(TOOLS)[i % len(TOOLS)]
             spec = TaskSpec(task_id=new_task_id(shard), tool=tool, worker_type=TOOLS[tool], priority=i % 11,
                             input={"prompt": "p" * 100}, created_at=BASE + i / 1000, tenant=TENANTS[i % len(TENANTS)])

@@ -550,7 +550,7 @@ class TaskStore:
         return ranked[:count]
 
 
-LIST_BUDGET = 1000  # records a listing examines per shard per call: the bound of a page's cost (and its blocking)
+LIST_BUDGET = 300  # records a listing examines per shard per call: the bound of a page's cost (and of its Redis block)
 
 
 @dataclass(frozen=True, slots=True)
