@@ -50,15 +50,15 @@ class HttpSettings(Upgradable):
     proxy: Literal["serve", "haproxy"] = Field(default="serve", description="Serve's HTTP proxy (Python), or "
                                                "HAProxy with Serve's throughput mode: about 4x less latency per "
                                                "request, but it listens on every interface (needs auth.keys)")
+    port: int = Field(default=8000, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1)
 
     def ray_environment(self) -> dict[str, str]:
         """What the environment of Ray's processes needs for this proxy: set before Ray (and Serve) start."""
         if self.proxy == "haproxy":
             return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
         return {}
-    port: int = Field(default=8000, ge=1, le=65535)
-    replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=256, ge=1)
 
 
 class PoolSettings(Upgradable):
