@@ -311,7 +311,7 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
 
 async def gate(tool_input: dict[str, Any]) -> dict[str, Any]:
     """A test tool (kind python): when `gated`, waits until released (`<dir>/<name>.go` exists); then logs the run
-    in `<dir>/runs.log`, one line per run — a step run twice shows twice."""
+    in `<dir>/runs.log`, one line per run — a step run twice shows twice — and fails if told to (`fail`)."""
     directory, name = Path(tool_input["dir"]), str(tool_input["name"])
     deadline = time.monotonic() + 120
     while tool_input.get("gated") and not (directory / f"{name}.go").exists():
@@ -320,6 +320,8 @@ async def gate(tool_input: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.02)  # the work itself: busy until released (or cancelled)
     with (directory / "runs.log").open("a") as log:  # O_APPEND: one whole line per write
         log.write(f"{name}\n")
+    if tool_input.get("fail"):
+        raise RuntimeError(f"{name} failed")
     return {"name": name}
 
 
