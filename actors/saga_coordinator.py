@@ -13,12 +13,10 @@ import asyncio
 import logging
 import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
 
 import ray
 
@@ -93,22 +91,15 @@ class SagaCoordinatorActor:
     async def pid(self) -> int:
         return os.getpid()
 
-    async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None, tenant: str | None = None,
-                       quota: QuotaSettings | None = None) -> tuple[str, bool]:
-        """Persist a new saga of `tenant` (within its submit quota) and queue it by priority; (saga id, whether
-        the key named an earlier one).
+    async def start_saga(self, state: saga.SagaState, idempotency_key: str | None,
+                         quota: QuotaSettings | None = None) -> tuple[str, bool]:
+        """Persist a new saga (within its tenant's submit quota) and queue it by priority; (saga id, whether the
+        key named an earlier one).
 
         Args:
             quota: the one the caller is held to; None (an admin, or auth off): the saga is exempt from its
-                tenant's quotas, like the caller.
+                tenant's quotas, like the caller (`state.quota_exempt` says so too).
         """
-        definition = self._settings.all_workflows().get(workflow)
-        if definition is None:
-            known = ", ".join(sorted(self._settings.all_workflows()))
-            raise InvalidParamsError({"params.workflow": f"unknown workflow {workflow[:128]!r}; known: {known}"})
-        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent, tenant,
-                              quota_exempt=quota is None)
         saga_id, duplicate = await self._sagas.create(state, idempotency_key, quota)
         if not duplicate:
             self._queue(state)

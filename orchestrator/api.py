@@ -18,6 +18,7 @@ from orchestrator.models import (
     KeysParams,
     KeysResult,
     ListWorkflowsParams,
+    RerunSagaParams,
     RunSagaParams,
     RunSagaResult,
     RunTaskParams,
@@ -68,6 +69,9 @@ def saga_methods(sagas: SagaService) -> list[Method]:
     async def cancel_saga(params: Any, ctx: RequestContext) -> CancelSagaResult:
         return await sagas.cancel_saga(cast(SagaIdParams, params).saga_id, ctx.principal)
 
+    async def rerun_saga(params: Any, ctx: RequestContext) -> RunSagaResult:
+        return await sagas.rerun_saga(cast(RerunSagaParams, params), ctx.principal)
+
     async def list_workflows(params: Any, ctx: RequestContext) -> list[WorkflowDefinition]:
         return sagas.list_workflows()
 
@@ -79,8 +83,11 @@ def saga_methods(sagas: SagaService) -> list[Method]:
                "The saga: status, and every step with its attempts, output, timings and compensation.", get_saga,
                READ),
         Method("cancel_saga", SagaIdParams, CancelSagaResult,
-               "Cancel a saga: its running step is cancelled and its completed steps compensated.", cancel_saga,
+               "Cancel a saga: its running steps are cancelled and its completed steps compensated.", cancel_saga,
                SUBMIT),
+        Method("rerun_saga", RerunSagaParams, RunSagaResult,
+               "Re-run a failed or cancelled saga as a new one linked both ways (rerun_of / reruns): completed "
+               "steps that were not undone keep their outputs, the rest run again.", rerun_saga, SUBMIT),
         Method("list_workflows", ListWorkflowsParams, list[WorkflowDefinition],
                "The workflows sagas can run, with their definitions.", list_workflows, READ),
     ]

@@ -279,6 +279,18 @@ class RunSagaParams(Params):
     agent: Agent | None = None
 
 
+class RerunSagaParams(Params):
+    """Re-run a failed or cancelled saga from where it stopped: completed steps that were not undone keep their
+    outputs; the rest run again. `input` and `priority` default to the original's."""
+
+    saga_id: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any] | None = Field(default=None, description="instead of the original's (the steps kept "
+                                         "keep their outputs)")
+    priority: Priority | None = None
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
+
+
 class RunSagaResult(BaseModel):
     saga_id: str
     status: str

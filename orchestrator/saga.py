@@ -295,6 +295,8 @@ class SagaState(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     steps: list[StepState]
+    rerun_of: str | None = Field(default=None, description="the saga this one re-runs (`rerun_saga`)")
+    reruns: list[str] = Field(default_factory=list, description="the sagas that re-run this one, oldest first")
     created_at: float
     updated_at: float
     finished_at: float | None = None
@@ -311,6 +313,25 @@ def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str,
     return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
                      priority=priority, agent=agent, tenant=tenant, quota_exempt=quota_exempt,
                      steps=[StepState(name=s.name) for s in definition.leaves()], created_at=now, updated_at=now)
+
+
+RERUNNABLE = (SagaStatus.FAILED, SagaStatus.CANCELLED)
+
+
+def rerun(original: SagaState, saga_id: str, now: float, *, saga_input: dict[str, Any] | None = None,
+          priority: int | None = None, agent: str | None = None, quota_exempt: bool = False) -> SagaState:
+    """A new saga that takes up a failed or cancelled one where it stopped, with its definition: a step that
+    completed and was not undone keeps its output and attempts (it does not run again); every other step — the
+    one that failed, those never reached, and completed ones a compensation undid — runs again."""
+    assert original.status in RERUNNABLE, original.status
+    state = new_saga(saga_id, original.definition, original.input if saga_input is None else saga_input,
+                     original.priority if priority is None else priority, now, agent or original.agent,
+                     original.tenant, quota_exempt)
+    kept = {s.name: s for s in original.steps
+            if s.status is StepStatus.SUCCEEDED and s.compensation is CompensationStatus.NONE}
+    state.steps = [kept[s.name].model_copy(deep=True) if s.name in kept else s for s in state.steps]
+    state.rerun_of = original.saga_id
+    return state
 
 
 # ---------------------------------------------------------------- commands

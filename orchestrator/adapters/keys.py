@@ -215,6 +215,10 @@ class Keys:
         """The saga's state (JSON), rewritten after every transition."""
         return f"{self._sagas}:saga:{saga_id}"
 
+    def saga_reruns(self, saga_id: str) -> str:
+        """List: the sagas that re-run this one, oldest first (expires with the saga)."""
+        return f"{self._sagas}:reruns:{saga_id}"
+
     @property
     def active_sagas(self) -> str:
         """Set of unfinished saga ids: what a restarted coordinator resumes."""

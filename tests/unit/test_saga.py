@@ -409,3 +409,27 @@ def test_a_group_needs_two_branches_and_the_steps_in_all_are_bounded() -> None:
     many = [{"name": f"g{i}", "parallel": [{"name": f"s{i}_{j}", "tool": "echo"} for j in range(16)]} for i in range(5)]
     with pytest.raises(ValueError, match="at most 64 steps in all"):
         WorkflowDefinition.model_validate({"name": "w", "steps": many})
+
+
+# ---------------------------------------------------------------- re-runs
+
+
+def test_a_rerun_keeps_completed_steps_not_undone_and_runs_the_rest_again() -> None:
+    state = run_step(start(), "succeeded", {"text": "hi"})  # a: completed, then undone
+    state.definition.steps[1].compensation = None  # (b cannot be undone: its output stays valid)
+    state = run_step(state, "succeeded", {"text": "B"})
+    state = run_step(state, "failed", error="c broke", now=110)
+    while isinstance(command := next_command(state, 111), Submit):
+        state = run_step(state, "succeeded", now=111)
+    assert command == Settle(SagaStatus.FAILED)
+    state = saga.on_settled(state, SagaStatus.FAILED, 112)
+
+    again = saga.rerun(state, "s2", 200, saga_input={"text": "new"})
+    assert (again.saga_id, again.rerun_of, again.status, again.input) == ("s2", "s1", SagaStatus.RUNNING, {"text": "new"})
+    assert [s.status for s in again.steps] == [StepStatus.PENDING, StepStatus.SUCCEEDED, StepStatus.PENDING]
+    assert again.steps[1].output == {"text": "B"} and again.steps[1].attempts == state.steps[1].attempts
+    first = next_command(again, 201)
+    assert isinstance(first, Submit) and first.step == "a" and first.key == "saga:s2:a:1"  # undone: runs again
+    again = run_step(again, "succeeded", {"text": "A2"}, now=201)
+    (then,) = saga.next_commands(again, 202)
+    assert isinstance(then, Submit) and then.step == "c"  # b is not run again
