@@ -13,10 +13,14 @@ from orchestrator.models import (
     CancelTaskResult,
     ControlParams,
     ControlResult,
+    CreateScheduleParams,
+    DeleteScheduleResult,
     InjectParams,
     InjectResult,
     KeysParams,
     KeysResult,
+    ListSchedulesParams,
+    ListSchedulesResult,
     ListWorkflowsParams,
     RerunSagaParams,
     RunSagaParams,
@@ -25,6 +29,8 @@ from orchestrator.models import (
     RunTaskParamsV2,
     RunTaskResult,
     SagaIdParams,
+    ScheduleIdParams,
+    ScheduleState,
     StatusParams,
     StatusResult,
     TaskIdParams,
@@ -32,6 +38,7 @@ from orchestrator.models import (
 )
 from orchestrator.saga import SagaState, WorkflowDefinition
 from orchestrator.saga_service import SagaService
+from orchestrator.schedule_service import ScheduleService
 from orchestrator.service import TaskService
 
 RUN_TASK_SUMMARY = (
@@ -41,10 +48,48 @@ RUN_TASK_SUMMARY = (
 
 
 def methods(service: TaskService, version: int, sagas: SagaService | None = None,
-            keys: KeyService | None = None) -> list[Method]:
+            keys: KeyService | None = None, schedules: ScheduleService | None = None) -> list[Method]:
     """The methods of one API version; v2 differs only in `run_task`'s params."""
     return (_task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
-            + ([] if keys is None else key_methods(keys)))
+            + ([] if keys is None else key_methods(keys)) + ([] if schedules is None else schedule_methods(schedules)))
+
+
+def schedule_methods(schedules: ScheduleService) -> list[Method]:
+    async def create_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.create_schedule(cast(CreateScheduleParams, params), ctx.principal)
+
+    async def get_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.get_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def list_schedules(params: Any, ctx: RequestContext) -> ListSchedulesResult:
+        return await schedules.list_schedules(cast(ListSchedulesParams, params), ctx.principal)
+
+    async def pause_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.pause_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def resume_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.resume_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def delete_schedule(params: Any, ctx: RequestContext) -> DeleteScheduleResult:
+        return await schedules.delete_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    return [
+        Method("create_schedule", CreateScheduleParams, ScheduleState,
+               "Fire a task on a cron expression (with a timezone) or an interval; each tick exactly once, as the "
+               "caller would submit it. Overlap (skip, queue, cancel_previous) and catch-up (none, latest, all) "
+               "policies.", create_schedule, SUBMIT),
+        Method("get_schedule", ScheduleIdParams, ScheduleState,
+               "A schedule: its definition, next ticks, counts and latest fires.", get_schedule, READ),
+        Method("list_schedules", ListSchedulesParams, ListSchedulesResult,
+               "The caller's tenant's schedules (an admin: every tenant's, or `tenant`'s), newest first.",
+               list_schedules, READ),
+        Method("pause_schedule", ScheduleIdParams, ScheduleState,
+               "Stop firing (the ticks that fall while paused never fire).", pause_schedule, SUBMIT),
+        Method("resume_schedule", ScheduleIdParams, ScheduleState,
+               "Fire again, from the next tick after now.", resume_schedule, SUBMIT),
+        Method("delete_schedule", ScheduleIdParams, DeleteScheduleResult,
+               "Delete a schedule: it fires no more (its tasks stay).", delete_schedule, SUBMIT),
+    ]
 
 
 def key_methods(keys: KeyService) -> list[Method]:

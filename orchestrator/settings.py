@@ -264,6 +264,7 @@ class LimitSettings(Upgradable):
     max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
+    max_schedules_per_tenant: int = Field(default=100, ge=1, description="schedules one tenant may have")
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
@@ -343,6 +344,8 @@ class RouterSettings(Upgradable):
     aging_interval_s: float = Field(
         default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
     )
+    schedule_interval_s: float = Field(default=0.2, gt=0, description="how often the pools lease holder fires "
+                                       "due schedules")
 
 
 class Settings(BaseSettings):
