@@ -1,0 +1,44 @@
+"""Registered tools and workflows as MCP tools: who gets a name, the `_meta` keys, results and errors."""
+
+from __future__ import annotations
+
+from orchestrator.mcp_tools import DEADLINE, PRIORITY, TASK_ID, renamed_fields, runnables, submission, task_result
+from orchestrator.settings import Settings
+
+SETTINGS = Settings(
+    tools={"status": {"kind": "echo"}, "bad name!": {"kind": "echo"}, "scalar": {"kind": "python",
+           "function": "m:f", "input_schema": {"type": "string"}}},
+    workflows={"echo": {"name": "echo", "steps": [{"name": "s", "tool": "echo", "input": {"prompt": "x"}}]},
+               "greet": {"name": "greet", "steps": [{"name": "s", "tool": "echo", "input": {"prompt": "x"}}]}},
+)
+
+
+def test_names_go_to_management_tools_then_registered_tools_then_workflows() -> None:
+    offered, left_out = runnables(SETTINGS.tools, SETTINGS.all_workflows(), {"status", "run_task"})
+    names = [(r.name, r.workflow) for r in offered]
+    assert ("echo", False) in names and ("greet", True) in names and ("code_pipeline", True) in names
+    assert len({name for name, _ in names}) == len(names)
+    assert set(left_out) == {"tool status", "workflow echo", "tool bad name!", "tool scalar"}
+    by_name = {r.name: r.definition for r in offered}
+    assert by_name["echo"].execution is not None and by_name["echo"].execution.task_support == "optional"
+    assert by_name["greet"].execution is not None and by_name["greet"].execution.task_support == "required"
+    assert by_name["greet"].input_schema == {"type": "object"}  # a workflow without a schema takes any object
+
+
+def test_meta_gives_the_submission_and_errors_name_what_the_call_sent() -> None:
+    assert submission({PRIORITY: 7, DEADLINE: "2030-01-01T00:00:00Z", "other": 1}) == {
+        "priority": 7, "deadline": "2030-01-01T00:00:00Z"}
+    assert submission(None) == {}
+    assert renamed_fields({"params.input.steps": "x", "params.input": "y", "params.priority": "z",
+                           "params.inputs": "w"}) == {
+        "arguments.steps": "x", "arguments": "y", f"_meta.{PRIORITY}": "z", "params.inputs": "w"}
+
+
+def test_a_finished_task_is_its_tools_result() -> None:
+    done = task_result({"task_id": "0-a", "status": "succeeded", "result": {"text": "hi"}})
+    assert not done.is_error and done.structured_content == {"text": "hi"} and done.meta == {TASK_ID: "0-a"}
+    scalar = task_result({"task_id": "0-b", "status": "succeeded", "result": 3})
+    assert scalar.structured_content == {"result": 3}
+    failed = task_result({"task_id": "0-c", "status": "failed", "error": {"code": -32004, "message": "boom"}})
+    assert failed.is_error and failed.structured_content == {"status": "failed",
+                                                             "error": {"code": -32004, "message": "boom"}}
