@@ -34,7 +34,7 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -268,8 +268,14 @@ class McpFace:
                          f"idempotency key and deadline in _meta under {mcp_tools.META_PREFIX}). `run_task` "
                          "submits without waiting; `get_task` follows up.",
             on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
+            on_call_tool=self._call_tool,  # type: ignore[arg-type]  # a CreateTaskResult is a dict
         )
+        # The Tasks extension (2026-07-28 wire): advertised in server/discover and initialize.
+        self._server.extensions[mcp_tools.TASKS] = {}
+        self._server.add_request_handler("tasks/get", _TaskParams, self._get_task)
+        self._server.add_request_handler("tasks/cancel", _TaskParams, self._cancel_task)
+        self._server.add_request_handler("tasks/update", _UpdateParams, self._update_task)
+        self._ttl_ms = settings.redis.retention_s * 1000  # a record outlives its creation at least this long
         security = transport_security(settings.http.host)
         self._security = TransportSecurityMiddleware(security)
         # Stateless: the SDK keeps nothing between requests, so any replica can serve any of them; the
@@ -399,7 +405,7 @@ class McpFace:
         return types.ListToolsResult(tools=allowed)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult:
+                         ) -> types.CallToolResult | dict[str, Any]:
         principal = _principal_of(ctx)
         runnable = self._runnables.get(params.name)
         if runnable is not None:
@@ -474,9 +480,15 @@ class McpFace:
     # --- registered tools and workflows -----------------------------------------------------------
 
     async def _run_tool(self, runnable: Runnable, params: types.CallToolRequestParams, principal: Principal,
-                   ctx: ServerRequestContext[Any]) -> types.CallToolResult:
+                        ctx: ServerRequestContext[Any]) -> types.CallToolResult | dict[str, Any]:
         """Submit a task of the tool (a saga of the workflow) through the dispatcher, as `run_task` (`run_saga`)
-        does, and follow it to its end; a cancelled request (the client went away) cancels it."""
+        does; answer it as a task to a client that opted into the Tasks extension (2026-07-28 wire), else follow
+        it to its end; a cancelled request (the client went away) cancels it."""
+        modern = ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
+        as_task = modern and mcp_tools.opted_in(params.meta) and runnable.task_support != "forbidden"
+        if modern and runnable.task_support == "required" and not as_task:
+            raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY, message="Missing required client capability",
+                           data=mcp_tools.REQUIRED_CAPABILITIES)
         submitted = mcp_tools.submission(params.meta)
         arguments = params.arguments or {}
         if runnable.workflow:
@@ -489,6 +501,9 @@ class McpFace:
         reply = await self._call(method, call, principal)
         if "error" in reply:
             return _refused(reply["error"])
+        if as_task:  # accepted means durable: tasks/get finds it from here on, on any replica
+            handle = reply["result"]["saga_id" if runnable.workflow else "task_id"]
+            return mcp_tools.created_task(handle, time.time(), self._ttl_ms)
         report = ctx.session.report_progress
         follower = dataclasses.replace(principal, scopes=principal.scopes | {READ})  # submit may follow what it ran
         if runnable.workflow:
@@ -500,6 +515,48 @@ class McpFace:
         async with _cancelling(lambda: self._call("cancel_task", {"task_id": task_id}, principal)):
             finished = await self._until_finished(task_id, follower, report)
         return _refused(finished["error"]) if "error" in finished else mcp_tools.task_result(finished["result"])
+
+    # --- the Tasks extension: tasks/get, tasks/cancel, tasks/update ------------------------------------
+
+    async def _get_task(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> dict[str, Any]:
+        """The detailed task (a saga's id names its workflow's task)."""
+        who = self._task_caller(ctx, params)
+        reply = await self._call("get_task", {"task_id": params.task_id}, who)
+        if "result" in reply:
+            return mcp_tools.detailed_task(reply["result"], self._ttl_ms)
+        saga = await self._call("get_saga", {"saga_id": params.task_id}, who) if _missing(reply) else reply
+        if "result" in saga:
+            return mcp_tools.detailed_saga(saga["result"], self._ttl_ms)
+        raise _task_error(saga["error"])
+
+    async def _cancel_task(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> dict[str, Any]:
+        """An empty acknowledgement; cancelling a finished task acknowledges too (idempotent)."""
+        who = self._task_caller(ctx, params)
+        reply = await self._call("cancel_task", {"task_id": params.task_id}, who)
+        if _missing(reply):
+            reply = await self._call("cancel_saga", {"saga_id": params.task_id}, who)
+        if "error" in reply and reply["error"].get("code") not in _ALREADY_FINISHED:
+            raise _task_error(reply["error"])
+        return {}
+
+    async def _update_task(self, ctx: ServerRequestContext[Any], params: _UpdateParams) -> dict[str, Any]:
+        """No task of ours asks for input yet: every response is to no outstanding request, so it is ignored."""
+        await self._get_task(ctx, params)
+        return {}
+
+    def _task_caller(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> Principal:
+        """The caller of a tasks/* request, once the request is one the extension allows: opted in, on the
+        2026-07-28 wire, its Mcp-Name header naming the task. A key that may submit may follow its tasks."""
+        if not mcp_tools.opted_in(params.meta):
+            raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY, message="Missing required client capability",
+                           data=mcp_tools.REQUIRED_CAPABILITIES)
+        request = ctx.request
+        named = request.headers.get("mcp-name") if isinstance(request, Request) else None
+        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS and named != params.task_id:
+            raise MCPError(code=types.HEADER_MISMATCH, message="Header mismatch",
+                           data={"header": "Mcp-Name", "expected": "params.taskId"})
+        principal = _principal_of(ctx)
+        return dataclasses.replace(principal, scopes=principal.scopes | {READ}) if principal.can(SUBMIT) else principal
 
     async def _until_finished(self, task_id: str, principal: Principal, report: Report) -> dict[str, Any]:
         """The task's get_task reply once it finished, its events reported meanwhile (Redis failing: retried)."""
@@ -551,6 +608,30 @@ class _Exchange(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._face(scope, receive, send)
+
+
+class _TaskParams(types.RequestParams):
+    task_id: str = Field(alias="taskId", min_length=1, max_length=128)
+
+
+class _UpdateParams(_TaskParams):
+    input_responses: dict[str, Any] = Field(alias="inputResponses", default_factory=dict)
+
+
+_NOT_FOUND = frozenset({-32001, -32009, types.INVALID_PARAMS})  # task, saga not found; an id that cannot be one
+_ALREADY_FINISHED = frozenset({-32003, -32010})  # task, saga: nothing left to cancel
+
+
+def _missing(reply: Mapping[str, Any]) -> bool:
+    return "error" in reply and reply["error"].get("code") in _NOT_FOUND
+
+
+def _task_error(error: Mapping[str, Any]) -> MCPError:
+    """A tasks/* failure: an unknown task id is -32602 (as the extension says), others as the dispatcher said."""
+    if error.get("code") in _NOT_FOUND:
+        return MCPError(code=types.INVALID_PARAMS, message="Failed to retrieve task: Task not found")
+    return MCPError(code=int(error.get("code", types.INTERNAL_ERROR)), message=str(error.get("message")),
+                    data=error.get("data"))
 
 
 def _retryable(error: Mapping[str, Any]) -> bool:

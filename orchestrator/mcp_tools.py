@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import mcp_types as types
@@ -36,6 +37,11 @@ class Runnable:
     name: str
     workflow: bool
     definition: types.Tool
+
+    @property
+    def task_support(self) -> TaskSupport:
+        execution = self.definition.execution
+        return "forbidden" if execution is None or execution.task_support is None else execution.task_support
 
 
 def runnables(tools: Mapping[str, ToolSettings], workflows: Mapping[str, WorkflowDefinition],
@@ -79,7 +85,7 @@ def _registered_tool(name: str, tool: ToolSettings, schema: dict[str, Any]) -> t
         description=f"{description} Runs as a durable task (priority {tool.priority} unless the call's _meta "
                     f"names one in {PRIORITY}).",
         input_schema=schema,
-        execution=execution("optional"),
+        execution=execution(tool.task_support),
         annotations=types.ToolAnnotations(read_only_hint=False, open_world_hint=tool.kind in _OPEN_WORLD_KINDS),
     )
 
@@ -142,7 +148,7 @@ def saga_result(state: Mapping[str, Any]) -> types.CallToolResult:
 
 def _success(value: Any, meta: dict[str, Any]) -> types.CallToolResult:
     structured = value if isinstance(value, dict) else {"result": value}
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     return types.CallToolResult(content=[types.TextContent(text=text)], structured_content=structured, meta=meta)
 
 
@@ -150,3 +156,71 @@ def _failure(status: str, error: Mapping[str, Any], meta: dict[str, Any]) -> typ
     text = f"{status}: {error.get('message')}"
     return types.CallToolResult(content=[types.TextContent(text=text)], is_error=True, meta=meta,
                                 structured_content={"status": status, "error": dict(error)})
+
+
+# ---------------------------------------------------------------- the Tasks extension (2026-07-28 wire)
+
+TASKS = "io.modelcontextprotocol/tasks"
+CLIENT_CAPABILITIES = "io.modelcontextprotocol/clientCapabilities"
+REQUIRED_CAPABILITIES = {"requiredCapabilities": {"extensions": {TASKS: {}}}}
+POLL_INTERVAL_MS = 500
+_WORKING = frozenset({"queued", "waiting", "running", "preempted", "compensating"})
+_TOOL_FAILED = -32004  # a task error the tool itself reported: the call completed, with isError
+
+
+def opted_in(meta: Mapping[str, Any] | None) -> bool:
+    """Whether a request's `_meta` declares the Tasks extension among the client's capabilities."""
+    capabilities = (meta or {}).get(CLIENT_CAPABILITIES)
+    extensions = capabilities.get("extensions") if isinstance(capabilities, dict) else None
+    return isinstance(extensions, dict) and TASKS in extensions
+
+
+def created_task(task_id: str, now: float, ttl_ms: int) -> dict[str, Any]:
+    """The flat CreateTaskResult of a task just made durable."""
+    return {"resultType": "task", **_envelope(task_id, "working", now, now, ttl_ms)}
+
+
+def detailed_task(record: Mapping[str, Any], ttl_ms: int) -> dict[str, Any]:
+    """A task record as tasks/get answers it: its status, and its result or error inlined once it finished.
+
+    The tool's own failure (-32004) is `completed` with an isError result; any other error (lost attempts, a
+    deadline passed before it started, the orchestrator's own failures) is `failed` with that JSON-RPC error.
+    """
+    times = [t for t in (record.get("created_at"), record.get("started_at"), record.get("finished_at")) if t]
+    status, error = record["status"], record.get("error") or {}
+    if status in _WORKING:
+        return _envelope(record["task_id"], "working", record["created_at"], max(times), ttl_ms)
+    if status == "cancelled":
+        return _envelope(record["task_id"], "cancelled", record["created_at"], max(times), ttl_ms)
+    if status == "failed" and error.get("code") != _TOOL_FAILED:
+        task = _envelope(record["task_id"], "failed", record["created_at"], max(times), ttl_ms)
+        return {**task, "statusMessage": str(error.get("message")),
+                "error": {"code": error.get("code", -32603), "message": str(error.get("message"))}}
+    task = _envelope(record["task_id"], "completed", record["created_at"], max(times), ttl_ms)
+    return {**task, "result": _wire(task_result(record))}
+
+
+def detailed_saga(state: Mapping[str, Any], ttl_ms: int) -> dict[str, Any]:
+    """A saga as tasks/get answers it: `working` until it settles, then its workflow's result (a failure, even
+    compensated, is the tool's own: isError), or `cancelled`."""
+    settled = state["status"] not in _WORKING and state["status"] != "running"
+    updated = state.get("finished_at") or state.get("updated_at") or state["created_at"]
+    if not settled:
+        return _envelope(state["saga_id"], "working", state["created_at"], updated, ttl_ms)
+    if state["status"] == "cancelled":
+        return _envelope(state["saga_id"], "cancelled", state["created_at"], updated, ttl_ms)
+    task = _envelope(state["saga_id"], "completed", state["created_at"], updated, ttl_ms)
+    return {**task, "result": _wire(saga_result(state))}
+
+
+def _envelope(task_id: str, status: str, created_at: float, updated_at: float, ttl_ms: int) -> dict[str, Any]:
+    return {"taskId": task_id, "status": status, "createdAt": _iso(created_at), "lastUpdatedAt": _iso(updated_at),
+            "ttlMs": ttl_ms, "pollIntervalMs": POLL_INTERVAL_MS}
+
+
+def _wire(result: types.CallToolResult) -> dict[str, Any]:
+    return result.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+def _iso(unix_s: float) -> str:
+    return datetime.fromtimestamp(unix_s, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,7 +1,8 @@
 """Every registered tool and workflow as an MCP tool, with the official Python client over real HTTP and API keys:
 tools/list (schemas, execution.taskSupport, the clash rule, what a read-only key sees), a call running its task to
 completion with progress, a tool's error, `_meta` priority and idempotency key, a workflow's saga, a cancelled call;
-and the `prompt` shorthand of run_task over MCP and v2 (v1 as it was)."""
+the Tasks extension (a client that opts in gets a task, polls and cancels it); and the `prompt` shorthand of
+run_task over MCP and v2 (v1 as it was)."""
 
 from __future__ import annotations
 
@@ -9,24 +10,27 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import httpx2
 import mcp_types
 import pytest
 from mcp import Client
+from mcp.client.extension import ClientExtension, ResultClaim
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from pydantic import ConfigDict, Field, TypeAdapter
 
 from deployments.fake_provider import FakeProviderConfig
 from orchestrator.auth import hash_key, new_key
 from orchestrator.errors import ToolError
-from orchestrator.mcp_tools import IDEMPOTENCY_KEY, PRIORITY, TASK_ID
+from orchestrator.mcp_tools import IDEMPOTENCY_KEY, PRIORITY, TASK_ID, TASKS
 from orchestrator.tools import registry
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
 from tests.mcp_server import stdio_command, stdio_env
-from tests.support import RedisServer, eventually
+from tests.support import RedisServer, eventually, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +48,43 @@ CLASHING_WORKFLOW = {"name": "echo", "steps": [{"name": "only", "tool": "echo", 
 
 def refuse(tool_input: dict[str, Any]) -> None:
     raise ToolError(f"refused: {tool_input.get('why', 'no reason')}")
+
+
+class CreateTaskResult(mcp_types.Result):
+    """What a tools/call answers when the server made a task of it (the Tasks extension)."""
+
+    model_config = ConfigDict(extra="allow")
+    result_type: Literal["task"] = Field(alias="resultType")
+    task_id: str = Field(alias="taskId")
+    status: str
+
+
+class TaskParams(mcp_types.RequestParams):
+    task_id: str = Field(alias="taskId")
+
+
+class GetTask(mcp_types.Request[TaskParams, Literal["tasks/get"]]):
+    method: Literal["tasks/get"] = "tasks/get"
+    name_param = "taskId"  # the extension's routing header, Mcp-Name
+
+
+class CancelTask(mcp_types.Request[TaskParams, Literal["tasks/cancel"]]):
+    method: Literal["tasks/cancel"] = "tasks/cancel"
+    name_param = "taskId"
+
+
+class Tasks(ClientExtension):
+    """Opts into the Tasks extension: the server may answer a call with a task, which the test polls itself."""
+
+    identifier = TASKS
+
+    def claims(self) -> list[ResultClaim[Any]]:
+        async def unused(result: CreateTaskResult, ctx: Any) -> mcp_types.CallToolResult:
+            raise AssertionError("the tests take the task with allow_claimed")
+        return [ResultClaim(result_type="task", model=CreateTaskResult, resolve=unused)]
+
+
+ANSWER = TypeAdapter(dict[str, Any])
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +111,24 @@ def system(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
 
 
 @asynccontextmanager
-async def client(system: Deployed, key: str = "writer", mode: str = "legacy") -> AsyncIterator[Client]:
+async def client(system: Deployed, key: str = "writer", mode: str = "legacy", tasks: bool = False
+                 ) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKENS[key]}"}, timeout=60)
-    async with http, Client(streamable_http_client(f"{system.base_url}/mcp", http_client=http), mode=mode) as opened:
+    transport = streamable_http_client(f"{system.base_url}/mcp", http_client=http)
+    async with http, Client(transport, mode=mode, extensions=[Tasks()] if tasks else None) as opened:
         yield opened
+
+
+async def until(session: Client, task_id: str, statuses: set[str]) -> dict[str, Any]:
+    """tasks/get, polled until the task's status is one of `statuses`."""
+    task: dict[str, Any] = {}
+
+    async def reached() -> bool:
+        task.update(await session.session.send_request(GetTask(params=TaskParams(taskId=task_id)), ANSWER))
+        return task["status"] in statuses
+
+    await eventually(reached, 30, f"task {task_id} to be {statuses}")
+    return task
 
 
 def rpc(system: Deployed, method: str, params: dict[str, Any], path: str = "v2/rpc", key: str = "reader") -> Any:
@@ -247,3 +302,73 @@ async def test_the_prompt_shorthand_over_mcp_v2_and_v1(system: Deployed) -> None
     v1_input = rpc(system, "run_task", {"tool": "echo", "input": {"prompt": "x"}}, path="v1/rpc", key="writer")
     assert v1_input["error"]["code"] == -32602
     assert set(v1_input["error"]["data"]["fields"]) == {"params.input", "params.prompt"}
+
+
+async def test_a_client_that_opts_into_tasks_gets_a_task_and_polls_it_to_its_result(system: Deployed) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("llm", {"prompt": "count"}, allow_claimed=True)
+        assert isinstance(created, CreateTaskResult) and created.status == "working"
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["status"] == "completed" and not task["result"].get("isError"), task
+    assert isinstance(task["ttlMs"], int) and isinstance(task["pollIntervalMs"], int)
+    record = rpc(system, "get_task", {"task_id": created.task_id})["result"]  # the orchestrator's own task
+    assert record["status"] == "succeeded" and task["result"]["structuredContent"] == record["result"]
+
+
+async def test_tasks_cancel_cancels_the_orchestrators_task(system: Deployed) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("echo", {"prompt": "slow", "delay_ms": 60_000, "steps": 60},
+                                                  allow_claimed=True)
+        assert isinstance(created, CreateTaskResult)
+        ack = await session.session.send_request(CancelTask(params=TaskParams(taskId=created.task_id)), ANSWER)
+        again = await session.session.send_request(CancelTask(params=TaskParams(taskId=created.task_id)), ANSWER)
+        task = await until(session, created.task_id, {"cancelled"})
+        with pytest.raises(MCPError) as unknown:
+            await session.session.send_request(GetTask(params=TaskParams(taskId="0-nosuchtask")), ANSWER)
+    assert [{k: v for k, v in a.items() if k != "_meta"} for a in (ack, again)] == [{"resultType": "complete"}] * 2
+    assert task["status"] == "cancelled"
+    assert rpc(system, "get_task", {"task_id": created.task_id})["result"]["status"] == "cancelled"
+    assert unknown.value.error.code == -32602
+
+
+async def test_a_workflow_needs_the_extension_on_the_2026_wire_and_runs_as_a_task_with_it(system: Deployed) -> None:
+    async with client(system, mode="auto") as session:
+        with pytest.raises(MCPError) as refused:
+            await session.call_tool("hello", {"who": "nobody"})
+    assert refused.value.error.code == -32021
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("hello", {"who": "tasks"}, allow_claimed=True)
+        assert isinstance(created, CreateTaskResult)
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["status"] == "completed", task
+    assert task["result"]["structuredContent"]["outputs"]["answer"]["text"] == "hi tasks, again"
+    assert rpc(system, "get_saga", {"saga_id": created.task_id})["result"]["status"] == "succeeded"
+
+
+def test_a_plain_http_session_from_discover_to_a_finished_task(system: Deployed) -> None:
+    """The README's curl session, byte for byte the same requests."""
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {"extensions": {TASKS: {}}}}
+    base = {"content-type": "application/json", "accept": "application/json,text/event-stream",
+            "mcp-protocol-version": "2026-07-28", "authorization": f"Bearer {TOKENS['member']}"}
+
+    def post(method: str, params: dict[str, Any], name: str | None = None) -> Any:
+        headers = {**base, "mcp-method": method, **({"mcp-name": name} if name else {})}
+        body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": {**params, "_meta": meta}}
+        reply = httpx.post(f"{system.base_url}/mcp", json=body, headers=headers, timeout=60)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["result"]
+
+    discovered = post("server/discover", {})
+    assert discovered["capabilities"]["extensions"] == {TASKS: {}}
+    created = post("tools/call", {"name": "echo", "arguments": {"prompt": "hi", "delay_ms": 500}}, "echo")
+    assert created["resultType"] == "task" and created["status"] == "working"
+    task: dict[str, Any] = {}
+
+    def finished() -> bool:
+        task.update(post("tasks/get", {"taskId": created["taskId"]}, created["taskId"]))
+        return task["status"] != "working"
+
+    wait_until(finished, 30, "the task to finish")
+    assert task["status"] == "completed"
+    assert task["result"]["content"] == [{"type": "text", "text": '{"text":"hi","steps":1}'}]

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from orchestrator.mcp_tools import DEADLINE, PRIORITY, TASK_ID, renamed_fields, runnables, submission, task_result
+from orchestrator.mcp_tools import (
+    CLIENT_CAPABILITIES,
+    DEADLINE,
+    PRIORITY,
+    TASK_ID,
+    TASKS,
+    created_task,
+    detailed_task,
+    opted_in,
+    renamed_fields,
+    runnables,
+    submission,
+    task_result,
+)
 from orchestrator.settings import Settings
 
 SETTINGS = Settings(
@@ -42,3 +55,28 @@ def test_a_finished_task_is_its_tools_result() -> None:
     failed = task_result({"task_id": "0-c", "status": "failed", "error": {"code": -32004, "message": "boom"}})
     assert failed.is_error and failed.structured_content == {"status": "failed",
                                                              "error": {"code": -32004, "message": "boom"}}
+
+
+def record(status: str, **fields: object) -> dict[str, object]:
+    return {"task_id": "0-t", "status": status, "created_at": 1_800_000_000.0, **fields}
+
+
+def test_tasks_get_maps_the_orchestrators_statuses() -> None:
+    assert detailed_task(record("queued"), 1000)["status"] == "working"
+    assert detailed_task(record("preempted"), 1000)["status"] == "working"
+    done = detailed_task(record("succeeded", result="hi", finished_at=1_800_000_001.5), 1000)
+    assert done["status"] == "completed" and done["result"]["content"] == [{"type": "text", "text": "hi"}]
+    assert (done["createdAt"], done["lastUpdatedAt"]) == ("2027-01-15T08:00:00.000Z", "2027-01-15T08:00:01.500Z")
+    assert (done["ttlMs"], done["pollIntervalMs"]) == (1000, 500) and "error" not in done
+    own = detailed_task(record("failed", error={"code": -32004, "message": "no disk"}), 1000)
+    assert own["status"] == "completed" and own["result"]["isError"] is True  # the tool's own error
+    lost = detailed_task(record("failed", error={"code": -32007, "message": "gave up"}), 1000)
+    assert lost["status"] == "failed" and lost["error"] == {"code": -32007, "message": "gave up"}
+    assert "result" not in lost
+    assert detailed_task(record("cancelled"), 1000)["status"] == "cancelled"
+
+
+def test_the_opt_in_is_the_extension_among_the_requests_client_capabilities() -> None:
+    assert opted_in({CLIENT_CAPABILITIES: {"extensions": {TASKS: {}}}})
+    assert not opted_in({CLIENT_CAPABILITIES: {"extensions": {}}}) and not opted_in(None)
+    assert created_task("0-t", 1_800_000_000.0, 5)["resultType"] == "task"
