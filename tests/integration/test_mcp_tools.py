@@ -35,7 +35,8 @@ from tests.support import RedisServer, eventually, wait_until
 pytestmark = pytest.mark.integration
 
 KEYS = {"member": ["submit", "read"], "writer": ["submit"], "reader": ["read"]}  # all of tenant acme
-TOKENS = {name: new_key() for name in KEYS}
+STRANGER = "stranger"  # of tenant globex
+TOKENS = {name: new_key() for name in [*KEYS, "stranger"]}
 MANAGEMENT = {"run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows"}
 READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows"}
 HELLO = {"name": "hello", "steps": [
@@ -96,6 +97,7 @@ def provider() -> Iterator[RunningFakeProvider]:
 @pytest.fixture(scope="module")
 def system(redis_server: RedisServer, ray_session: int, provider: RunningFakeProvider) -> Iterator[Deployed]:
     keys = {name: {"hash": hash_key(TOKENS[name]), "tenant": "acme", "scopes": scopes} for name, scopes in KEYS.items()}
+    keys[STRANGER] = {"hash": hash_key(TOKENS[STRANGER]), "tenant": "globex", "scopes": ["submit", "read"]}
     tools = {
         "echo": {"priority": 3},  # its default priority
         "llm": {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "timeout_s": 10,
@@ -372,3 +374,19 @@ def test_a_plain_http_session_from_discover_to_a_finished_task(system: Deployed)
     wait_until(finished, 30, "the task to finish")
     assert task["status"] == "completed"
     assert task["result"]["content"] == [{"type": "text", "text": '{"text":"hi","steps":1}'}]
+
+
+async def test_another_tenants_task_is_not_found_through_tasks(system: Deployed) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("echo", {"prompt": "mine", "delay_ms": 2000, "steps": 2},
+                                                  allow_claimed=True)
+        assert isinstance(created, CreateTaskResult)
+    async with client(system, STRANGER, mode="auto", tasks=True) as stranger:
+        for request in (GetTask(params=TaskParams(taskId=created.task_id)),
+                        CancelTask(params=TaskParams(taskId=created.task_id))):
+            with pytest.raises(MCPError) as refused:
+                await stranger.session.send_request(request, ANSWER)
+            assert refused.value.error.code == -32602  # as for an id that never existed
+    async with client(system, mode="auto", tasks=True) as session:
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["status"] == "completed"  # the stranger's cancel did nothing
