@@ -74,7 +74,11 @@ class RunTaskParamsV2(Params):
     """v2 `run_task`: a structured `input` validated against the tool's own input schema, and a deadline."""
 
     tool: ToolName
-    input: JsonObject = Field(description="validated against the tool's input schema (see rpc.discover / status)")
+    input: JsonObject | None = Field(default=None, description="validated against the tool's input schema (see "
+                                     "rpc.discover / status); required unless `prompt` is given")
+    prompt: str | None = Field(default=None, description="shorthand for input.prompt; without `input`, the call "
+                               "reads as v1 (and the specification's example): the `context` keys the tool's input "
+                               "schema names are its options")
     priority: Priority = 5
     deadline: AwareDatetime | None = Field(default=None, description="RFC 3339; the task fails if not finished by then")
     context: JsonObject = Field(default_factory=dict)

@@ -133,6 +133,10 @@ class ToolSettings(Upgradable):
     worker_type: WorkerType = "reasoning"
     description: str = ""
     preemptible: bool = True
+    priority: int = Field(default=5, ge=0, le=10, description="a task's priority when the call names none")
+    task_support: Literal["forbidden", "optional", "required"] = Field(
+        default="optional", description="MCP Tasks: optional (a call of a client that opted in answers with a task), "
+        "required (only such calls), forbidden (every call runs within the request)")
     # mcp, python and ml kinds: the published input schema (mcp: imported from the server's tools/list)
     input_schema: dict[str, Any] | None = None
     # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)
