@@ -128,6 +128,17 @@ class SagaNotFoundError(OrchestratorError):
         return f"saga {self.saga_id} not found"
 
 
+class ScheduleNotFoundError(OrchestratorError):
+    code = -32014
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(schedule_id)
+        self.schedule_id = schedule_id
+
+    def __str__(self) -> str:
+        return f"schedule {self.schedule_id} not found"
+
+
 class SagaFinishedError(OrchestratorError):
     code = -32010
 
@@ -179,6 +190,8 @@ class QuotaExceededError(OrchestratorError):
     def __str__(self) -> str:
         if self.quota == "max_active_tasks":
             what = f"has {self.limit:g} unfinished tasks, its limit"
+        elif self.quota == "max_schedules":
+            what = f"has {self.limit:g} schedules, its limit (delete one first)"
         elif self.quota in ("max_event_streams", "max_mcp_sessions"):
             what = f"has {self.limit:g} {self.quota.removeprefix('max_').replace('_', ' ')} open, its limit"
         else:

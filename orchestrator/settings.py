@@ -50,15 +50,15 @@ class HttpSettings(Upgradable):
     proxy: Literal["serve", "haproxy"] = Field(default="serve", description="Serve's HTTP proxy (Python), or "
                                                "HAProxy with Serve's throughput mode: about 4x less latency per "
                                                "request, but it listens on every interface (needs auth.keys)")
+    port: int = Field(default=8000, ge=1, le=65535)
+    replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=256, ge=1)
 
     def ray_environment(self) -> dict[str, str]:
         """What the environment of Ray's processes needs for this proxy: set before Ray (and Serve) start."""
         if self.proxy == "haproxy":
             return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
         return {}
-    port: int = Field(default=8000, ge=1, le=65535)
-    replicas: int = Field(default=1, ge=1)
-    max_ongoing_requests: int = Field(default=256, ge=1)
 
 
 class PoolSettings(Upgradable):
@@ -133,6 +133,10 @@ class ToolSettings(Upgradable):
     worker_type: WorkerType = "reasoning"
     description: str = ""
     preemptible: bool = True
+    priority: int = Field(default=5, ge=0, le=10, description="a task's priority when the call names none")
+    task_support: Literal["forbidden", "optional", "required"] = Field(
+        default="optional", description="MCP Tasks: optional (a call of a client that opted in answers with a task), "
+        "required (only such calls), forbidden (every call runs within the request)")
     # mcp, python and ml kinds: the published input schema (mcp: imported from the server's tools/list)
     input_schema: dict[str, Any] | None = None
     # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)
@@ -264,6 +268,7 @@ class LimitSettings(Upgradable):
     max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
+    max_schedules_per_tenant: int = Field(default=100, ge=1, description="schedules one tenant may have")
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
@@ -343,6 +348,8 @@ class RouterSettings(Upgradable):
     aging_interval_s: float = Field(
         default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
     )
+    schedule_interval_s: float = Field(default=0.2, gt=0, description="how often the pools lease holder fires "
+                                       "due schedules")
 
 
 class Settings(BaseSettings):

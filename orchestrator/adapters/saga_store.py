@@ -78,10 +78,20 @@ class SagaStore:
                 "saga_create", {"idempotency": idempotency, "saga": self._keys.saga(state.saga_id),
                                 "active": self._keys.active_sagas, "tenants": self._keys.saga_tenants,
                                 "listed": self._keys.sagas_by_status(state.tenant, state.status.value)},
-                {"saga_id": state.saga_id, "state": state.model_dump_json(), "has_key": "1" if idempotency_key else "0",
+                {"saga_id": state.saga_id, "state": _stored(state), "has_key": "1" if idempotency_key else "0",
                  "idempotency_ttl_s": self._idempotency_ttl_s, "created_ms": to_ms(state.created_at),
                  "tenant": state.tenant or ""})
+            if state.rerun_of is not None and not duplicate:
+                await self._link_rerun(state.rerun_of, saga_id)
         return saga_id, bool(duplicate)
+
+    async def _link_rerun(self, original_id: str, saga_id: str) -> None:
+        """Name the new saga in the list of the original's reruns, expiring with the original."""
+        reruns = self._keys.saga_reruns(original_id)
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.rpush(reruns, saga_id)
+            tx.expire(reruns, self._retention_s)
+            await tx.execute()
 
     async def save(self, state: SagaState) -> None:
         """Persist a transition, listed under its status (see `list`); a finished saga leaves the active set and
@@ -97,14 +107,14 @@ class SagaStore:
                         tx.zrem(listed, state.saga_id)
                 tx.sadd(self._keys.saga_tenants, state.tenant or "")
                 if state.status.finished:
-                    tx.set(key, state.model_dump_json(), ex=self._retention_s)
+                    tx.set(key, _stored(state), ex=self._retention_s)
                     tx.srem(self._keys.active_sagas, state.saga_id)
                     tx.srem(self._keys.cancelled_sagas, state.saga_id)
                     expires_ms = to_ms(state.updated_at + self._retention_s)
                     tx.zadd(self._keys.saga_expiry, {f"{state.tenant or ''}:{state.status.value}:{state.saga_id}":
                                                      expires_ms})
                 else:
-                    tx.set(key, state.model_dump_json())
+                    tx.set(key, _stored(state))
                     tx.sadd(self._keys.active_sagas, state.saga_id)
                 await tx.execute()
             if state.status.finished:  # as many expire as finish (a retention ago): the listing keeps up
@@ -123,10 +133,15 @@ class SagaStore:
 
     async def load(self, saga_id: str) -> SagaState:
         with storage_errors():
-            raw = await self._redis.get(self._keys.saga(saga_id))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys.saga(saga_id))
+                pipe.lrange(self._keys.saga_reruns(saga_id), 0, -1)
+                raw, reruns = await pipe.execute()
         if raw is None:
             raise SagaNotFoundError(saga_id)
-        return SagaState.model_validate_json(raw)
+        state = SagaState.model_validate_json(raw)
+        state.reruns = list(reruns)
+        return state
 
     async def request_cancel(self, saga_id: str) -> bool:
         """Record a cancel request durably (a restarted coordinator still sees it); False if the saga is not
@@ -158,3 +173,9 @@ class SagaStore:
         with storage_errors():
             entries = await self._redis.xrevrange(self._keys.saga_dead_letters, count=count)
         return [dict(fields) for _, fields in entries]
+
+
+def _stored(state: SagaState) -> str:
+    """The saga's JSON as stored; its reruns are kept beside it (each rerun appends itself without rewriting the
+    original's state) and read back by `load`."""
+    return state.model_dump_json(exclude={"reruns"})

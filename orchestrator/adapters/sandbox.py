@@ -46,10 +46,10 @@ import threading
 import time
 import uuid
 from asyncio.subprocess import DEVNULL, PIPE
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 logger = logging.getLogger(__name__)
 
@@ -488,14 +488,18 @@ def _cgroup_kill(cgroup: _RunCgroup, timeout_s: float = 5.0) -> None:
         if cgroup.version == 2 and kill_file.exists():
             with contextlib.suppress(OSError):
                 kill_file.write_text("1")
+    _kill_all(lambda: _cgroup_pids(cgroup), {"cgroup": str(cgroup.unique_dirs[0])}, timeout_s)
+
+
+def _kill_all(pids_of: Callable[[], list[int]], where: dict[str, Any], timeout_s: float) -> None:
+    """SIGKILL the processes `pids_of` finds until it finds none (a fork bomb keeps adding some for a while)."""
     deadline = time.monotonic() + timeout_s
-    while pids := _cgroup_pids(cgroup):
+    while pids := pids_of():
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         if time.monotonic() > deadline:
-            logger.warning("sandbox processes survive SIGKILL", extra={"cgroup": str(cgroup.unique_dirs[0]),
-                                                                        "pids": pids[:20]})
+            logger.warning("sandbox processes survive SIGKILL", extra={**where, "pids": pids[:20]})
             return
         time.sleep(0.005)  # let the kills land before looking again
 
@@ -783,15 +787,7 @@ def _pids_of_uid(uid: int) -> list[int]:
 
 def _kill_uid(uid: int, timeout_s: float = 5.0) -> None:
     """SIGKILL every process of the run's uid until none is left (a fork bomb outside a pid namespace)."""
-    deadline = time.monotonic() + timeout_s
-    while pids := _pids_of_uid(uid):
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        if time.monotonic() > deadline:
-            logger.warning("sandbox processes survive SIGKILL", extra={"uid": uid, "pids": pids[:20]})
-            return
-        time.sleep(0.01)  # let the kills land before looking again
+    _kill_all(lambda: _pids_of_uid(uid), {"uid": uid}, timeout_s)
 
 
 def _kill_group(pgid: int) -> None:
