@@ -38,7 +38,7 @@ KEYS = {"member": ["submit", "read"], "writer": ["submit"], "reader": ["read"]} 
 STRANGER = "stranger"  # of tenant globex
 TOKENS = {name: new_key() for name in [*KEYS, "stranger"]}
 MANAGEMENT = {"run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows"}
-READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows"}
+READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule", "list_schedules"}
 HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hi {{ input.who }}"}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}},
