@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -23,11 +23,13 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator import auth, local
-from orchestrator.client import Client
 from orchestrator.errors import InvalidParamsError, OrchestratorError, ProtocolError, RpcError
 from orchestrator.local import Appendfsync, CliError, Layout, State
 from orchestrator.models import TaskRecord, TaskStatus
 from orchestrator.settings import ApiKeySettings, Settings
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -721,6 +723,8 @@ class _FieldsFormatter(logging.Formatter):
 def _api(url: str | None, api_key: str | None) -> Iterator[Client]:
     """A client of the orchestrator; its failures become what the CLI prints (a JSON-RPC error with its data,
     exit 1) or a CliError sentence."""
+    from orchestrator.client import Client  # here: `up` and `down` need none of it
+
     base = _resolve_url(url)
     try:
         with Client(base, api_key=api_key or "") as client:

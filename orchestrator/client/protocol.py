@@ -125,7 +125,7 @@ class Retries:
 
     max_retries: int = 5
     budget_s: float = 60.0
-    backoff_base_s: float = 0.2
+    backoff_base_s: float = 0.1
     backoff_max_s: float = 5.0
 
 
@@ -168,17 +168,11 @@ def retryable(exc: BaseException, idempotent: bool) -> bool:
     return isinstance(exc, RpcError) and exc.retryable and idempotent
 
 
-def send(call: Call[T], retries: Retries, request_id: int = 1) -> Procedure[T]:
+def send(call: Call[T], retries: Retries) -> Procedure[T]:
     """Make one call, retrying what `retryable` allows; the result parsed, or the server's exception raised."""
-    retrier = Retrier(retries)
-    body = json.dumps(call.envelope(request_id), separators=(",", ":")).encode()
-    request = Request("POST", f"/v{call.version}/rpc", body, {"content-type": "application/json"}, call.timeout_s)
-    while True:
-        try:
-            reply: Reply = yield request
-            return call.parse(result_of(reply, request.path))
-        except (OrchestratorError, RpcError, ProtocolError, httpx.TransportError) as exc:
-            yield Sleep(retrier.delay_s(exc, call.idempotent))
+    request = _post(call.version, call.envelope(1), call.timeout_s)
+    return (yield from _attempts(request, lambda reply: call.parse(result_of(reply, request.path)), call.idempotent,
+                                 retries))
 
 
 def send_batch(calls: Sequence[Call[Any]], retries: Retries) -> Procedure[list[Any]]:
@@ -187,48 +181,57 @@ def send_batch(calls: Sequence[Call[Any]], retries: Retries) -> Procedure[list[A
     may be repeated."""
     if len({call.version for call in calls}) > 1:
         raise TypeError("a batch goes to one endpoint: run_task with prompt (v1) and with input (v2) cannot mix")
-    retrier = Retrier(retries)
-    body = json.dumps([call.envelope(i) for i, call in enumerate(calls)], separators=(",", ":")).encode()
     timeout_s = max((call.timeout_s or 0 for call in calls), default=0) or None
-    request = Request("POST", f"/v{calls[0].version}/rpc", body, {"content-type": "application/json"}, timeout_s)
+    request = _post(calls[0].version, [call.envelope(i) for i, call in enumerate(calls)], timeout_s)
+    return (yield from _attempts(request, lambda reply: _members(calls, reply, request.path),
+                                 all(call.idempotent for call in calls), retries))
+
+
+def _post(version: int, body: Any, timeout_s: float | None) -> Request:
+    return Request("POST", f"/v{version}/rpc", json.dumps(body, separators=(",", ":")).encode(),
+                   {"content-type": "application/json"}, timeout_s)
+
+
+def _attempts(request: Request, decode: Callable[[Reply], T], idempotent: bool, retries: Retries) -> Procedure[T]:
+    retrier = Retrier(retries)
     while True:
         try:
             reply: Reply = yield request
-            return _members(calls, reply, request.path)
+            return decode(reply)
         except (OrchestratorError, RpcError, ProtocolError, httpx.TransportError) as exc:
-            yield Sleep(retrier.delay_s(exc, all(call.idempotent for call in calls)))
+            yield Sleep(retrier.delay_s(exc, idempotent))
 
 
 def _members(calls: Sequence[Call[Any]], reply: Reply, path: str) -> list[Any]:
-    try:
-        payload: Any = json.loads(reply.body)
-    except ValueError:
-        raise ProtocolError(path, reply.status, _retry_after(reply.headers)) from None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):  # the batch itself was refused
-        raise from_wire(cast(dict[str, Any], payload["error"]))
+    payload = _payload(reply, path)
     answers = {m.get("id"): m for m in cast(list[dict[str, Any]], payload) if isinstance(m, dict)} \
         if isinstance(payload, list) else {}
     if set(answers) != set(range(len(calls))):
         raise ProtocolError(path, reply.status)
     results: list[Any] = []
     for i, call in enumerate(calls):
-        member = answers[i]
-        error = member.get("error")
-        results.append(from_wire(error) if isinstance(error, dict) else call.parse(member.get("result")))
+        error = answers[i].get("error")
+        results.append(from_wire(error) if isinstance(error, dict) else call.parse(answers[i].get("result")))
     return results
 
 
 def result_of(reply: Reply, path: str) -> Any:
     """The `result` of a JSON-RPC reply; raises the error it carries."""
+    payload = _payload(reply, path)
+    if not isinstance(payload, dict) or "result" not in payload:
+        raise ProtocolError(path, reply.status, _retry_after(reply.headers))
+    return cast(dict[str, Any], payload)["result"]
+
+
+def _payload(reply: Reply, path: str) -> Any:
+    """The reply's JSON; raises the error of a reply that is one error (a refused request or batch)."""
     try:
         payload: Any = json.loads(reply.body)
     except ValueError:
         raise ProtocolError(path, reply.status, _retry_after(reply.headers)) from None
     if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
         raise from_wire(cast(dict[str, Any], payload["error"]))
-    if not isinstance(payload, dict) or "result" not in payload:
-        raise ProtocolError(path, reply.status, _retry_after(reply.headers))
-    return cast(dict[str, Any], payload)["result"]
+    return payload
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:

@@ -74,7 +74,7 @@ class SpoilingProxy:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._listener.close()
+        _close(self._listener)
         self._thread.join(timeout=10)
 
     def _accept(self) -> None:
@@ -112,7 +112,15 @@ class SpoilingProxy:
             return
         finally:
             for sock in (downstream, upstream):
-                sock.close()
+                _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close at once: shutdown wakes a thread blocked on the socket and sends the FIN a plain close would hold
+    back while that thread still uses it."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
 
 
 def _recv(sock: socket.socket) -> bytes:

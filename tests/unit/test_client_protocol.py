@@ -190,3 +190,22 @@ def test_pages_follow_the_cursor_until_it_is_null() -> None:
         pager.take({"tasks": [], "next_cursor": "c1"})
     pager.take({"tasks": [], "next_cursor": None})
     assert pager.done
+
+
+def test_a_batch_answers_each_member_in_order() -> None:
+    calls = p.run_tasks([{"tool": "echo", "input": {"prompt": "a"}}, {"tool": "echo", "input": {"prompt": "b"}}], 30)
+    procedure = p.send_batch(calls, p.Retries())
+    request = next(procedure)
+    assert isinstance(request, p.Request) and request.path == "/v2/rpc"
+    sent = json.loads(request.body or b"")
+    assert [m["id"] for m in sent] == [0, 1]
+    assert len({m["params"]["idempotency_key"] for m in sent}) == 2  # one task each
+    answers = [{"jsonrpc": "2.0", "id": 1, "error": to_jsonrpc_error(QueueFullError(1, 1, 1.0))},
+               {"jsonrpc": "2.0", "id": 0, "result": {"task_id": "0-a", "status": "queued"}}]
+    with pytest.raises(StopIteration) as done:
+        procedure.send(reply(answers))
+    first, second = done.value.value
+    assert first == RunTaskResult(task_id="0-a", status="queued") and isinstance(second, QueueFullError)
+    with pytest.raises(TypeError):  # v1 and v2 members cannot share a request
+        next(p.send_batch(p.run_tasks([{"tool": "echo", "prompt": "a"}, {"tool": "echo", "input": {}}], 30),
+                          p.Retries()))
