@@ -42,6 +42,7 @@ SAMPLES: list[Exception] = [
     errors.UnauthenticatedError("API key revoked"),
     ForbiddenError("control", "admin"),
     QuotaExceededError("acme", "submits_per_s", 5, 0.4),
+    errors.ScheduleNotFoundError("7f3a"),
     InvalidParamsError({"params.priority": "maximum: 11 is greater than 10"}),
 ]
 
