@@ -19,10 +19,12 @@ from orchestrator.models import (
     CancelSagaResult,
     CancelTaskResult,
     ControlResult,
+    DeleteScheduleResult,
     InjectResult,
     KeysResult,
     RunSagaResult,
     RunTaskResult,
+    ScheduleState,
     StatusResult,
     TaskRecord,
 )
@@ -114,8 +116,35 @@ class AsyncClient:
     async def cancel_saga(self, saga_id: str) -> CancelSagaResult:
         return await self._do(p.cancel_saga(saga_id))
 
+    async def rerun_saga(self, saga_id: str, input: Mapping[str, Any] | None = None, *, priority: int | None = None,
+                   idempotency_key: str | None = None, agent: str | None = None) -> RunSagaResult:
+        """A new saga taking up a failed or cancelled one where it stopped."""
+        return await self._do(p.rerun_saga(saga_id, input, priority, idempotency_key, agent))
+
     async def list_workflows(self) -> list[WorkflowDefinition]:
         return await self._do(p.list_workflows())
+
+    # ------------------------------------------------------------ schedules
+
+    async def create_schedule(self, tool: str, input: Mapping[str, Any], **options: Any) -> ScheduleState:
+        """`cron` (+ `timezone`) or `interval_s`; `priority`, `name`, `overlap`, `catch_up`, `grace_s`,
+        `max_catch_up` as the server documents them."""
+        return await self._do(p.create_schedule(tool, input, options))
+
+    async def get_schedule(self, schedule_id: str) -> ScheduleState:
+        return await self._do(p.schedule_action("get_schedule", schedule_id))
+
+    async def list_schedules(self, tenant: str | None = None) -> list[ScheduleState]:
+        return await self._do(p.list_schedules(tenant))
+
+    async def pause_schedule(self, schedule_id: str) -> ScheduleState:
+        return await self._do(p.schedule_action("pause_schedule", schedule_id))
+
+    async def resume_schedule(self, schedule_id: str) -> ScheduleState:
+        return await self._do(p.schedule_action("resume_schedule", schedule_id))
+
+    async def delete_schedule(self, schedule_id: str) -> DeleteScheduleResult:
+        return await self._do(p.delete_schedule(schedule_id))
 
     # ------------------------------------------------------------ operations
 

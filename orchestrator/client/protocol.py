@@ -35,10 +35,13 @@ from orchestrator.models import (
     CancelSagaResult,
     CancelTaskResult,
     ControlResult,
+    DeleteScheduleResult,
     InjectResult,
     KeysResult,
+    ListSchedulesResult,
     RunSagaResult,
     RunTaskResult,
+    ScheduleState,
     StatusResult,
     TaskRecord,
 )
@@ -341,6 +344,34 @@ def get_saga(saga_id: str) -> Call[SagaState]:
 
 def cancel_saga(saga_id: str) -> Call[CancelSagaResult]:
     return Call("cancel_saga", {"saga_id": saga_id}, CancelSagaResult.model_validate, idempotent=True)
+
+
+def rerun_saga(saga_id: str, input: Mapping[str, Any] | None, priority: int | None, idempotency_key: str | None,
+               agent: str | None) -> Call[RunSagaResult]:
+    params = {"saga_id": saga_id, "input": input, "priority": priority, "agent": agent,
+              "idempotency_key": idempotency_key or f"client-{uuid.uuid4().hex}"}
+    return Call("rerun_saga", _given(params), RunSagaResult.model_validate, idempotent=True)
+
+
+def create_schedule(tool: str, input: Mapping[str, Any], options: Mapping[str, Any]) -> Call[ScheduleState]:
+    """Not retried once sent: a lost answer could mean a schedule made twice (list_schedules tells)."""
+    return Call("create_schedule", _given({"tool": tool, "input": input, **options}), ScheduleState.model_validate,
+                idempotent=False)
+
+
+def schedule_action(method: str, schedule_id: str) -> Call[ScheduleState]:
+    """get_schedule, pause_schedule, resume_schedule: repeating one changes nothing."""
+    return Call(method, {"schedule_id": schedule_id}, ScheduleState.model_validate, idempotent=True)
+
+
+def list_schedules(tenant: str | None) -> Call[list[ScheduleState]]:
+    return Call("list_schedules", _given({"tenant": tenant}),
+                lambda result: ListSchedulesResult.model_validate(result).schedules, idempotent=True)
+
+
+def delete_schedule(schedule_id: str) -> Call[DeleteScheduleResult]:
+    return Call("delete_schedule", {"schedule_id": schedule_id}, DeleteScheduleResult.model_validate,
+                idempotent=True)
 
 
 def list_workflows() -> Call[list[WorkflowDefinition]]:

@@ -18,10 +18,12 @@ from orchestrator.models import (
     CancelSagaResult,
     CancelTaskResult,
     ControlResult,
+    DeleteScheduleResult,
     InjectResult,
     KeysResult,
     RunSagaResult,
     RunTaskResult,
+    ScheduleState,
     StatusResult,
     TaskRecord,
 )
@@ -111,8 +113,35 @@ class Client:
     def cancel_saga(self, saga_id: str) -> CancelSagaResult:
         return self._do(p.cancel_saga(saga_id))
 
+    def rerun_saga(self, saga_id: str, input: Mapping[str, Any] | None = None, *, priority: int | None = None,
+                   idempotency_key: str | None = None, agent: str | None = None) -> RunSagaResult:
+        """A new saga taking up a failed or cancelled one where it stopped."""
+        return self._do(p.rerun_saga(saga_id, input, priority, idempotency_key, agent))
+
     def list_workflows(self) -> list[WorkflowDefinition]:
         return self._do(p.list_workflows())
+
+    # ------------------------------------------------------------ schedules
+
+    def create_schedule(self, tool: str, input: Mapping[str, Any], **options: Any) -> ScheduleState:
+        """`cron` (+ `timezone`) or `interval_s`; `priority`, `name`, `overlap`, `catch_up`, `grace_s`,
+        `max_catch_up` as the server documents them."""
+        return self._do(p.create_schedule(tool, input, options))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleState:
+        return self._do(p.schedule_action("get_schedule", schedule_id))
+
+    def list_schedules(self, tenant: str | None = None) -> list[ScheduleState]:
+        return self._do(p.list_schedules(tenant))
+
+    def pause_schedule(self, schedule_id: str) -> ScheduleState:
+        return self._do(p.schedule_action("pause_schedule", schedule_id))
+
+    def resume_schedule(self, schedule_id: str) -> ScheduleState:
+        return self._do(p.schedule_action("resume_schedule", schedule_id))
+
+    def delete_schedule(self, schedule_id: str) -> DeleteScheduleResult:
+        return self._do(p.delete_schedule(schedule_id))
 
     # ------------------------------------------------------------ operations
 

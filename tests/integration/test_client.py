@@ -24,6 +24,7 @@ from orchestrator.errors import (
     QueueFullError,
     RpcError,
     SagaNotFoundError,
+    ScheduleNotFoundError,
     TaskNotCancellableError,
     TaskNotFoundError,
 )
@@ -198,6 +199,19 @@ def test_saga_and_operator_methods(system: Deployed) -> None:
         assert saga.saga_id == started.saga_id and saga.workflow == "two"
         assert client.cancel_saga(started.saga_id).cancel_requested
         wait_until(lambda: client.get_saga(started.saga_id).status.finished, 30, "the saga to settle")
+        again = client.rerun_saga(started.saga_id)  # cancelled: taken up where it stopped
+        assert client.get_saga(again.saga_id).rerun_of == started.saga_id
+        assert client.get_saga(started.saga_id).reruns == [again.saga_id]
+
+        made = client.create_schedule("echo", {"prompt": "tick"}, interval_s=1, name="heartbeat")
+        wait_until(lambda: client.get_schedule(made.schedule_id).fired >= 1, 30, "a fire")
+        assert client.pause_schedule(made.schedule_id).paused
+        assert [s.spec.name for s in client.list_schedules()] == ["heartbeat"]
+        task_id = client.get_schedule(made.schedule_id).runs[0].task_id
+        assert client.wait(task_id, 30).result == {"text": "tick", "steps": 1}
+        assert client.delete_schedule(made.schedule_id).deleted
+        with pytest.raises(ScheduleNotFoundError):
+            client.resume_schedule(made.schedule_id)
 
         status = client.status()
         assert "reasoning" in {p.worker_type for p in status.pools} and "echo" in {t.name for t in status.tools}
