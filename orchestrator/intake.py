@@ -44,11 +44,13 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
         if spec is not None:
             children.append(spec)
     v1 = isinstance(params, RunTaskParams)
+    deadline = None if v1 or params.deadline is None else params.deadline.timestamp()
+    not_before = _not_before(params, settings, errors, now, deadline)
     task = _spec(
         settings, errors, "params", params.tool, params.prompt if v1 else None, None if v1 else params.input,
         params.context, now, priority=params.priority, agent=params.agent, tenant=tenant,
-        deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
-        idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
+        deadline=deadline, not_before=not_before, idempotency_key=params.idempotency_key, task_id=task_id,
+        children=tuple(c.task_id for c in children),
     )
     if not operator:
         for where, spec in [("params", task), *((f"params.children.{i}", c) for i, c in enumerate(children))]:
@@ -58,6 +60,26 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
     if errors or task is None:
         raise InvalidParamsError(errors)
     return task, children
+
+
+def _not_before(params: RunTaskParams | RunTaskParamsV2, settings: Settings, errors: dict[str, str], now: float,
+                deadline: float | None) -> float | None:
+    """When a delayed task becomes ready (None: at once; a time already past is at once too); errors collected."""
+    if params.not_before is not None and params.delay_s is not None:
+        errors["params.delay_s"] = "give not_before or delay_s, not both"
+        return None
+    if params.delay_s is not None:
+        where, at = "params.delay_s", now + params.delay_s
+    elif params.not_before is not None:
+        where, at = "params.not_before", params.not_before.timestamp()
+    else:
+        return None
+    max_delay_s = settings.limits.max_delay_s
+    if at - now > max_delay_s:
+        errors[where] = f"more than {max_delay_s:g} s ahead (limits.max_delay_s)"
+    elif deadline is not None and now < at >= deadline:
+        errors["params.deadline"] = "not after not_before: the task could never run"
+    return at if at > now else None
 
 
 def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str, prompt: str | None,

@@ -264,6 +264,8 @@ class LimitSettings(Upgradable):
     max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
+    max_delay_s: float = Field(default=30 * 86_400.0, gt=0, description="how far ahead a delayed task's not_before "
+                               "(or delay_s) may be")
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
@@ -343,6 +345,8 @@ class RouterSettings(Upgradable):
     aging_interval_s: float = Field(
         default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
     )
+    promote_interval_s: float = Field(default=0.05, gt=0, le=1, description="a router looks for delayed tasks "
+                                      "come due at least this often (and wakes for the next one due)")
 
 
 class Settings(BaseSettings):
