@@ -77,6 +77,7 @@ def lateness(store: redis.Redis, prefix: str, shards: int, ids: Sequence[str]) -
     promoted: list[float] = []
     started: list[float] = []
     statuses: dict[str, int] = {}
+    due_ms: list[float] = []
     for start in range(0, len(ids), 1000):
         pipe = store.pipeline(transaction=False)
         for task_id in ids[start:start + 1000]:
@@ -87,8 +88,14 @@ def lateness(store: redis.Redis, prefix: str, shards: int, ids: Sequence[str]) -
             queued = next(at for _seq, kind, at, _data in record["h"] if kind == "queued")
             promoted.append(queued - record["nb"])
             started.append(record["fs"] - record["nb"])
+            due_ms.append(record["nb"])
+    first = min(due_ms)
+    by_second: dict[int, list[float]] = {}
+    for due, late in zip(due_ms, promoted, strict=True):
+        by_second.setdefault(int((due - first) // 1000), []).append(late)
     return {"statuses": statuses, "early": sum(1 for p in promoted if p < 0) + sum(1 for s in started if s < 0),
-            "promoted_ms": _summary(promoted), "started_ms": _summary(started)}
+            "promoted_ms": _summary(promoted), "started_ms": _summary(started),
+            "promoted_p99_ms_by_second": [percentile(by_second[s], 99) for s in sorted(by_second)]}
 
 
 def _summary(values: Sequence[float]) -> dict[str, float | None]:
@@ -132,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, key in (("promoted", "promoted_ms"), ("started", "started_ms")):
         f = figures[key]
         print(f"{name:9s} late by p50 {f['p50']:.0f} ms, p99 {f['p99']:.0f} ms, max {f['max']:.0f} ms")
+    print(f"promoted  p99 per second of the window (ms): {figures['promoted_p99_ms_by_second']}")
     print(f"outcomes  {figures['statuses']}; {figures['early']} early")
     if args.json:
         print(json.dumps(report, separators=(",", ":")))
