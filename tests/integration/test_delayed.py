@@ -106,6 +106,23 @@ async def test_a_take_promotes_its_worker_types_due_tasks_itself(store: TaskStor
     assert await store.scheduled(["reasoning", "codegen"]) == {"reasoning": 0, "codegen": 1}
 
 
+async def test_an_urgent_task_is_announced_for_preemption_when_due_not_before(store: TaskStore) -> None:
+    now = time.time()
+    pubsub = store.redis.pubsub()
+    await pubsub.subscribe(store.keys.urgent)
+    try:
+        await accept(store, spec("urgent", 10, created_at=now, not_before=now + 5), now=now)
+        await store.promote(0, REASONING, now + 4, 500, 10)
+        await store.promote(0, REASONING, now + 5, 500, 10)
+        messages = []
+        while (message := await pubsub.get_message(timeout=1.0)) is not None:  # None: a second with nothing
+            if message["type"] == "message":
+                messages.append(message["data"])
+        assert messages == ["reasoning"]  # once: when it came due, not when it was accepted
+    finally:
+        await pubsub.aclose()
+
+
 async def test_cancelled_while_scheduled_it_leaves_the_due_set_and_never_runs(store: TaskStore) -> None:
     now = time.time()
     [(task_id, _)] = await accept(store, spec("never", created_at=now, not_before=now + 5), now=now)

@@ -96,6 +96,13 @@ def test_delay_errors_are_collected_with_the_others() -> None:
     assert set(caught.value.fields) == {"params.tool", "params.delay_s"}
 
 
+def test_a_delayed_urgent_task_still_needs_the_urgent_scope() -> None:
+    params = RunTaskParamsV2(tool="echo", input={"prompt": "x"}, priority=10, delay_s=60)
+    with pytest.raises(InvalidParamsError) as caught:
+        build_task(params, SETTINGS, NOW, max_priority=9)
+    assert set(caught.value.fields) == {"params.priority"}
+
+
 def delayed(**fields: Any) -> TaskSpec:
     values: dict[str, Any] = {"task_id": new_task_id(0), "tool": "echo", "worker_type": "reasoning", "priority": 5,
                               "input": {"prompt": "x"}, "created_at": NOW, "not_before": NOW + 60}
