@@ -176,7 +176,8 @@ FINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int  # 1, 2, …: the event's id (SSE `id`, `Last-Event-ID`)
-    type: str  # scheduled, queued, running, progress, preempted, attempt_lost, corrected, waiting, succeeded, failed, cancelled
+    # scheduled, queued, running, progress, preempted, attempt_lost, corrected, waiting, succeeded, failed, cancelled
+    type: str
     time: float  # unix seconds
     data: str  # JSON text
 

@@ -577,8 +577,8 @@ class TakeRequest:
 
 
 def accepted_status(task: TaskSpec) -> TaskStatus:
-    """A task's status once accepted: a delayed one is scheduled (even if its time came meanwhile: it is promoted
-    at once), any other queued."""
+    """A task's status once accepted: a delayed one is scheduled (even if its time came meanwhile: the next
+    promotion queues it), any other queued."""
     return TaskStatus.QUEUED if task.not_before is None else TaskStatus.SCHEDULED
 
 
