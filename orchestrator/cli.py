@@ -779,8 +779,8 @@ def _print_status(result: dict[str, Any]) -> None:
     pools = result.get("pools", [])
     priorities = [str(p) for p in range(10, -1, -1)]
     matrix = result.get("matrix", {})
-    out.print(_table("pools", ["type", "workers", "slots", "running", "queued", "paused"],
-                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"],
+    out.print(_table("pools", ["type", "workers", "slots", "running", "queued", "scheduled", "paused"],
+                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"], p.get("scheduled", 0),
                        "paused" if p.get("paused") else ""] for p in pools]))
     sla = result.get("sla", {})
     if sla:
