@@ -269,6 +269,8 @@ class RunTaskOptions(TypedDict, total=False):
     context: dict[str, Any]
     wait: float  # seconds the server blocks for the result (capped by limits.max_wait_s)
     deadline: str  # v2, RFC 3339
+    not_before: str  # RFC 3339 with a timezone: a delayed task (status `scheduled` until then)
+    delay_s: float  # or: ready this many seconds from now
     idempotency_key: str  # default: one the client makes, so a retried submit is the same task
     agent: str
     children: list[dict[str, Any]]
