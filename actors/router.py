@@ -22,6 +22,7 @@ from actors.pool_manager import PoolManager
 from orchestrator.adapters.schedule_store import ScheduleStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
+from orchestrator.delayed import next_wake_s, promote_due
 from orchestrator.errors import ActorUnavailableError
 from orchestrator.naming import router_name
 from orchestrator.recovery import SLOW_CALL_S, may_sweep, orphaned, stuck
@@ -55,7 +56,8 @@ class RouterActor:
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
         self._loops = [asyncio.create_task(self._lease_loop(), name="leases"),
                        asyncio.create_task(self._sweep_loop(), name="sweep"),
-                       asyncio.create_task(self._schedule_loop(), name="schedules")]
+                       asyncio.create_task(self._schedule_loop(), name="schedules"),
+                       asyncio.create_task(self._promote_loop(), name="promote")]
 
     async def ready(self) -> bool:
         """Leases taken for the first time (when this router is the pool manager: its pools are spawned)."""
@@ -158,6 +160,21 @@ class RouterActor:
                 self._pools_holder = None
             except Exception:
                 logger.warning("firing schedules failed; retrying", extra={"router": self._name}, exc_info=True)
+
+    # --- delayed tasks ----------------------------------------------------------------------------
+
+    async def _promote_loop(self) -> None:
+        """Queue the delayed tasks of our shards as they come due: woken for the next one due, and at least
+        every `router.promote_interval_s` (for one accepted meanwhile that is due sooner)."""
+        router, pools = self._settings.router, list(self._settings.pools)
+        while True:
+            try:
+                next_due = await promote_due(self._store, list(self._owned), pools, time.time, router.preempt_threshold)
+            except Exception:
+                logger.warning("promoting delayed tasks failed; retrying", extra={"router": self._name}, exc_info=True)
+                await asyncio.sleep(1.0)  # backoff while Redis is away
+                continue
+            await asyncio.sleep(next_wake_s(time.time(), next_due, router.promote_interval_s))  # until due, not sync
 
     # --- the sweep --------------------------------------------------------------------------------
 

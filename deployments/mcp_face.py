@@ -60,11 +60,14 @@ Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
 """Sends one progress notification (a no-op when the request carried no progressToken)."""
 
-TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows",
-         "list_tasks", "list_sagas")
+TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "cancel_saga",
+         "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule",
+         "resume_schedule", "delete_schedule", "list_tasks", "list_sagas")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
 
-READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows", "list_tasks", "list_sagas"})
+READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule",
+                       "list_schedules", "list_tasks", "list_sagas"})
+DESTRUCTIVE = frozenset({"cancel_task", "cancel_saga", "delete_schedule"})
 SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
 SESSIONS = "max_mcp_sessions"  # the kind of slot a session holds (the quota a refusal names)
 MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output
@@ -101,8 +104,8 @@ def tool_definitions(methods: Sequence[Method]) -> list[types.Tool]:
             execution=mcp_tools.execution("forbidden"),  # each answers at once (run_task: within its `wait`)
             annotations=types.ToolAnnotations(
                 read_only_hint=name in READ_ONLY,
-                destructive_hint=name == "cancel_task" if name not in READ_ONLY else None,
-                idempotent_hint=name in READ_ONLY or name == "cancel_task",
+                destructive_hint=name in DESTRUCTIVE if name not in READ_ONLY else None,
+                idempotent_hint=name in READ_ONLY or name in DESTRUCTIVE,
                 open_world_hint=name == "run_task",
             ),
         ))

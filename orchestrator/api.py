@@ -48,7 +48,8 @@ from orchestrator.service import TaskService
 
 RUN_TASK_SUMMARY = (
     "Submit a task. Answers {task_id, status} once it is durably accepted, or, with `wait`, "
-    "the finished task record if it finishes within `wait` seconds."
+    "the finished task record if it finishes within `wait` seconds. With `not_before` or `delay_s` it is "
+    "`scheduled` until then."
 )
 
 

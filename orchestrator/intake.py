@@ -47,12 +47,14 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
         if spec is not None:
             children.append(spec)
     v1 = isinstance(params, RunTaskParams)
+    deadline = None if v1 or params.deadline is None else params.deadline.timestamp()
+    not_before = _not_before(params, settings, errors, now, deadline)
     prompt, tool_input = _v2_input(params, errors) if isinstance(params, RunTaskParamsV2) else (params.prompt, None)
     task = None if {"params.input", "params.prompt"} & errors.keys() else _spec(
         settings, errors, "params", params.tool, prompt, tool_input, params.context, now, priority=params.priority,
-        agent=params.agent, tenant=tenant, shorthand=not v1 and params.prompt is not None,
-        deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
-        idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
+        agent=params.agent, tenant=tenant, shorthand=not v1 and params.prompt is not None, deadline=deadline,
+        not_before=not_before, idempotency_key=params.idempotency_key, task_id=task_id,
+        children=tuple(c.task_id for c in children),
     )
     if not operator:
         for where, spec in [("params", task), *((f"params.children.{i}", c) for i, c in enumerate(children))]:
@@ -75,6 +77,26 @@ def _v2_input(params: RunTaskParamsV2, errors: dict[str, str]) -> tuple[str | No
     if "prompt" in params.input:
         errors["params.prompt"] = "given twice: also as params.input.prompt; give one of them"
     return None, {**params.input, "prompt": params.prompt}
+
+
+def _not_before(params: RunTaskParams | RunTaskParamsV2, settings: Settings, errors: dict[str, str], now: float,
+                deadline: float | None) -> float | None:
+    """When a delayed task becomes ready (None: at once; a time already past is at once too); errors collected."""
+    if params.not_before is not None and params.delay_s is not None:
+        errors["params.delay_s"] = "give not_before or delay_s, not both"
+        return None
+    if params.delay_s is not None:
+        where, at = "params.delay_s", now + params.delay_s
+    elif params.not_before is not None:
+        where, at = "params.not_before", params.not_before.timestamp()
+    else:
+        return None
+    max_delay_s = settings.limits.max_delay_s
+    if at - now > max_delay_s:
+        errors[where] = f"more than {max_delay_s:g} s ahead (limits.max_delay_s)"
+    elif deadline is not None and now < at >= deadline:
+        errors["params.deadline"] = "not after not_before: the task could never run"
+    return at if at > now else None
 
 
 def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str, prompt: str | None,

@@ -14,6 +14,7 @@ JsonObject = dict[str, Any]
 
 
 class TaskStatus(StrEnum):
+    SCHEDULED = "scheduled"  # delayed: becomes queued at its `not_before`
     QUEUED = "queued"
     WAITING = "waiting"  # a fanout child whose parent has not succeeded yet
     RUNNING = "running"
@@ -43,6 +44,11 @@ Agent = Annotated[str, Field(min_length=1, max_length=128, description="the subm
 WaitSeconds = Annotated[
     float, Field(ge=0, le=3600, description="block up to this many seconds for the result (capped by the server)")
 ]
+NotBefore = Annotated[AwareDatetime | None, Field(
+    default=None, description="RFC 3339 with a timezone: the task is `scheduled` until then, then queued (at most "
+    "limits.max_delay_s ahead; a time already past queues it at once)")]
+DelaySeconds = Annotated[float | None, Field(
+    default=None, gt=0, description="like not_before, in seconds from now (at most limits.max_delay_s)")]
 
 
 class ChildTask(Params):
@@ -68,6 +74,8 @@ class RunTaskParams(Params):
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    not_before: NotBefore
+    delay_s: DelaySeconds
     children: Children
 
 
@@ -86,6 +94,8 @@ class RunTaskParamsV2(Params):
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    not_before: NotBefore
+    delay_s: DelaySeconds
     children: Children
 
 
@@ -199,10 +209,12 @@ class TaskRecord(BaseModel):
     progress: Any = None
     idempotency_key: str | None = None
     deadline: float | None = Field(default=None, description="unix seconds")
+    not_before: float | None = Field(default=None, description="a delayed task's time to become ready (unix seconds)")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    queue_wait_ms: float | None = Field(default=None, description="acceptance to first start")
+    queue_wait_ms: float | None = Field(default=None, description="acceptance (a delayed task: its not_before) to "
+                                        "first start")
     run_ms: float | None = Field(default=None, description="the latest attempt's run time")
 
 
@@ -281,6 +293,7 @@ class PoolStatus(BaseModel):
     slots: int
     running: int
     queued: int
+    scheduled: int = Field(default=0, description="delayed tasks not yet due")
     paused: bool = False
 
 

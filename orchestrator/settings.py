@@ -269,6 +269,8 @@ class LimitSettings(Upgradable):
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
     max_schedules_per_tenant: int = Field(default=100, ge=1, description="schedules one tenant may have")
+    max_delay_s: float = Field(default=30 * 86_400.0, gt=0, description="how far ahead a delayed task's not_before "
+                               "(or delay_s) may be")
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
@@ -350,6 +352,8 @@ class RouterSettings(Upgradable):
     )
     schedule_interval_s: float = Field(default=0.2, gt=0, description="how often the pools lease holder fires "
                                        "due schedules")
+    promote_interval_s: float = Field(default=0.05, gt=0, le=1, description="a router looks for delayed tasks "
+                                      "come due at least this often (and wakes for the next one due)")
 
 
 class Settings(BaseSettings):

@@ -38,6 +38,10 @@ class ShardKeys:
         """Sorted set: tenant → the virtual time its next task at this level starts at (fair queueing)."""
         return f"{self.tag}:f:{worker_type}:{priority}"
 
+    def due(self, worker_type: str) -> str:
+        """Sorted set of the delayed (`scheduled`) tasks of one worker type, by the time they become ready (ms)."""
+        return f"{self.tag}:due:{worker_type}"
+
     @property
     def clocks(self) -> str:
         """Hash: `<worker type>:<priority>` → the level's virtual time (of the task popped last); `seq` → the

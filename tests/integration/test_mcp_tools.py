@@ -39,7 +39,8 @@ STRANGER = "stranger"  # of tenant globex
 TOKENS = {name: new_key() for name in [*KEYS, "stranger"]}
 MANAGEMENT = {"run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows",
               "list_tasks", "list_sagas"}
-READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows", "list_tasks", "list_sagas"}
+READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule", "list_schedules",
+             "list_tasks", "list_sagas"}
 HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hi {{ input.who }}"}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}},
