@@ -10,6 +10,7 @@ rare match answers short pages with a cursor rather than scan on. A parent's or 
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TypeVar
 
 from orchestrator import codec
@@ -50,8 +51,13 @@ def _statuses(asked: S | list[S] | None, every: type[S]) -> list[S]:
     return sorted(set(asked if isinstance(asked, list) else [asked]))
 
 
-def _created_ms(after: float | None, before: float | None) -> tuple[int, int]:
-    return codec.to_ms(after or 0), END_MS if before is None else codec.to_ms(before)
+def _seconds(instant: float | datetime) -> float:
+    return instant.timestamp() if isinstance(instant, datetime) else instant
+
+
+def _created_ms(after: float | datetime | None, before: float | datetime | None) -> tuple[int, int]:
+    return (0 if after is None else codec.to_ms(_seconds(after)),
+            END_MS if before is None else codec.to_ms(_seconds(before)))
 
 
 class Finder:
@@ -69,7 +75,7 @@ class Finder:
         low, high = _created_ms(params.created_after, params.created_before)
         query = TaskQuery(tenants, _statuses(params.status, TaskStatus), params.tool, params.worker_type, pmin, pmax,
                           low, high, after, params.limit)
-        if params.parent is None and params.saga is None:
+        if params.parent_id is None and params.saga_id is None:
             rows, position = await self._tasks.list_tasks(query)
         else:
             rows, position = await self._related(params, query, who)
@@ -80,11 +86,11 @@ class Finder:
         """The tasks of a parent (its fanout children) and/or a saga, named by its record or state, filtered."""
         ids: set[str] | None = None
         try:
-            if params.parent is not None:
-                parent = await self._tasks.get(params.parent)
+            if params.parent_id is not None:
+                parent = await self._tasks.get(params.parent_id)
                 ids = set(parent.children) if who.sees(parent.tenant) else set()
-            if params.saga is not None:
-                state = await self._sagas.load(params.saga)
+            if params.saga_id is not None:
+                state = await self._sagas.load(params.saga_id)
                 steps = {a.task_id for step in state.steps for a in [*step.attempts, *step.compensation_attempts]
                          if a.task_id} if who.sees(state.tenant) else set()
                 ids = steps if ids is None else ids & steps

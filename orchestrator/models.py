@@ -233,6 +233,7 @@ MAX_PAGE = 500
 PageLimit = Annotated[int, Field(ge=1, le=MAX_PAGE, description=f"rows per page, at most {MAX_PAGE}")]
 Cursor = Annotated[str, Field(min_length=1, max_length=256, description="`next_cursor` of the previous page")]
 UnixSeconds = Annotated[float, Field(ge=0, le=1e11, description="unix seconds")]
+Instant = UnixSeconds | AwareDatetime  # unix seconds, or RFC 3339 with a timezone
 
 
 class ListTasksParams(Params):
@@ -245,11 +246,12 @@ class ListTasksParams(Params):
     worker_type: str | None = Field(default=None, min_length=1, max_length=64)
     priority_min: Priority | None = None
     priority_max: Priority | None = None
-    created_after: UnixSeconds | None = Field(default=None, description="created at or after (unix seconds, ms)")
-    created_before: UnixSeconds | None = Field(default=None, description="created before (unix seconds, ms)")
-    parent: str | None = Field(default=None, min_length=1, max_length=64, description="fanout children of this task")
-    saga: str | None = Field(default=None, min_length=1, max_length=64, description="the tasks of this saga's steps "
-                             "and compensations")
+    created_after: Instant | None = Field(default=None, description="created at or after (unix seconds or RFC 3339)")
+    created_before: Instant | None = Field(default=None, description="created before (unix seconds or RFC 3339)")
+    parent_id: str | None = Field(default=None, min_length=1, max_length=64, description="fanout children of this "
+                                  "task")
+    saga_id: str | None = Field(default=None, min_length=1, max_length=64, description="the tasks of this saga's "
+                                "steps and compensations")
     tenant: TenantName | None = Field(default=None, description="admins: only this tenant's tasks (default: every "
                                       "tenant's); other keys may name only their own")
     limit: PageLimit = 50
@@ -385,8 +387,8 @@ class ListSagasParams(Params):
 
     status: SagaStatus | list[SagaStatus] | None = Field(default=None, description="one status or several")
     workflow: str | None = Field(default=None, min_length=1, max_length=64)
-    created_after: UnixSeconds | None = Field(default=None, description="created at or after (unix seconds, ms)")
-    created_before: UnixSeconds | None = Field(default=None, description="created before (unix seconds, ms)")
+    created_after: Instant | None = Field(default=None, description="created at or after (unix seconds or RFC 3339)")
+    created_before: Instant | None = Field(default=None, description="created before (unix seconds or RFC 3339)")
     tenant: TenantName | None = Field(default=None, description="admins: only this tenant's sagas (default: every "
                                       "tenant's); other keys may name only their own")
     limit: PageLimit = 50

@@ -183,8 +183,8 @@ async def test_tenants_see_only_their_own_and_admins_choose(populated: World) ->
         await populated.finder.list_tasks(wire(ListTasksParams, tenant="bob"), ALICE)
     assert list(refused.value.fields) == ["params.tenant"]
     bobs_parent = await populated.submit(tenant="bob", children=2)
-    assert len(await populated.listed(BOB, parent=bobs_parent)) == 2
-    assert await populated.listed(ALICE, parent=bobs_parent) == []  # another tenant's task names nothing
+    assert len(await populated.listed(BOB, parent_id=bobs_parent)) == 2
+    assert await populated.listed(ALICE, parent_id=bobs_parent) == []  # another tenant's task names nothing
 
 
 async def test_pages_neither_repeat_nor_skip_while_tasks_arrive_and_change(world: World) -> None:
@@ -231,10 +231,10 @@ async def test_a_parents_children_and_a_sagas_tasks(world: World) -> None:
     await world.sagas.create(state, None)
     await world.sagas.save(state)
     record = await world.store.get(parent)
-    assert [t.task_id for t in await world.listed(ALICE, parent=parent)] == sorted(record.children, reverse=True)
-    assert [(t.task_id, t.saga) for t in await world.listed(ALICE, saga=state.saga_id)] == [(step_task, state.saga_id)]
-    assert await world.listed(BOB, saga=state.saga_id) == []  # another tenant's saga names nothing
-    assert await world.listed(ALICE, saga="no-such-saga") == []
+    assert [t.task_id for t in await world.listed(ALICE, parent_id=parent)] == sorted(record.children, reverse=True)
+    assert [(t.task_id, t.saga) for t in await world.listed(ALICE, saga_id=state.saga_id)] == [(step_task, state.saga_id)]
+    assert await world.listed(BOB, saga_id=state.saga_id) == []  # another tenant's saga names nothing
+    assert await world.listed(ALICE, saga_id="no-such-saga") == []
 
 
 async def test_expired_tasks_leave_the_indexes(world: World) -> None:

@@ -14,6 +14,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from orchestrator.auth import hash_key, new_key
+from orchestrator.client import Client as OrchestratorClient
 from tests.conftest import Deployed, deployed, make_settings
 from tests.support import RedisServer, wait_until
 
@@ -59,6 +60,10 @@ def test_tenants_list_their_own_finished_tasks_and_an_admin_any(system: Deployed
     first = ok(system, "alice", "list_tasks", {"limit": 2}, version=1)
     second = ok(system, "alice", "list_tasks", {"limit": 2, "cursor": first["next_cursor"]}, version=1)
     assert ids(first["tasks"] + second["tasks"]) == mine[::-1]
+    since = {"created_after": "2020-01-01T00:00:00Z", "status": "succeeded"}  # RFC 3339 or unix seconds
+    assert ids(ok(system, "alice", "list_tasks", since)["tasks"]) == mine[::-1]
+    with OrchestratorClient(system.base_url, api_key=TOKENS["alice"]) as client:  # the client library pages
+        assert [t.task_id for t in client.list_tasks(limit=1)] == mine[::-1]
     assert ids(ok(system, "bob", "list_tasks", {})["tasks"]) == [theirs]
     assert ids(ok(system, "ops", "list_tasks", {"tenant": "bob"})["tasks"]) == [theirs]
     assert set(ids(ok(system, "ops", "list_tasks", {"tool": "echo"})["tasks"])) >= {*mine, theirs}
@@ -82,7 +87,7 @@ def test_sagas_are_listed_with_their_steps_tasks(system: Deployed) -> None:
                "the saga to finish")
     assert [s["saga_id"] for s in ok(system, "alice", "list_sagas", {"workflow": "hello"})["sagas"]] == [saga_id]
     assert ok(system, "bob", "list_sagas", {})["sagas"] == []
-    [step] = ok(system, "alice", "list_tasks", {"saga": saga_id})["tasks"]
+    [step] = ok(system, "alice", "list_tasks", {"saga_id": saga_id})["tasks"]
     assert step["saga"] == saga_id and step["status"] == "succeeded"
 
 
