@@ -48,7 +48,7 @@ class World:
 
     async def submit(self, *, tenant: str | None = "alice", tool: str = "echo", worker_type: str = "reasoning",
                      priority: int = 5, created: float | None = None, shard: int | None = None,
-                     children: int = 0, saga: str | None = None) -> str:
+                     children: int = 0, saga: str | None = None, not_before: float | None = None) -> str:
         n = next(self._seq)
         shard = n % SHARDS if shard is None else shard
         task_id = new_task_id(shard)
@@ -57,7 +57,7 @@ class World:
                 for _ in range(children)]
         spec = TaskSpec(task_id=task_id, tool=tool, worker_type=worker_type, priority=priority,
                         input={"prompt": f"task {n}"}, created_at=BASE + n / 1000 if created is None else created,
-                        tenant=tenant, children=tuple(k.task_id for k in kids), saga=saga)
+                        tenant=tenant, children=tuple(k.task_id for k in kids), saga=saga, not_before=not_before)
         [outcome] = await self.store.submit(shard, [Submission(spec, kids)], time.time(), 10_000, 1.0, 10)
         assert outcome == (task_id, False)
         self.ids += [task_id, *(k.task_id for k in kids)]
@@ -319,3 +319,12 @@ async def test_tasks_stored_before_the_index_are_indexed_once_on_upgrade(populat
                     for s in range(SHARDS)])
     assert finished and expiring == len(finished)  # they still leave the index when their records expire
     assert await index_unlisted(populated.store) == 0  # once
+
+
+async def test_a_delayed_task_is_listed_scheduled_then_queued(world: World) -> None:
+    later = await world.submit(not_before=time.time() + 3600)
+    await world.submit()
+    assert [t.task_id for t in await world.listed(ALICE, status="scheduled")] == [later]
+    assert await world.store.cancel(later, time.time(), "") is TaskStatus.CANCELLED
+    assert [t.task_id for t in await world.listed(ALICE, status="cancelled")] == [later]
+    assert await world.listed(ALICE, status="scheduled") == []
