@@ -55,6 +55,7 @@ class TaskSpec:
     parent: str | None = None
     saga: str | None = None  # the saga whose step (or compensation) this task runs
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
+    rerun_of: str | None = None  # `rerun_task`: the finished task this one runs again
 
     @property
     def owner(self) -> str:

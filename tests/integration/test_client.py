@@ -186,8 +186,19 @@ def test_task_methods(system: Deployed) -> None:
         long = client.run_task("echo", "long", context={"delay_ms": 20_000, "steps": 20})
         with pytest.raises(TimeoutError, match=f"task {long.task_id} is still (queued|running) after 0.3 s"):
             client.wait(long.task_id, timeout_s=0.3)
+        with pytest.raises(InvalidParamsError) as running:  # only a finished task is re-run
+            client.rerun_task(long.task_id)
+        assert "only a finished task can be re-run" in running.value.fields["params.task_id"]
         assert client.cancel_task(long.task_id).task_id == long.task_id
         assert client.wait(long.task_id, timeout_s=30).status is TaskStatus.CANCELLED
+
+        redo = client.rerun_task(finished.task_id, {"prompt": "v2 again"}, idempotency_key="redo-once")
+        assert client.rerun_task(finished.task_id, idempotency_key="redo-once").task_id == redo.task_id  # a retry
+        rerun = client.wait(redo.task_id, 30)
+        assert rerun.result == {"text": "v2 again", "steps": 1} and rerun.rerun_of == finished.task_id
+        assert client.get_task(finished.task_id).reruns == [redo.task_id]  # linked once
+        short = client.wait(client.rerun_task(long.task_id, {"prompt": "short"}, priority=3).task_id, 30)
+        assert (short.result, short.priority, short.rerun_of) == ({"text": "short", "steps": 1}, 3, long.task_id)
 
 
 def test_saga_and_operator_methods(system: Deployed) -> None:
@@ -202,13 +213,14 @@ def test_saga_and_operator_methods(system: Deployed) -> None:
         again = client.rerun_saga(started.saga_id)  # cancelled: taken up where it stopped
         assert client.get_saga(again.saga_id).rerun_of == started.saga_id
         assert client.get_saga(started.saga_id).reruns == [again.saga_id]
+        wait_until(lambda: client.get_saga(again.saga_id).status.finished, 30, "the rerun to settle")
 
         made = client.create_schedule("echo", {"prompt": "tick"}, interval_s=1, name="heartbeat")
         wait_until(lambda: client.get_schedule(made.schedule_id).fired >= 1, 30, "a fire")
         assert client.pause_schedule(made.schedule_id).paused
         assert [s.spec.name for s in client.list_schedules()] == ["heartbeat"]
-        task_id = client.get_schedule(made.schedule_id).runs[0].task_id
-        assert client.wait(task_id, 30).result == {"text": "tick", "steps": 1}
+        for run in client.get_schedule(made.schedule_id).runs:  # (the next tests count active tasks)
+            assert client.wait(run.task_id, 30).result == {"text": "tick", "steps": 1}
         assert client.delete_schedule(made.schedule_id).deleted
         with pytest.raises(ScheduleNotFoundError):
             client.resume_schedule(made.schedule_id)
