@@ -328,3 +328,14 @@ async def test_a_delayed_task_is_listed_scheduled_then_queued(world: World) -> N
     assert await world.store.cancel(later, time.time(), "") is TaskStatus.CANCELLED
     assert [t.task_id for t in await world.listed(ALICE, status="cancelled")] == [later]
     assert await world.listed(ALICE, status="scheduled") == []
+
+
+async def test_a_finished_task_saved_again_keeps_its_expiry(world: World) -> None:
+    """A rerun named in the original's record must not make the record outlive its index entry."""
+    task_id = await world.submit(shard=0)
+    [done] = await world.run("reasoning", 0, 1, TaskStatus.SUCCEEDED)
+    assert done == task_id
+    key = world.store.keys.shard(0).task(task_id)
+    assert await world.store.redis.ttl(key) > 0
+    await world.store.link_rerun(task_id, new_task_id(0), time.time())
+    assert await world.store.redis.ttl(key) > 0

@@ -55,9 +55,10 @@ local function load(id)
   return rec
 end
 
+-- KEEPTTL: a finished record re-saved (a rerun named in it) still expires with its index entry.
 local function save(rec)
   index(rec)
-  redis.call('SET', record_key(rec.i), cjson.encode(rec))
+  redis.call('SET', record_key(rec.i), cjson.encode(rec), 'KEEPTTL')
 end
 
 local function owner(rec) return rec.n or rec.a or '' end
