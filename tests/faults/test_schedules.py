@@ -1,5 +1,6 @@
-"""Schedules through the whole system: each tick fires exactly once across a router SIGKILL (count the tasks in
-Redis), each catch-up policy after a 10 s outage of the firer, and the API's checks and tenant isolation."""
+"""Schedules through the whole system: each tick fires exactly once across a router SIGKILL and a Redis kill -9
+(count the tasks in Redis), each catch-up policy after a 10 s outage of the firer, and the API's checks and tenant
+isolation."""
 
 from __future__ import annotations
 
@@ -24,15 +25,24 @@ pytestmark = pytest.mark.integration
 
 KEYS = {name: new_key() for name in ("alice", "bob", "ops")}
 OUTAGE_S = 10.0
+REDIS_OUTAGE_S = 3.0
 LATE_MS = 2000  # the grace (1 s) and what a submit may take on a loaded machine
 SLACK = 4  # outage ticks that may still be on time when firing resumes (the lease is taken again first)
 
 
 @pytest.fixture(scope="module")
-def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+def dedicated_redis(request: pytest.FixtureRequest) -> Iterator[RedisServer]:
+    """This module's own redis-server (AOF fsynced on every write), so one test can kill and restart it."""
+    server = RedisServer(aof=True, appendfsync="always")
+    request.addfinalizer(server.stop)
+    yield server.start()
+
+
+@pytest.fixture(scope="module")
+def system(dedicated_redis: RedisServer, ray_session: int) -> Iterator[Deployed]:
     keys = {name: {"hash": hash_key(key), "tenant": name, "scopes": ["admin"] if name == "ops" else ["submit", "read"]}
             for name, key in KEYS.items()}
-    settings = make_settings(redis_server.url, auth={"keys": keys, "quotas": {"bob": {"max_priority": 5}}},
+    settings = make_settings(dedicated_redis.url, auth={"keys": keys, "quotas": {"bob": {"max_priority": 5}}},
                              limits={"max_schedules_per_tenant": 4})
     with deployed(settings, ray_session) as running:
         yield running
@@ -106,6 +116,19 @@ def test_each_tick_fires_once_across_a_router_kill(system: Deployed) -> None:
     assert ticks == list(range(ticks[0], ticks[-1] + 1, 1000))  # none missed, the outage's included
     assert len(ticks) == ok(system, "alice", "get_schedule", {"schedule_id": schedule_id})["fired"] >= state["fired"]
     assert state["skipped"] == 0
+
+
+def test_each_tick_fires_once_across_a_redis_kill(system: Deployed, dedicated_redis: RedisServer) -> None:
+    schedule_id = every_second(system, "alice", "all")
+    wait_until(lambda: schedule(system, schedule_id)["fired"] >= 2, 30, "two fires")
+    dedicated_redis.kill()
+    time.sleep(REDIS_OUTAGE_S)  # the fault's duration (Redis stays down this long), not synchronisation
+    dedicated_redis.start()  # same port, same dir: the AOF brings back every acknowledged write
+    fired_past(system, schedule_id, time.time() + 2, timeout_s=60)
+    ok(system, "alice", "pause_schedule", {"schedule_id": schedule_id})
+    ticks = once_each(fires(system, schedule_id))
+    assert ticks == list(range(ticks[0], ticks[-1] + 1, 1000))  # the outage's ticks fired after it, once each
+    assert len(ticks) == schedule(system, schedule_id)["fired"]
 
 
 def test_each_catch_up_policy_after_an_outage(system: Deployed) -> None:

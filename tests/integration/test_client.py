@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -332,6 +333,26 @@ def test_events_of_an_unknown_task(system: Deployed) -> None:
 def run_cli(system: Deployed, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "--url", system.base_url, *args],
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_schedules_commands(system: Deployed) -> None:
+    def schedules(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "schedules", *args, "--url", system.base_url],
+                              capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    made = json.loads(schedules("create", "echo", '{"prompt": "nightly"}', "--cron", "30 2 * * *", "--timezone",
+                                "Europe/Berlin", "--name", "nightly", "--json"))[0]
+    assert made["spec"]["cron"] == "30 2 * * *" and len(made["upcoming"]) == 5
+    listed = schedules("list")
+    assert made["schedule_id"] in listed and "30 2 * * *" in listed and max(map(len, listed.splitlines())) <= 80
+    assert json.loads(schedules("pause", made["schedule_id"], "--json"))[0]["paused"] is True
+    assert "paused" in schedules("show", made["schedule_id"])
+    assert "deleted schedule" in schedules("delete", made["schedule_id"])
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "schedules", "create", "echo", "{}", "--interval",
+                          "soon", "--url", system.base_url], capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 1 and "--interval 'soon': give a positive duration" in bad.stderr
 
 
 def test_run_wait_exit_code_says_how_the_task_ended(system: Deployed) -> None:
