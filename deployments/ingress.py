@@ -17,6 +17,7 @@ from fastapi.security import HTTPBearer
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
+from deployments import console
 from deployments.http_auth import NOT_IN, caller, refusal
 from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
@@ -253,6 +254,19 @@ class RpcIngress:
         text = metrics.render(metrics.families(await self._stats.totals(), overview, await self._store.counts(),
                                                circuits, failures))
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # The web console: static files only; every call it makes goes to the API above, with the user's key.
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/", include_in_schema=False)
+    @app.get("/ui/ops", include_in_schema=False)
+    @app.get("/ui/tasks/{task_id}", include_in_schema=False)
+    @app.get("/ui/sagas/{saga_id}", include_in_schema=False)
+    async def console_page(self, request: Request) -> Response:
+        return console.page(request.scope.get("root_path", ""))
+
+    @app.get("/ui/static/{name}", include_in_schema=False)
+    async def console_static(self, name: str) -> Response:
+        return console.static(name)
 
     @app.get("/healthz", summary="Ready when Redis answers and a router manages the pools")
     async def healthz(self) -> JSONResponse:

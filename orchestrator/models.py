@@ -92,6 +92,18 @@ class StatusParams(Params):
     pass
 
 
+class WhoamiParams(Params):
+    pass
+
+
+class WhoamiResult(BaseModel):
+    key: str = Field(description="the key's name (`anonymous` when auth is off)")
+    tenant: str | None = None
+    scopes: list[Scope] = Field(description="what the key may do; admin implies every scope")
+    admin: bool
+    auth: bool = Field(description="whether the orchestrator checks keys (false: auth is off, loopback only)")
+
+
 class ControlParams(Params):
     """Operator actions (admin). Every action that changes something is recorded in the audit log.
 
