@@ -122,7 +122,7 @@ class RpcIngress:
         self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, self._providers)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._service = service = TaskService(settings, self._store, self._waiter, self._router, time.time,
-                                              self._stats)
+                                              self._stats, self._circuits)
         redis = settings.redis
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
@@ -246,7 +246,7 @@ class RpcIngress:
             overview = await self._router.overview()
         except OrchestratorError:
             overview = None  # unreadable now: the counters still answer
-        circuits = {p: await self._gate.breaker_state(p) for p in self._providers}
+        circuits = await self._circuits()
         try:
             failures: dict[str, int] | None = await self._key_store.failures()
         except OrchestratorError:
@@ -282,6 +282,10 @@ class RpcIngress:
             logger.warning("health check: router not ready", exc_info=True)
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    async def _circuits(self) -> dict[str, str]:
+        """Each LLM provider's circuit breaker: closed, open or half_open."""
+        return {p: await self._gate.breaker_state(p) for p in self._providers}
 
     async def _caller(self, request: Request, scope: str, what: str) -> Principal:
         """The request's caller, if it may do `what` (which needs `scope`); raises one of NOT_IN or ForbiddenError."""

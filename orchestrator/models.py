@@ -278,6 +278,8 @@ class StatusResult(RouterOverview):
     stream_pending: int
     active_tasks: int
     sla: dict[str, Any] = Field(default_factory=dict, description="per pool: the SLA policy's latest decision")
+    circuits: dict[str, str] = Field(default_factory=dict,
+                                     description="per LLM provider: its circuit breaker (closed, open, half_open)")
 
 
 # ---------------------------------------------------------------- sagas

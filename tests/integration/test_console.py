@@ -95,7 +95,7 @@ def login(page: Page, system: Deployed, key: str, path: str = "ui") -> None:
 
 def shot(page: Page, name: str) -> None:
     if SHOTS:
-        page.screenshot(path=str(Path(SHOTS) / name), full_page=False)
+        page.screenshot(path=str(Path(SHOTS) / name), full_page=True)
 
 
 def test_the_console_is_served_with_a_strict_policy_and_needs_a_key(system: Deployed, page: Page) -> None:
@@ -212,7 +212,12 @@ def test_the_overview_shows_pools_queues_and_the_last_hour(system: Deployed, pag
         expect(page.locator("[data-section=running]").get_by_role("link", name=task_id)).to_be_visible(timeout=WAIT_MS)
         expect(page.locator("[data-section=hour]")).to_contain_text("tasks finished", timeout=WAIT_MS)
         expect(page.locator("[data-section=hour] polyline").first).to_be_attached(timeout=WAIT_MS)
+        hour = ok(system, "ops", "analytics", {"window_s": 3600, "series": True})
+        assert len(hour["series"]) == 60 and sum(m["tasks"] for m in hour["series"]) == hour["overall"]["tasks"]
         expect(page.locator("[data-section=letters]")).to_be_visible()
+        circuits = page.locator("[data-section=circuits]")
+        expect(circuits).to_contain_text("deepseek")
+        expect(circuits).to_contain_text("closed")
         shot(page, "console-overview.png")
     finally:
         ok(system, "ops", "cancel_task", {"task_id": task_id})

@@ -44,10 +44,10 @@ function login(problem) {
 
 function navigation(me) {
   const who = me.auth ? `${me.key} · tenant ${me.tenant ?? "—"} · ${me.scopes.join(", ")}` : "auth off (loopback)";
-  nav.replaceChildren(link("./", "Overview"), me.admin ? link("ops", "Operations") : null,
+  nav.replaceChildren(...[link("./", "Overview"), me.admin ? link("ops", "Operations") : null,
     el("span", { class: "who", id: "who" }, who),
     me.auth ? el("button", { type: "button", onclick: () => { setKey(null); location.assign("./"); } }, "Log out")
-      : null);
+      : null].filter(Boolean));
   for (const a of nav.querySelectorAll("a")) {
     if (new URL(a.href).pathname === location.pathname.replace(/\/ui$/, "/ui/")) a.setAttribute("aria-current", "page");
   }

@@ -24,9 +24,11 @@ export function chart(title, points) {
     const top = Math.max(...points.map((p) => p[1])) || 1;
     const xy = points.map(([t, v]) => [PAD + ((t - t0) / span) * (W - PAD - 8), H - PAD - (v / top) * (H - PAD - 8)]);
     box.append(svg("polyline", { points: xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "), class: "line" }),
+      ...xy.map(([x, y]) => svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2, class: "dot" })),
+      svg("text", { x: PAD, y: H - 8, class: "tick" }, `${Math.round(span / 60)} min ago`),
       svg("text", { x: 2, y: 12, class: "tick" }, formatted(top)),
       svg("text", { x: 2, y: H - PAD, class: "tick" }, "0"),
-      svg("text", { x: W - 4, y: H - 8, class: "tick", "text-anchor": "end" }, `${formatted(points[points.length - 1][1])} now`));
+      svg("text", { x: W - 4, y: H - 8, class: "tick", "text-anchor": "end" }, `latest ${formatted(points[points.length - 1][1])}`));
   } else {
     box.append(svg("text", { x: W / 2, y: H / 2, class: "tick", "text-anchor": "middle" }, "no data yet"));
   }

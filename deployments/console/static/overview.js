@@ -1,15 +1,14 @@
 // Overview: pools, the queue matrix, running tasks, the last hour, SLA, dead letters; polled every 2 s.
 import { rpc } from "./api.js";
-import { el, json, say, section, seconds, table, taskLink } from "./dom.js";
+import { badge, el, json, say, section, seconds, table, taskLink } from "./dom.js";
 import { chart } from "./chart.js";
 
 const POLL_MS = 2000;
 const HOUR_S = 3600;
-const samples = { throughput: [], p95: [] }; // taken by this page while it is open: analytics has no series
 
 export function overview(main, me) {
   const live = el("div", { id: "live" });
-  main.replaceChildren(el("h1", {}, "Overview"), forms(me), live);
+  main.replaceChildren(el("h1", {}, "Overview"), live, forms(me));
   const shown = new Map();
   const tick = async () => {
     try {
@@ -24,7 +23,7 @@ export function overview(main, me) {
 
 async function refresh(live, me, shown) {
   const [status, hour, letters] = await Promise.all([
-    rpc("status"), rpc("analytics", { window_s: HOUR_S }),
+    rpc("status"), rpc("analytics", { window_s: HOUR_S, series: true }),
     me.admin ? rpc("control", { action: "dead_letters", count: 50 }) : null,
   ]);
   show(live, shown, "error", null);
@@ -32,9 +31,9 @@ async function refresh(live, me, shown) {
   show(live, shown, "pools", pools(status), status.pools, status.workers);
   show(live, shown, "matrix", matrix(status.matrix), status.matrix);
   show(live, shown, "running", running(status.running, now), status.running, Math.floor(now));
-  record(hour);
-  show(live, shown, "hour", lastHour(hour), hour.overall, samples.p95.length);
+  show(live, shown, "hour", lastHour(hour), hour.overall, hour.series);
   show(live, shown, "sla", sla(status.sla), status.sla);
+  show(live, shown, "circuits", circuits(status.circuits), status.circuits);
   if (letters) show(live, shown, "letters", deadLetters(letters.dead_letters), letters.dead_letters);
 }
 
@@ -67,8 +66,11 @@ function forms(me) {
 
 function submitForm() {
   const tool = el("select", { id: "submit-tool", required: true });
-  rpc("status").then((status) => tool.append(...status.tools.map((t) => el("option", { value: t.name }, t.name))));
-  const input = el("textarea", { id: "submit-input", rows: 4, spellcheck: false, value: '{"prompt": "hello"}' });
+  rpc("status").then((status) => {
+    tool.append(...status.tools.map((t) => el("option", { value: t.name }, t.name)));
+    if (status.tools.some((t) => t.name === "echo")) tool.value = "echo";
+  });
+  const input = el("textarea", { id: "submit-input", rows: 2, spellcheck: false, value: '{"prompt": "hello"}' });
   const priority = el("input", { id: "submit-priority", type: "number", min: 0, max: 10, value: 5 });
   const area = el("p", { class: "notice", role: "alert" });
   const form = el("form", {
@@ -87,10 +89,10 @@ function submitForm() {
         say(area, error.message, true);
       }
     },
-  }, el("label", { htmlFor: "submit-tool" }, "Tool"), tool,
+  }, el("div", { class: "inline" }, el("label", { htmlFor: "submit-tool" }, "Tool"), tool,
+    el("label", { htmlFor: "submit-priority" }, "Priority"), priority),
   el("label", { htmlFor: "submit-input" }, "Input (JSON)"), input,
-  el("label", { htmlFor: "submit-priority" }, "Priority"), priority,
-  el("button", { type: "submit" }, "Submit task"), area);
+  el("div", {}, el("button", { type: "submit" }, "Submit task")), area);
   return section("Submit a task", form);
 }
 
@@ -115,15 +117,6 @@ function running(tasks, now) {
     "nothing running"));
 }
 
-function record(hour) {
-  const at = Date.now() / 1000;
-  for (const [name, value] of [["throughput", hour.overall.throughput_per_s * 60], ["p95", hour.overall.e2e_ms.p95]]) {
-    const series = samples[name];
-    if (value !== null && value !== undefined) series.push([at, value]);
-    while (series.length && series[0][0] < at - HOUR_S) series.shift();
-  }
-}
-
 function lastHour(hour) {
   const o = hour.overall;
   const p95 = o.e2e_ms.p95;
@@ -131,9 +124,9 @@ function lastHour(hour) {
     el("p", {}, `${o.tasks} tasks finished (${o.succeeded} succeeded, ${o.failed} failed, ${o.cancelled} cancelled); `,
       `throughput ${(o.throughput_per_s * 60).toFixed(2)} per minute; p95 latency ${p95 == null ? "—" : `${p95.toFixed(0)} ms`}.`),
     el("div", { class: "charts" },
-      chart("Throughput (tasks per minute, over the last hour)", samples.throughput),
-      chart("p95 end-to-end latency (ms, over the last hour)", samples.p95)),
-    el("p", { class: "hint" }, "Charted as sampled by this page every 2 s since it was opened."));
+      chart("Throughput (tasks finished per minute)", hour.series.map((m) => [m.at, m.tasks])),
+      chart("p95 end-to-end latency (ms, minutes with finished tasks)",
+        hour.series.filter((m) => m.e2e_p95_ms != null).map((m) => [m.at, m.e2e_p95_ms]))));
 }
 
 function sla(state) {
@@ -145,6 +138,11 @@ function sla(state) {
           el("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))]))
         : json(fields))))
     : el("p", { class: "empty" }, "no SLA decision yet"));
+}
+
+function circuits(byProvider) {
+  return section("Provider circuits", table(["Provider", "Circuit"],
+    Object.entries(byProvider).map(([provider, state]) => [provider, badge(state)]), "no LLM provider configured"));
 }
 
 function deadLetters(letters) {
