@@ -89,8 +89,9 @@ def running(system: Deployed, task_id: str) -> None:
 def login(page: Page, system: Deployed, key: str, path: str = "ui") -> None:
     page.goto(f"{system.base_url}/{path}")
     page.get_by_label("API key").fill(TOKENS[key])
-    page.get_by_role("button", name="Log in").click()
+    page.get_by_label("API key").press("Enter")  # the keyboard suffices
     expect(page.locator("#who")).to_contain_text(key, timeout=WAIT_MS)
+    assert page.evaluate("Object.keys(sessionStorage)") == ["orchestrator.apiKey"]
 
 
 def shot(page: Page, name: str) -> None:
@@ -186,6 +187,17 @@ def test_an_operator_requeues_a_dead_letter_from_ops(system: Deployed, page: Pag
     expect(letters).to_contain_text("no dead letters", timeout=WAIT_MS)
     wait_until(lambda: status_of(system, task_id) == "succeeded", 60, "the requeued task to succeed")
     expect(page.locator("#ops-audit")).to_contain_text("requeue", timeout=WAIT_MS)
+    pool = page.locator("[data-pool=codegen]")
+    pool.get_by_role("button", name="Pause").click()
+    expect(pool.get_by_role("button", name="Resume")).to_be_visible(timeout=WAIT_MS)
+    assert paused(system, "codegen")
+    pool.get_by_role("button", name="Resume").click()
+    expect(pool.get_by_role("button", name="Pause")).to_be_visible(timeout=WAIT_MS)
+    assert not paused(system, "codegen")
+
+
+def paused(system: Deployed, pool: str) -> bool:
+    return bool(next(p for p in ok(system, "ops", "status", {})["pools"] if p["worker_type"] == pool)["paused"])
 
 
 def test_the_saga_page_draws_the_steps_with_links_to_their_tasks(system: Deployed, page: Page) -> None:

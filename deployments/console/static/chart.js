@@ -11,7 +11,8 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
-export function chart(title, points) {
+/** `points` over the time range [t0, t1] (unix s). */
+export function chart(title, points, t0, t1) {
   const figure = document.createElement("figure");
   const caption = document.createElement("figcaption");
   caption.textContent = title;
@@ -19,19 +20,18 @@ export function chart(title, points) {
   box.append(svg("line", { x1: PAD, y1: H - PAD, x2: W - 4, y2: H - PAD, class: "axis" }),
     svg("line", { x1: PAD, y1: 4, x2: PAD, y2: H - PAD, class: "axis" }));
   if (points.length) {
-    const t0 = points[0][0];
-    const span = Math.max(1, points[points.length - 1][0] - t0);
+    const span = Math.max(1, t1 - t0);
     const top = Math.max(...points.map((p) => p[1])) || 1;
     const xy = points.map(([t, v]) => [PAD + ((t - t0) / span) * (W - PAD - 8), H - PAD - (v / top) * (H - PAD - 8)]);
     box.append(svg("polyline", { points: xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(" "), class: "line" }),
       ...xy.map(([x, y]) => svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2, class: "dot" })),
-      svg("text", { x: PAD, y: H - 8, class: "tick" }, `${Math.round(span / 60)} min ago`),
       svg("text", { x: 2, y: 12, class: "tick" }, formatted(top)),
       svg("text", { x: 2, y: H - PAD, class: "tick" }, "0"),
       svg("text", { x: W - 4, y: H - 8, class: "tick", "text-anchor": "end" }, `latest ${formatted(points[points.length - 1][1])}`));
   } else {
     box.append(svg("text", { x: W / 2, y: H / 2, class: "tick", "text-anchor": "middle" }, "no data yet"));
   }
+  box.append(svg("text", { x: PAD, y: H - 8, class: "tick" }, `${Math.round((t1 - t0) / 60)} min ago`));
   figure.append(caption, box);
   return figure;
 }

@@ -36,12 +36,27 @@ async function refresh(page) {
   update(page, "audit", log.audit_log, () => auditLog(log.audit_log));
 }
 
-/** Rebuilds one area only when its data changed, so a half-typed field is not wiped by the poll. */
+/** Rebuilds one area when its data changed, keeping what is typed in its fields and where the focus is. */
 function update(page, name, data, build) {
   const signature = JSON.stringify(data);
   if (page.shown[name] === signature) return;
   page.shown[name] = signature;
-  page[name].replaceChildren(...[build()].flat());
+  const area = page[name];
+  const typed = new Map([...area.querySelectorAll("input, textarea")].filter((f) => f.id && f.dataset.edited)
+    .map((f) => [f.id, f.value]));
+  const focused = area.contains(document.activeElement) ? document.activeElement.id : null;
+  area.replaceChildren(...[build()].flat().filter(Boolean));
+  for (const [id, value] of typed) {
+    const field = document.getElementById(id);
+    if (field) Object.assign(field, { value }).dataset.edited = "1";
+  }
+  if (focused && document.getElementById(focused)) document.getElementById(focused).focus();
+  area.querySelectorAll("input, textarea").forEach((f) => f.addEventListener("input", () => { f.dataset.edited = "1"; }));
+}
+
+/** An element id made of data: only characters that need no escaping anywhere. */
+function safe(text) {
+  return text.replace(/[^A-Za-z0-9_-]/g, "_");
 }
 
 function control(btn, area, params, again) {
@@ -52,11 +67,11 @@ function control(btn, area, params, again) {
 function poolControls(status, area, again) {
   return status.pools.map((p) => {
     const type = p.worker_type;
-    const id = (what) => `${what}-${type.replace(/[^A-Za-z0-9_-]/g, "_")}`;
+    const id = (what) => safe(`${what}-${type}`);
     const workers = el("input", { id: id("scale"), type: "number", min: 0, max: 1000, value: p.workers });
-    const scale = button("Scale", () => control(scale, area, { action: "scale", worker_type: type, workers: Number(workers.value) }, again));
+    const scale = button("Scale", () => control(scale, area, { action: "scale", worker_type: type, workers: Number(workers.value) }, again), { id: id("scale-button") });
     const pause = button(p.paused ? "Resume" : "Pause",
-      () => control(pause, area, { action: p.paused ? "resume" : "pause", worker_type: type }, again));
+      () => control(pause, area, { action: p.paused ? "resume" : "pause", worker_type: type }, again), { id: id("pause") });
     const targets = el("textarea", { id: id("sla"), rows: 2, spellcheck: false, value: "{}" });
     const setTargets = button("Set SLA targets", () => {
       let parsed;
@@ -66,10 +81,10 @@ function poolControls(status, area, again) {
         return say(area, `SLA targets are not JSON: ${error.message}`, true);
       }
       return control(setTargets, area, { action: "sla", worker_type: type, targets: parsed }, again);
-    });
+    }, { id: id("sla-button") });
     const members = status.workers.filter((w) => w.worker_type === type);
     const drains = members.map((w) => {
-      const b = button(`Drain ${w.name}`, () => control(b, area, { action: "drain", worker: w.name }, again), { disabled: w.draining });
+      const b = button(`Drain ${w.name}`, () => control(b, area, { action: "drain", worker: w.name }, again), { disabled: w.draining, id: safe(`drain-${w.name}`) });
       return [w.name, `${w.running} / ${w.slots}`, w.draining ? "draining" : "active", b];
     });
     const decision = status.sla[type];
@@ -84,7 +99,7 @@ function poolControls(status, area, again) {
 
 function deadLetters(letters, area, again) {
   const rows = letters.map((d) => {
-    const b = button("Requeue", () => control(b, area, { action: "requeue", task_id: d.task_id }, again), { "aria-label": `Requeue ${d.task_id}` });
+    const b = button("Requeue", () => control(b, area, { action: "requeue", task_id: d.task_id }, again), { "aria-label": `Requeue ${d.task_id}`, id: safe(`requeue-${d.task_id}`) });
     return [taskLink(d.task_id), d.reason, d.attempts, b];
   });
   const all = button("Requeue all", async () => {

@@ -124,9 +124,15 @@ function lastHour(hour) {
     el("p", {}, `${o.tasks} tasks finished (${o.succeeded} succeeded, ${o.failed} failed, ${o.cancelled} cancelled); `,
       `throughput ${(o.throughput_per_s * 60).toFixed(2)} per minute; p95 latency ${p95 == null ? "—" : `${p95.toFixed(0)} ms`}.`),
     el("div", { class: "charts" },
-      chart("Throughput (tasks finished per minute)", hour.series.map((m) => [m.at, m.tasks])),
+      chart("Throughput (tasks finished per minute)", hour.series.map((m) => [m.at, m.tasks]), ...range(hour)),
       chart("p95 end-to-end latency (ms, minutes with finished tasks)",
-        hour.series.filter((m) => m.e2e_p95_ms != null).map((m) => [m.at, m.e2e_p95_ms]))));
+        hour.series.filter((m) => m.e2e_p95_ms != null).map((m) => [m.at, m.e2e_p95_ms]), ...range(hour))));
+}
+
+/** The charts' time axis: from the first minute's start to the last one's. */
+function range(hour) {
+  const last = hour.series.length ? hour.series[hour.series.length - 1].at : hour.since;
+  return [hour.since, last];
 }
 
 function sla(state) {

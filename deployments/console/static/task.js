@@ -27,7 +27,10 @@ async function load(page) {
     return;
   }
   page.recordArea.replaceChildren(...render(page.record));
-  page.actions.replaceChildren(...buttons(page));
+  const offered = buttons(page);
+  const names = offered.map((b) => b.textContent).join("|");
+  if (names !== page.offered) page.actions.replaceChildren(...offered); // the same buttons: keep them (and focus)
+  page.offered = names;
 }
 
 function render(r) {
