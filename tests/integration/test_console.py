@@ -233,3 +233,10 @@ def test_the_overview_shows_pools_queues_and_the_last_hour(system: Deployed, pag
         shot(page, "console-overview.png")
     finally:
         ok(system, "ops", "cancel_task", {"task_id": task_id})
+
+
+def test_with_auth_off_no_login_is_needed(orchestrator: Deployed, page: Page) -> None:
+    page.goto(f"{orchestrator.base_url}/ui/ops")
+    expect(page.locator("#who")).to_contain_text("auth off", timeout=WAIT_MS)
+    expect(page.locator("[data-pool=reasoning]")).to_be_visible(timeout=WAIT_MS)
+    assert page.get_by_label("API key").count() == 0 and page.get_by_role("button", name="Log out").count() == 0
