@@ -16,8 +16,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from deployments.fake_provider import FakeProviderConfig
 from orchestrator.auth import hash_key, new_key
 from tests.conftest import Deployed, deployed, make_settings
+from tests.fakeprovider import RunningFakeProvider, fake_provider
 from tests.integration.test_durability import worker_pid
 from tests.support import RedisServer, wait_until
 
@@ -36,10 +38,18 @@ SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
-def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+def provider() -> Iterator[RunningFakeProvider]:
+    """An LLM that streams 40 tokens over about 4 s."""
+    with fake_provider(FakeProviderConfig(latency_ms=4000, reply_tokens=40)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def system(redis_server: RedisServer, ray_session: int, provider: RunningFakeProvider) -> Iterator[Deployed]:
     keys = {name: {"hash": hash_key(TOKENS[name]), "tenant": tenant, "scopes": scopes}
             for name, (tenant, scopes) in KEYS.items()}
-    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO},
+    llm = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "worker_type": "codegen"}
+    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO}, tools={"fake-llm": llm},
                              router={"visibility_timeout_s": 2, "heartbeat_interval_s": 0.3, "max_attempts": 1})
     with deployed(settings, ray_session) as running:
         yield running
@@ -129,6 +139,16 @@ def test_a_task_submitted_from_the_page_finishes_live_on_its_page(system: Deploy
     task_id = page.url.rsplit("/", 1)[1]
     assert status_of(system, task_id) == "succeeded"
     shot(page, "console-task.png")
+
+
+def test_llm_output_shows_as_it_streams(system: Deployed, page: Page) -> None:
+    task_id = ok(system, "alice", "run_task", {"tool": "fake-llm", "input": {"prompt": "stream please"}})["task_id"]
+    login(page, system, "alice", f"ui/tasks/{task_id}")
+    partial = page.locator("#partial")
+    expect(partial).to_contain_text("tok1", timeout=WAIT_MS)
+    expect(page.locator("#timeline li[data-type=succeeded]")).to_be_visible(timeout=WAIT_MS)
+    text = ok(system, "alice", "get_task", {"task_id": task_id})["result"]["text"]
+    assert text.endswith("tok40") and partial.inner_text().startswith("tok1")
 
 
 def test_a_running_task_is_cancelled_from_its_page(system: Deployed, page: Page) -> None:
