@@ -16,6 +16,7 @@ from orchestrator.errors import ActorUnavailableError
 from orchestrator.models import RouterOverview
 from orchestrator.naming import SAGA_COORDINATOR_NAME
 from orchestrator.overview import overview
+from orchestrator.saga import SagaState
 from orchestrator.settings import QuotaSettings, Settings
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,10 @@ class ActorSagaCoordinatorClient:
         self._namespace = settings.namespace
         self._timeout_s = settings.router.call_timeout_s
 
-    async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None, tenant: str | None,
-                       quota: QuotaSettings | None) -> tuple[str, bool]:
-        return await call_actor(self._namespace, self._timeout_s, SAGA_COORDINATOR_NAME, "run_saga",  # type: ignore[no-any-return]
-                                workflow, saga_input, priority, idempotency_key, agent, tenant, quota)
+    async def start_saga(self, state: SagaState, idempotency_key: str | None,
+                         quota: QuotaSettings | None) -> tuple[str, bool]:
+        return await call_actor(self._namespace, self._timeout_s, SAGA_COORDINATOR_NAME, "start_saga",  # type: ignore[no-any-return]
+                                state, idempotency_key, quota)
 
     async def cancel_saga(self, saga_id: str) -> None:
         await call_actor(self._namespace, self._timeout_s, SAGA_COORDINATOR_NAME, "cancel_saga", saga_id)

@@ -1,6 +1,7 @@
 """Router actor: one of `router.replicas` shards of the routing layer. It owns a share of the task shards through
 leases with fencing tokens (sweeping their silent deliveries back into the queue) and, while it holds the
-pools lease, manages the worker pools. It holds no queue: workers take tasks from Redis themselves."""
+pools lease, manages the worker pools and fires due schedules. It holds no queue: workers take tasks from Redis
+themselves."""
 
 from __future__ import annotations
 
@@ -16,12 +17,18 @@ from typing import Any
 import ray
 from ray.exceptions import RayActorError
 
+from actors.clients import ActorRouterClient
 from actors.pool_manager import PoolManager
+from orchestrator.adapters.schedule_store import ScheduleStore
 from orchestrator.adapters.task_store import TaskStore
+from orchestrator.adapters.waiter import CompletionWaiter
+from orchestrator.delayed import next_wake_s, promote_due
 from orchestrator.errors import ActorUnavailableError
 from orchestrator.naming import router_name
 from orchestrator.recovery import SLOW_CALL_S, may_sweep, orphaned, stuck
 from orchestrator.routing import lease_moves
+from orchestrator.schedule_service import FencedError, ScheduleService
+from orchestrator.service import TaskService
 from orchestrator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -39,11 +46,18 @@ class RouterActor:
         self._store = TaskStore.from_settings(settings.redis)
         self._owned: dict[int, str] = {}  # shard → our lease value (`<name>:<fencing token>`)
         self._pools: PoolManager | None = None
+        self._pools_holder: str | None = None  # our pools lease value while we hold it: the schedules' fence
+        tasks = TaskService(settings, self._store, CompletionWaiter(self._store.redis, self._store.keys.finished),
+                            ActorRouterClient(settings, self._store), time.time)
+        self._schedules = ScheduleService(settings, ScheduleStore(self._store.redis, settings.redis.prefix), tasks,
+                                          time.time)
         self._reachable_since = time.time()
         self._started = asyncio.Event()
         # Ray runs an async actor's __init__ in its event loop: a restarted router resumes by itself.
         self._loops = [asyncio.create_task(self._lease_loop(), name="leases"),
-                       asyncio.create_task(self._sweep_loop(), name="sweep")]
+                       asyncio.create_task(self._sweep_loop(), name="sweep"),
+                       asyncio.create_task(self._schedule_loop(), name="schedules"),
+                       asyncio.create_task(self._promote_loop(), name="promote")]
 
     async def ready(self) -> bool:
         """Leases taken for the first time (when this router is the pool manager: its pools are spawned)."""
@@ -119,6 +133,7 @@ class RouterActor:
     async def _renew_pools(self, ttl_s: float) -> None:
         keys = self._store.keys
         holder = await self._store.lease(keys.pool_lease, keys.pool_fence, self._holder, ttl_s)
+        self._pools_holder = holder
         if holder is None and self._pools is not None:
             logger.warning("lost the pools lease", extra={"router": self._name})
             self._pools.stop()
@@ -127,6 +142,39 @@ class RouterActor:
             logger.info("managing the pools", extra={"router": self._name})
             self._pools = PoolManager(self._settings, self._store)
             await self._pools.start()
+
+    # --- schedules --------------------------------------------------------------------------------
+
+    async def _schedule_loop(self) -> None:
+        """While this router holds the pools lease, fire the due ticks of schedules (each exactly once: see
+        `ScheduleService`)."""
+        while True:
+            await asyncio.sleep(self._settings.router.schedule_interval_s)  # a period, not synchronisation
+            holder = self._pools_holder
+            if holder is None:
+                continue
+            try:
+                await self._schedules.fire_due(holder)
+            except FencedError:
+                logger.warning("fenced: the pools lease moved on", extra={"router": self._name})
+                self._pools_holder = None
+            except Exception:
+                logger.warning("firing schedules failed; retrying", extra={"router": self._name}, exc_info=True)
+
+    # --- delayed tasks ----------------------------------------------------------------------------
+
+    async def _promote_loop(self) -> None:
+        """Queue the delayed tasks of our shards as they come due: woken for the next one due, and at least
+        every `router.promote_interval_s` (for one accepted meanwhile that is due sooner)."""
+        router, pools = self._settings.router, list(self._settings.pools)
+        while True:
+            try:
+                next_due = await promote_due(self._store, list(self._owned), pools, time.time, router.preempt_threshold)
+            except Exception:
+                logger.warning("promoting delayed tasks failed; retrying", extra={"router": self._name}, exc_info=True)
+                await asyncio.sleep(1.0)  # backoff while Redis is away
+                continue
+            await asyncio.sleep(next_wake_s(time.time(), next_due, router.promote_interval_s))  # until due, not sync
 
     # --- the sweep --------------------------------------------------------------------------------
 

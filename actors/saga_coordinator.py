@@ -1,4 +1,5 @@
-"""Saga coordinator actor: drives every saga through `orchestrator.saga`, one asyncio task per saga.
+"""Saga coordinator actor: drives every saga through `orchestrator.saga`, one asyncio task per saga (and one
+per step of a parallel stage while it runs).
 
 Sagas are admitted in priority order (`saga.Admission`): at most `sagas.max_running` driven at once, and at
 most its tenant's quota `max_running_sagas` per tenant. Each step runs as an ordinary task of the saga's
@@ -12,10 +13,10 @@ import asyncio
 import logging
 import os
 import time
-import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
 
 import ray
 
@@ -47,6 +48,23 @@ RESUBMIT_DELAY_S = 1.0  # after a retryable refusal (the tenant's quota, queue f
 WAIT_SLICE_S = 1.0  # how often a wait for a task looks at the saga's cancel flag
 
 
+class _Run:
+    """A saga being driven: its latest state, changed by one transition at a time (steps of a parallel stage run
+    concurrently) and saved after each — in order, so the saved state never goes back."""
+
+    def __init__(self, state: saga.SagaState, save: Callable[[saga.SagaState], Awaitable[None]]) -> None:
+        self.state = state
+        self._save = save
+        self._saving = asyncio.Lock()
+
+    async def update(self, change: Callable[[saga.SagaState], saga.SagaState]) -> saga.SagaState:
+        """Apply a transition and persist it before returning (a caller acts only on a saved state)."""
+        self.state = change(self.state)
+        async with self._saving:
+            await self._save(self.state)  # the latest: it includes every transition applied so far
+        return self.state
+
+
 @ray.remote
 class SagaCoordinatorActor:
     def __init__(self, settings: Settings) -> None:
@@ -73,22 +91,15 @@ class SagaCoordinatorActor:
     async def pid(self) -> int:
         return os.getpid()
 
-    async def run_saga(self, workflow: str, saga_input: dict[str, Any], priority: int,
-                       idempotency_key: str | None, agent: str | None, tenant: str | None = None,
-                       quota: QuotaSettings | None = None) -> tuple[str, bool]:
-        """Persist a new saga of `tenant` (within its submit quota) and queue it by priority; (saga id, whether
-        the key named an earlier one).
+    async def start_saga(self, state: saga.SagaState, idempotency_key: str | None,
+                         quota: QuotaSettings | None = None) -> tuple[str, bool]:
+        """Persist a new saga (within its tenant's submit quota) and queue it by priority; (saga id, whether the
+        key named an earlier one).
 
         Args:
             quota: the one the caller is held to; None (an admin, or auth off): the saga is exempt from its
-                tenant's quotas, like the caller.
+                tenant's quotas, like the caller (`state.quota_exempt` says so too).
         """
-        definition = self._settings.all_workflows().get(workflow)
-        if definition is None:
-            known = ", ".join(sorted(self._settings.all_workflows()))
-            raise InvalidParamsError({"params.workflow": f"unknown workflow {workflow[:128]!r}; known: {known}"})
-        state = saga.new_saga(uuid.uuid4().hex, definition, saga_input, priority, self._clock(), agent, tenant,
-                              quota_exempt=quota is None)
         saga_id, duplicate = await self._sagas.create(state, idempotency_key, quota)
         if not duplicate:
             self._queue(state)
@@ -167,122 +178,136 @@ class SagaCoordinatorActor:
             self._admissible.set()
 
     async def _drive(self, saga_id: str) -> None:
-        state = await self._sagas.load(saga_id)
-        while True:
-            if not state.cancel_requested and (saga_id in self._cancels or await self._sagas.cancel_requested(saga_id)):
-                state = saga.on_cancel_requested(state, self._clock())
-                await self._sagas.save(state)
-            if state.cancel_requested:  # also when only the durable request survived a restart: waits end early
-                self._cancels.add(saga_id)
-            command = saga.next_command(state, self._clock())
-            if command is None:
-                return
-            state = await self._apply(state, command)
+        """Run the saga's commands — every step of a parallel stage at once — until it is finished."""
+        run = _Run(await self._sagas.load(saga_id), self._sagas.save)
+        in_flight: dict[tuple[str, bool], asyncio.Task[None]] = {}
+        try:
+            while True:
+                if not run.state.cancel_requested and (saga_id in self._cancels
+                                                       or await self._sagas.cancel_requested(saga_id)):
+                    await run.update(lambda state: saga.on_cancel_requested(state, self._clock()))
+                if run.state.cancel_requested:  # also when only the durable request survived a restart
+                    self._cancels.add(saga_id)
+                commands = {saga.command_key(c): c for c in saga.next_commands(run.state, self._clock())}
+                if not commands:
+                    return
+                for key, task in in_flight.items():
+                    if key not in commands:  # a backoff of a step the saga no longer runs
+                        task.cancel()
+                for key, command in commands.items():
+                    if key not in in_flight:
+                        in_flight[key] = asyncio.create_task(self._apply(run, command))
+                await asyncio.wait(in_flight.values(), return_when=asyncio.FIRST_COMPLETED)
+                for key in [key for key, task in in_flight.items() if task.done()]:
+                    task = in_flight.pop(key)
+                    if not task.cancelled():
+                        task.result()  # a failure ends the driver (restarted from the saved state)
+        finally:
+            for task in in_flight.values():
+                task.cancel()
+            await asyncio.gather(*in_flight.values(), return_exceptions=True)
 
-    async def _apply(self, state: saga.SagaState, command: saga.Command) -> saga.SagaState:
+    def _unwanted(self, run: _Run) -> bool:
+        """Whether the saga no longer wants its running steps: it was cancelled, or a step beside them failed."""
+        return run.state.saga_id in self._cancels or run.state.status is not saga.SagaStatus.RUNNING
+
+    async def _apply(self, run: _Run, command: saga.Command) -> None:
         now = self._clock()
         if isinstance(command, saga.Submit):
-            quota = self._step_quota(state)
-            task_id = command.task_id or self._new_task_id(state, command, quota)
-            state = saga.on_submitting(state, command, task_id, now)
-            await self._sagas.save(state)  # the intent, with the id: from here on the task is found by its id
-            return await self._submit(state, command, quota)
-        if isinstance(command, saga.Await):
-            return await self._finished(state, command.step, command.compensation, command.task_id,
-                                        interruptible=not command.compensation)
-        if isinstance(command, saga.Cancel):
+            quota = self._step_quota(run.state)
+            task_id = command.task_id or self._new_task_id(run.state, command, quota)
+            # The intent, with the id, saved: from here on the task is found by its id.
+            await run.update(lambda state: saga.on_submitting(state, command, task_id, now))
+            await self._submit(run, command, quota)
+        elif isinstance(command, saga.Await):
+            await self._finished(run, command.step, command.compensation, command.task_id)
+        elif isinstance(command, saga.Cancel):
             try:
-                await self._tasks.cancel_task(command.task_id, auth.system(state.tenant))
+                await self._tasks.cancel_task(command.task_id, auth.system(run.state.tenant))
             except TaskNotCancellableError:
                 pass  # it finished as the cancel came: its outcome stands (a success is a step to compensate)
             except TaskNotFoundError:
                 pass  # its record is gone: `_finished` records it as lost
             except ActorUnavailableError:
                 pass  # its worker is unreachable: the cancel flag stands, the task stops at its next start
-            return await self._finished(state, command.step, False, command.task_id, interruptible=False)
-        if isinstance(command, saga.Fail):
-            return await self._failed_to_render(state, command)
-        if isinstance(command, saga.Sleep):  # a backoff; a cancel cuts short only a step's (a compensation's stands)
-            await self._sleep_until(state.saga_id, command.until, interruptible=state.status is saga.SagaStatus.RUNNING)
-            return state
-        state = saga.on_settled(state, command.status, now)
-        await self._sagas.save(state)
-        logger.info("saga settled", extra={"saga_id": state.saga_id, "status": command.status.value})
-        return state
+            await self._finished(run, command.step, False, command.task_id, interruptible=False)
+        elif isinstance(command, saga.Fail):
+            await self._failed_to_render(run, command)
+        elif isinstance(command, saga.Sleep):  # a backoff; a cancel cuts short only a step's (a compensation's stands)
+            await self._sleep_until(run, command.until, interruptible=not command.compensation)
+        else:
+            await run.update(lambda state: saga.on_settled(state, command.status, now))
+            logger.info("saga settled", extra={"saga_id": run.state.saga_id, "status": command.status.value})
 
-    async def _submit(self, state: saga.SagaState, command: saga.Submit,
-                      quota: QuotaSettings | None) -> saga.SagaState:
+    async def _submit(self, run: _Run, command: saga.Submit, quota: QuotaSettings | None) -> None:
         """Submit the task of the intent just saved, under its saved id and key (a resubmission finds the task if
         it was accepted), then wait for it. A refusal that passes (the tenant's quota, a full store) holds it:
-        tried again until accepted, or withdrawn if the saga is cancelled meanwhile (nothing was written)."""
-        current = saga.attempt_of(state, command.step, command.compensation)
+        tried again until accepted, or withdrawn if the saga no longer wants the step (nothing was written)."""
+        current = saga.attempt_of(run.state, command.step, command.compensation)
         assert current.task_id is not None
         deadline = None
         if command.timeout_s is not None:
             deadline = datetime.fromtimestamp(self._clock() + command.timeout_s, tz=UTC)
         try:
-            params = RunTaskParamsV2(tool=command.tool, input=command.input, priority=state.priority,
-                                     idempotency_key=command.key, agent=state.agent, deadline=deadline)
+            params = RunTaskParamsV2(tool=command.tool, input=command.input, priority=run.state.priority,
+                                     idempotency_key=command.key, agent=run.state.agent, deadline=deadline)
             # The orchestrator itself submits: any priority the saga was allowed, and operator-only actions (an
             # artifact's restore as a compensation).
-            task, children = build_task(params, self._settings, self._clock(), state.tenant,
+            task, children = build_task(params, self._settings, self._clock(), run.state.tenant,
                                         shard_of(current.task_id, self._store.shards) or 0, operator=True)
         except InvalidParamsError as exc:  # the rendered input does not fit the tool: the step fails
             fail = saga.Fail(command.step, command.compensation, f"invalid input for {command.tool}: {exc}")
-            return await self._failed_to_render(state, fail)
+            return await self._failed_to_render(run, fail)
         submission = Submission(replace(task, task_id=current.task_id), children, quota)
         while True:
             try:
                 task_id, _ = await self._submitter.submit(submission)
                 break
             except (QuotaExceededError, QueueFullError) as exc:  # refused: nothing was written
-                if not command.compensation and state.saga_id in self._cancels:
-                    state = saga.on_withdrawn(state, command.step, self._clock())
-                    await self._sagas.save(state)
-                    return state
-                if saga.attempt_of(state, command.step, command.compensation).status != saga.AttemptStatus.HELD:
-                    state = saga.on_held(state, command.step, command.compensation, str(exc), self._clock())
-                    await self._sagas.save(state)
+                if not command.compensation and self._unwanted(run):
+                    cancelled = run.state.saga_id in self._cancels
+                    await run.update(partial(saga.on_withdrawn, step_name=command.step, cancelled=cancelled,
+                                             now=self._clock()))
+                    return
+                if saga.attempt_of(run.state, command.step, command.compensation).status != saga.AttemptStatus.HELD:
+                    await run.update(partial(saga.on_held, step_name=command.step, compensation=command.compensation,
+                                             reason=str(exc), now=self._clock()))
             except StorageUnavailableError:
                 pass  # maybe accepted: the same id finds it
-            await self._sleep_until(state.saga_id, self._clock() + RESUBMIT_DELAY_S,
-                                    interruptible=not command.compensation)
-        state = saga.on_submitted(state, command.step, command.compensation, task_id, self._clock())
-        await self._sagas.save(state)
-        return await self._finished(state, command.step, command.compensation, task_id,
-                                    interruptible=not command.compensation)
+            await self._sleep_until(run, self._clock() + RESUBMIT_DELAY_S, interruptible=not command.compensation)
+        await run.update(lambda state: saga.on_submitted(state, command.step, command.compensation, task_id,
+                                                         self._clock()))
+        await self._finished(run, command.step, command.compensation, task_id)
 
-    async def _finished(self, state: saga.SagaState, step: str, compensation: bool, task_id: str, *,
-                        interruptible: bool) -> saga.SagaState:
-        """Wait for the task and record how it ended; returns early (unchanged) when the saga is cancelled."""
+    async def _finished(self, run: _Run, step: str, compensation: bool, task_id: str, *,
+                        interruptible: bool | None = None) -> None:
+        """Wait for the task and record how it ended; returns early (unchanged) when the saga no longer wants the
+        step (`interruptible`, by default a step's wait: a compensation's never is)."""
+        stop = (lambda: self._unwanted(run)) if (not compensation if interruptible is None else interruptible) else None
         try:
-            record = await self._wait(state.saga_id, task_id, interruptible)
+            record = await self._wait(task_id, stop)
         except TaskNotFoundError:
-            logger.warning("saga task lost", extra={"saga_id": state.saga_id, "step": step, "task_id": task_id})
-            state = saga.on_task_lost(state, step, compensation, self._clock())
-            await self._sagas.save(state)
+            logger.warning("saga task lost", extra={"saga_id": run.state.saga_id, "step": step, "task_id": task_id})
+            await run.update(lambda state: saga.on_task_lost(state, step, compensation, self._clock()))
             if compensation:
-                await self._sagas.dead_letter(state.saga_id, step, f"task {task_id} is gone", self._clock())
-            return state
+                await self._sagas.dead_letter(run.state.saga_id, step, f"task {task_id} is gone", self._clock())
+            return
         if record is None:
-            return state
+            return
         error = None if record.error is None else record.error.message
-        state = saga.on_task_finished(state, step, compensation, record.status.value, record.result, error,
-                                      self._clock())
-        await self._sagas.save(state)
+        state = await run.update(lambda state: saga.on_task_finished(
+            state, step, compensation, record.status.value, record.result, error, self._clock()))
         undone = next(s for s in state.steps if s.name == step)
         if compensation and undone.compensation is saga.CompensationStatus.FAILED:
             await self._sagas.dead_letter(state.saga_id, step, error or "compensation failed", self._clock())
-        return state
 
-    async def _failed_to_render(self, state: saga.SagaState, command: saga.Fail) -> saga.SagaState:
-        state = saga.on_failed_to_render(state, command, self._clock())
-        await self._sagas.save(state)
+    async def _failed_to_render(self, run: _Run, command: saga.Fail) -> None:
+        await run.update(lambda state: saga.on_failed_to_render(state, command, self._clock()))
         if command.compensation:
-            await self._sagas.dead_letter(state.saga_id, command.step, command.error, self._clock())
-        return state
+            await self._sagas.dead_letter(run.state.saga_id, command.step, command.error, self._clock())
 
-    async def _wait(self, saga_id: str, task_id: str, interruptible: bool) -> TaskRecord | None:
+    async def _wait(self, task_id: str, stop: Callable[[], bool] | None) -> TaskRecord | None:
+        """The task's record once it finished; None as soon as `stop` says so."""
         record: TaskRecord | None = None
 
         async def finished() -> bool:
@@ -292,11 +317,11 @@ class SagaCoordinatorActor:
 
         with self._waiter.watch(task_id) as watch:
             while not await watch.wait(WAIT_SLICE_S, finished, check_first=True):
-                if interruptible and saga_id in self._cancels:
+                if stop is not None and stop():
                     return None
         return record
 
-    async def _sleep_until(self, saga_id: str, until: float, *, interruptible: bool) -> None:
-        """Until `until`, or (`interruptible`) until the saga is cancelled."""
-        while self._clock() < until and not (interruptible and saga_id in self._cancels):
+    async def _sleep_until(self, run: _Run, until: float, *, interruptible: bool) -> None:
+        """Until `until`, or (`interruptible`) until the saga no longer wants its running steps."""
+        while self._clock() < until and not (interruptible and self._unwanted(run)):
             await asyncio.sleep(min(WAIT_SLICE_S, until - self._clock()))  # a backoff, not synchronisation

@@ -52,7 +52,8 @@ class WorkerActor:
             max_attempts=router.max_attempts, max_preemptions=router.max_preemptions,
             aging_interval_s=router.aging_interval_s,
             fixed_tools=frozenset(n for n, t in tools.items() if not t.preemptible or not self._tools[n].preemptible),
-            restarting_tools=frozenset(n for n, tool in self._tools.items() if not tool.resumable))
+            restarting_tools=frozenset(n for n, tool in self._tools.items() if not tool.resumable),
+            urgent_priority=router.preempt_threshold)
         self._slots = pool.slots
         self._heartbeat_s = router.heartbeat_interval_s
         self._node = ray.get_runtime_context().get_node_id()

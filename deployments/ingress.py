@@ -105,6 +105,8 @@ async def _prepend(first: str, rest: AsyncIterator[str]) -> AsyncIterator[str]:
 @serve.ingress(app)
 class RpcIngress:
     def __init__(self, settings: Settings) -> None:
+        from orchestrator.adapters.schedule_store import ScheduleStore
+        from orchestrator.schedule_service import ScheduleService
         from orchestrator.service import TaskService
 
         self._settings = settings
@@ -128,7 +130,8 @@ class RpcIngress:
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
         limits = settings.limits
         keys = KeyService(settings.auth, key_store, self._store.audit, time.time)
-        methods = {version: api.methods(service, version, sagas, keys) for version in (1, 2)}
+        schedules = ScheduleService(settings, ScheduleStore(self._store.redis, redis.prefix), service, time.time)
+        methods = {version: api.methods(service, version, sagas, keys, schedules) for version in (1, 2)}
         self._dispatchers = {
             version: Dispatcher(methods[version], max_batch=limits.max_batch, version=str(version),
                                 extensions={"x-tools": [t.model_dump() for t in registry.describe(settings.tools)]})

@@ -1,7 +1,9 @@
-"""The MCP face at `/mcp`: the JSON-RPC methods as MCP tools over Streamable HTTP, served by any replica.
+"""The MCP face at `/mcp`: the JSON-RPC methods, every registered tool and every workflow as MCP tools over
+Streamable HTTP, served by any replica.
 
 Every tool call is a JSON-RPC request handed to the same dispatcher as `/v2/rpc`, with the caller's API
-key, so both faces accept exactly the same params and answer the same results and errors. The SDK serves
+key, so both faces accept exactly the same params and answer the same results and errors; a registered tool's
+call is a `run_task` of it (a workflow's a `run_saga`), followed to its end. The SDK serves
 each request statelessly (any replica can answer it); the sessions of the `initialize` handshake live in
 Redis, so a session opened on one replica is served, and ended, by every other one — for the key that
 opened it only.
@@ -11,14 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+import anyio
 import mcp_types as types
 import redis.asyncio as aioredis
 from mcp.server.context import ServerRequestContext
@@ -30,21 +34,22 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
 from mcp.shared.jsonrpc_dispatcher import progress_token_from_params
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
-from pydantic import TypeAdapter, ValidationError
+from pydantic import Field, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from deployments.http_auth import NOT_IN, caller, refusal
-from orchestrator import events
+from orchestrator import events, mcp_tools
 from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.key_store import KeyRing
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import TaskStore, storage_errors
 from orchestrator.adapters.tenant_slots import TenantSlots
-from orchestrator.auth import Principal
+from orchestrator.auth import READ, SUBMIT, Principal
 from orchestrator.errors import OrchestratorError, QuotaExceededError
 from orchestrator.jsonrpc import Method, to_jsonrpc_error
+from orchestrator.mcp_tools import Runnable
 from orchestrator.models import FINISHED, RunTaskResult, WaitSeconds
 from orchestrator.settings import Settings
 
@@ -52,14 +57,24 @@ logger = logging.getLogger(__name__)
 
 Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
 """Answers one JSON-RPC request body (API v2) for a caller."""
+Report = Callable[[float, float | None, str | None], Awaitable[None]]
+"""Sends one progress notification (a no-op when the request carried no progressToken)."""
 
-TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "list_workflows")
+TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "cancel_saga",
+         "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule",
+         "resume_schedule", "delete_schedule")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
 
-READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows"})
+READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule",
+                       "list_schedules"})
+DESTRUCTIVE = frozenset({"cancel_task", "cancel_saga", "delete_schedule"})
 SESSION_IDLE_S = 30 * 60  # as the SDK's stateful sessions: an unused session ends after this
 SESSIONS = "max_mcp_sessions"  # the kind of slot a session holds (the quota a refusal names)
 MAX_MESSAGE_CHARS = 2000  # of a progress message that is not partial model output
+SAGA_POLL_S = 0.5  # how often a workflow's call reads its saga (sagas publish no events)
+RETRY_S = 1.0  # after Redis failed us while following a call's task
+CANCEL_TIMEOUT_S = 10.0  # to cancel the task of a call whose client went away
+SAGA_FINISHED = frozenset({"succeeded", "failed", "cancelled", "failed_compensation"})
 _PRINCIPAL = "orchestrator.principal"  # where a request's caller is kept in its ASGI scope
 _NOBODY = Principal("nobody", None, frozenset())  # a request that did not come through __call__ may do nothing
 _WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
@@ -86,10 +101,11 @@ def tool_definitions(methods: Sequence[Method]) -> list[types.Tool]:
             # The very schema the dispatcher validates params against (Dispatcher.__init__).
             input_schema=method.params.model_json_schema(),
             output_schema=output_schema(method.result),
+            execution=mcp_tools.execution("forbidden"),  # each answers at once (run_task: within its `wait`)
             annotations=types.ToolAnnotations(
                 read_only_hint=name in READ_ONLY,
-                destructive_hint=name == "cancel_task" if name not in READ_ONLY else None,
-                idempotent_hint=name in READ_ONLY or name == "cancel_task",
+                destructive_hint=name in DESTRUCTIVE if name not in READ_ONLY else None,
+                idempotent_hint=name in READ_ONLY or name in DESTRUCTIVE,
                 open_world_hint=name == "run_task",
             ),
         ))
@@ -244,14 +260,26 @@ class McpFace:
         self._tools = tool_definitions(methods)
         self._tool_names = frozenset(tool.name for tool in self._tools)
         self._scopes = {method.name: method.scope for method in methods}
+        runnables, left_out = mcp_tools.runnables(settings.tools, settings.all_workflows(), self._tool_names)
+        self._runnables = {runnable.name: runnable for runnable in runnables}
+        for what, why in left_out.items():
+            logger.warning("not offered as an MCP tool", extra={"tool": what, "reason": why})
         self._server: Server[Any] = Server(
             "mcp-orchestrator",
             version=version,
-            instructions="Runs AI tasks (LLM calls, code generation, ML jobs) and sagas durably. `status` lists the "
-                         "tools a task can run, with their input schemas; `run_task` submits one.",
+            instructions="Runs AI tasks (LLM calls, code generation, ML jobs) and sagas durably. Every tool and "
+                         "workflow is an MCP tool: a call runs it as a durable task to its end (priority, "
+                         f"idempotency key and deadline in _meta under {mcp_tools.META_PREFIX}). `run_task` "
+                         "submits without waiting; `get_task` follows up.",
             on_list_tools=self._list_tools,
-            on_call_tool=self._call_tool,
+            on_call_tool=self._call_tool,  # type: ignore[arg-type]  # a CreateTaskResult is a dict
         )
+        # The Tasks extension (2026-07-28 wire): advertised in server/discover and initialize.
+        self._server.extensions[mcp_tools.TASKS] = {}
+        self._server.add_request_handler("tasks/get", _TaskParams, self._get_task)
+        self._server.add_request_handler("tasks/cancel", _TaskParams, self._cancel_task)
+        self._server.add_request_handler("tasks/update", _UpdateParams, self._update_task)
+        self._ttl_ms = settings.redis.retention_s * 1000  # a record outlives its creation at least this long
         security = transport_security(settings.http.host)
         self._security = TransportSecurityMiddleware(security)
         # Stateless: the SDK keeps nothing between requests, so any replica can serve any of them; the
@@ -376,15 +404,20 @@ class McpFace:
         principal = _principal_of(ctx)
         allowed = [tool for tool in self._tools if (scope := self._scopes.get(tool.name)) is None
                    or principal.can(scope)]
+        if principal.can(SUBMIT):  # a call submits a task (or starts a saga)
+            allowed += [runnable.definition for runnable in self._runnables.values()]
         return types.ListToolsResult(tools=allowed)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult:
+                         ) -> types.CallToolResult | dict[str, Any]:
+        principal = _principal_of(ctx)
+        runnable = self._runnables.get(params.name)
+        if runnable is not None:
+            return await self._run_tool(runnable, params, principal, ctx)
         if params.name not in self._tool_names:
             raise MCPError(code=types.INVALID_PARAMS, message=f"Unknown tool: {params.name}",
-                           data={"known": sorted(self._tool_names)})
+                           data={"known": sorted(self._tool_names | self._runnables.keys())})
         arguments = params.arguments or {}
-        principal = _principal_of(ctx)
         token = progress_token_from_params(ctx.params)
         wait_s = _valid_wait(arguments.get("wait")) if params.name == "run_task" else None
         if token is not None and wait_s is not None:
@@ -418,7 +451,7 @@ class McpFace:
         task_id, duplicate = submitted["result"]["task_id"], bool(submitted["result"].get("duplicate"))
         timeout_s = min(wait_s, self._settings.limits.max_wait_s)
         try:
-            await self._follow(task_id, timeout_s, ctx.session.report_progress)
+            await self._follow(task_id, ctx.session.report_progress, timeout_s=timeout_s)
         except OrchestratorError:  # events unreadable (Redis away): answer as the task stands now
             logger.warning("could not follow task events", extra={"task_id": task_id}, exc_info=True)
         current = await self._call("get_task", {"task_id": task_id}, principal)
@@ -427,22 +460,146 @@ class McpFace:
         answer = RunTaskResult(task_id=task_id, status=current["result"]["status"], duplicate=duplicate)
         return {"jsonrpc": "2.0", "id": 1, "result": answer.model_dump(mode="json")}
 
-    async def _follow(self, task_id: str, timeout_s: float,
-                      report: Callable[[float, float | None, str | None], Awaitable[None]]) -> bool:
-        """Report each of the task's events (history first) until its final one; False on timeout."""
-        sent = 0
+    async def _follow(self, task_id: str, report: Report, *, after: list[int] | None = None,
+                      timeout_s: float | None = None) -> bool:
+        """Report each of the task's events after `after[0]` (history first) until its final one; False on timeout.
+
+        `after[0]` moves past each event reported, so a follower that failed resumes where it was; the event's
+        number is the progress value, which must grow with every notification.
+        """
+        after = [0] if after is None else after
         try:
             async with asyncio.timeout(timeout_s):
-                async for event in events.follow(self._store, self._channels, task_id, 0, reread_s=1.0):
+                async for event in events.follow(self._store, self._channels, task_id, after[0], reread_s=1.0):
                     if event is None:
                         continue
-                    sent += 1  # the progress value must grow with every notification
-                    await report(sent, None, progress_message(event.type, json.loads(event.data)))
+                    after[0] = event.seq
+                    await report(event.seq, None, progress_message(event.type, json.loads(event.data)))
                     if event.type in FINISHED:
                         return True
         except TimeoutError:
             return False
         return False
+
+    # --- registered tools and workflows -----------------------------------------------------------
+
+    async def _run_tool(self, runnable: Runnable, params: types.CallToolRequestParams, principal: Principal,
+                        ctx: ServerRequestContext[Any]) -> types.CallToolResult | dict[str, Any]:
+        """Submit a task of the tool (a saga of the workflow) through the dispatcher, as `run_task` (`run_saga`)
+        does; answer it as a task to a client that opted into the Tasks extension (2026-07-28 wire), else follow
+        it to its end; a cancelled request (the client went away) cancels it."""
+        modern = ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
+        as_task = modern and mcp_tools.opted_in(params.meta) and runnable.task_support != "forbidden"
+        if modern and runnable.task_support == "required" and not as_task:
+            raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY, message="Missing required client capability",
+                           data=mcp_tools.REQUIRED_CAPABILITIES)
+        submitted = mcp_tools.submission(params.meta)
+        arguments = params.arguments or {}
+        if runnable.workflow:
+            if "deadline" in submitted:
+                why = {"params.deadline": "a workflow takes no deadline: each step has its timeout_s"}
+                return _refused({"code": types.INVALID_PARAMS, "message": "Invalid params", "data": {"fields": why}})
+            method, call = "run_saga", {"workflow": runnable.name, "input": arguments, **submitted}
+        else:
+            method, call = "run_task", {"tool": runnable.name, "input": arguments, **submitted}
+        reply = await self._call(method, call, principal)
+        if "error" in reply:
+            return _refused(reply["error"])
+        if as_task:  # accepted means durable: tasks/get finds it from here on, on any replica
+            handle = reply["result"]["saga_id" if runnable.workflow else "task_id"]
+            return mcp_tools.created_task(handle, time.time(), self._ttl_ms)
+        report = ctx.session.report_progress
+        follower = dataclasses.replace(principal, scopes=principal.scopes | {READ})  # submit may follow what it ran
+        if runnable.workflow:
+            saga_id = reply["result"]["saga_id"]
+            async with _cancelling(lambda: self._call("cancel_saga", {"saga_id": saga_id}, principal)):
+                settled = await self._until_settled(saga_id, follower, report)
+            return _refused(settled["error"]) if "error" in settled else mcp_tools.saga_result(settled["result"])
+        task_id = reply["result"]["task_id"]
+        async with _cancelling(lambda: self._call("cancel_task", {"task_id": task_id}, principal)):
+            finished = await self._until_finished(task_id, follower, report)
+        return _refused(finished["error"]) if "error" in finished else mcp_tools.task_result(finished["result"])
+
+    # --- the Tasks extension: tasks/get, tasks/cancel, tasks/update ------------------------------------
+
+    async def _get_task(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> dict[str, Any]:
+        """The detailed task (a saga's id names its workflow's task)."""
+        who = self._task_caller(ctx, params)
+        reply = await self._call("get_task", {"task_id": params.task_id}, who)
+        if "result" in reply:
+            return mcp_tools.detailed_task(reply["result"], self._ttl_ms)
+        saga = await self._call("get_saga", {"saga_id": params.task_id}, who) if _missing(reply) else reply
+        if "result" in saga:
+            return mcp_tools.detailed_saga(saga["result"], self._ttl_ms)
+        raise _task_error(saga["error"])
+
+    async def _cancel_task(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> dict[str, Any]:
+        """An empty acknowledgement; cancelling a finished task acknowledges too (idempotent)."""
+        who = self._task_caller(ctx, params)
+        reply = await self._call("cancel_task", {"task_id": params.task_id}, who)
+        if _missing(reply):
+            reply = await self._call("cancel_saga", {"saga_id": params.task_id}, who)
+        if "error" in reply and reply["error"].get("code") not in _ALREADY_FINISHED:
+            raise _task_error(reply["error"])
+        return {}
+
+    async def _update_task(self, ctx: ServerRequestContext[Any], params: _UpdateParams) -> dict[str, Any]:
+        """No task of ours asks for input yet: every response is to no outstanding request, so it is ignored."""
+        await self._get_task(ctx, params)
+        return {}
+
+    def _task_caller(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> Principal:
+        """The caller of a tasks/* request, once the request is one the extension allows: opted in, on the
+        2026-07-28 wire, its Mcp-Name header naming the task. A key that may submit may follow its tasks."""
+        if not mcp_tools.opted_in(params.meta):
+            raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY, message="Missing required client capability",
+                           data=mcp_tools.REQUIRED_CAPABILITIES)
+        request = ctx.request
+        named = request.headers.get("mcp-name") if isinstance(request, Request) else None
+        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS and named != params.task_id:
+            raise MCPError(code=types.HEADER_MISMATCH, message="Header mismatch",
+                           data={"header": "Mcp-Name", "expected": "params.taskId"})
+        principal = _principal_of(ctx)
+        return dataclasses.replace(principal, scopes=principal.scopes | {READ}) if principal.can(SUBMIT) else principal
+
+    async def _until_finished(self, task_id: str, principal: Principal, report: Report) -> dict[str, Any]:
+        """The task's get_task reply once it finished, its events reported meanwhile (Redis failing: retried)."""
+        after = [0]
+        while True:
+            try:
+                await self._follow(task_id, report, after=after)
+            except OrchestratorError:  # Redis away: the task goes on; so do we, once it is back
+                logger.warning("could not follow task events", extra={"task_id": task_id}, exc_info=True)
+                await asyncio.sleep(RETRY_S)
+                continue
+            reply = await self._call("get_task", {"task_id": task_id}, principal)
+            if "error" in reply and not _retryable(reply["error"]):
+                return reply
+            if "result" in reply and reply["result"]["status"] in FINISHED:
+                return reply
+            await asyncio.sleep(RETRY_S)
+
+    async def _until_settled(self, saga_id: str, principal: Principal, report: Report) -> dict[str, Any]:
+        """The saga's get_saga reply once it settled; each step's change of status reported meanwhile."""
+        seen: dict[str, str] = {}
+        sent = 0
+        while True:
+            reply = await self._call("get_saga", {"saga_id": saga_id}, principal)
+            if "error" in reply:
+                if not _retryable(reply["error"]):
+                    return reply
+            else:
+                state = reply["result"]
+                for step in state["steps"]:
+                    status = f"{step['status']}, compensation {step['compensation']}" \
+                        if step.get("compensation", "none") != "none" else step["status"]
+                    if seen.get(step["name"]) != status:
+                        seen[step["name"]] = status
+                        sent += 1
+                        await report(sent, None, f"step {step['name']}: {status}")
+                if state["status"] in SAGA_FINISHED:
+                    return reply
+            await asyncio.sleep(SAGA_POLL_S)
 
 
 class _Exchange(Response):
@@ -455,6 +612,59 @@ class _Exchange(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._face(scope, receive, send)
+
+
+class _TaskParams(types.RequestParams):
+    task_id: str = Field(alias="taskId", min_length=1, max_length=128)
+
+
+class _UpdateParams(_TaskParams):
+    input_responses: dict[str, Any] = Field(alias="inputResponses", default_factory=dict)
+
+
+_NOT_FOUND = frozenset({-32001, -32009, types.INVALID_PARAMS})  # task, saga not found; an id that cannot be one
+_ALREADY_FINISHED = frozenset({-32003, -32010})  # task, saga: nothing left to cancel
+
+
+def _missing(reply: Mapping[str, Any]) -> bool:
+    return "error" in reply and reply["error"].get("code") in _NOT_FOUND
+
+
+def _task_error(error: Mapping[str, Any]) -> MCPError:
+    """A tasks/* failure: an unknown task id is -32602 (as the extension says), others as the dispatcher said."""
+    if error.get("code") in _NOT_FOUND:
+        return MCPError(code=types.INVALID_PARAMS, message="Failed to retrieve task: Task not found")
+    return MCPError(code=int(error.get("code", types.INTERNAL_ERROR)), message=str(error.get("message")),
+                    data=error.get("data"))
+
+
+def _retryable(error: Mapping[str, Any]) -> bool:
+    data = error.get("data")
+    return isinstance(data, dict) and bool(data.get("retryable"))
+
+
+def _refused(error: Mapping[str, Any]) -> types.CallToolResult:
+    """A run_task / run_saga refusal as the tool's error, naming the fields as the MCP call spelled them."""
+    error = dict(error)
+    data = error.get("data")
+    if isinstance(data, dict) and isinstance(data.get("fields"), dict):
+        error["data"] = {**data, "fields": mcp_tools.renamed_fields(data["fields"])}
+    return to_tool_result({"error": error})
+
+
+@contextlib.asynccontextmanager
+async def _cancelling(cancel: Callable[[], Awaitable[Any]]) -> AsyncIterator[None]:
+    """Runs `cancel` (shielded, bounded) when the body is cancelled: the request's client went away or
+    cancelled it, so the task (or saga) it started is cancelled too."""
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_TIMEOUT_S):
+            try:
+                await cancel()
+            except Exception:
+                logger.warning("could not cancel the task of a cancelled MCP call", exc_info=True)
+        raise
 
 
 def _holder(principal: Principal) -> str:

@@ -13,17 +13,24 @@ from orchestrator.models import (
     CancelTaskResult,
     ControlParams,
     ControlResult,
+    CreateScheduleParams,
+    DeleteScheduleResult,
     InjectParams,
     InjectResult,
     KeysParams,
     KeysResult,
+    ListSchedulesParams,
+    ListSchedulesResult,
     ListWorkflowsParams,
+    RerunSagaParams,
     RunSagaParams,
     RunSagaResult,
     RunTaskParams,
     RunTaskParamsV2,
     RunTaskResult,
     SagaIdParams,
+    ScheduleIdParams,
+    ScheduleState,
     StatusParams,
     StatusResult,
     TaskIdParams,
@@ -33,20 +40,60 @@ from orchestrator.models import (
 )
 from orchestrator.saga import SagaState, WorkflowDefinition
 from orchestrator.saga_service import SagaService
+from orchestrator.schedule_service import ScheduleService
 from orchestrator.service import TaskService
 from orchestrator.settings import SCOPES
 
 RUN_TASK_SUMMARY = (
     "Submit a task. Answers {task_id, status} once it is durably accepted, or, with `wait`, "
-    "the finished task record if it finishes within `wait` seconds."
+    "the finished task record if it finishes within `wait` seconds. With `not_before` or `delay_s` it is "
+    "`scheduled` until then."
 )
 
 
 def methods(service: TaskService, version: int, sagas: SagaService | None = None,
-            keys: KeyService | None = None) -> list[Method]:
+            keys: KeyService | None = None, schedules: ScheduleService | None = None) -> list[Method]:
     """The methods of one API version; v2 differs only in `run_task`'s params."""
     return (_task_methods(service, version) + ([] if sagas is None else saga_methods(sagas))
-            + ([] if keys is None else key_methods(keys)))
+            + ([] if keys is None else key_methods(keys)) + ([] if schedules is None else schedule_methods(schedules)))
+
+
+def schedule_methods(schedules: ScheduleService) -> list[Method]:
+    async def create_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.create_schedule(cast(CreateScheduleParams, params), ctx.principal)
+
+    async def get_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.get_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def list_schedules(params: Any, ctx: RequestContext) -> ListSchedulesResult:
+        return await schedules.list_schedules(cast(ListSchedulesParams, params), ctx.principal)
+
+    async def pause_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.pause_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def resume_schedule(params: Any, ctx: RequestContext) -> ScheduleState:
+        return await schedules.resume_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    async def delete_schedule(params: Any, ctx: RequestContext) -> DeleteScheduleResult:
+        return await schedules.delete_schedule(cast(ScheduleIdParams, params).schedule_id, ctx.principal)
+
+    return [
+        Method("create_schedule", CreateScheduleParams, ScheduleState,
+               "Fire a task on a cron expression (with a timezone) or an interval; each tick exactly once, as the "
+               "caller would submit it. Overlap (skip, queue, cancel_previous) and catch-up (none, latest, all) "
+               "policies.", create_schedule, SUBMIT),
+        Method("get_schedule", ScheduleIdParams, ScheduleState,
+               "A schedule: its definition, next ticks, counts and latest fires.", get_schedule, READ),
+        Method("list_schedules", ListSchedulesParams, ListSchedulesResult,
+               "The caller's tenant's schedules (an admin: every tenant's, or `tenant`'s), newest first.",
+               list_schedules, READ),
+        Method("pause_schedule", ScheduleIdParams, ScheduleState,
+               "Stop firing (the ticks that fall while paused never fire).", pause_schedule, SUBMIT),
+        Method("resume_schedule", ScheduleIdParams, ScheduleState,
+               "Fire again, from the next tick after now.", resume_schedule, SUBMIT),
+        Method("delete_schedule", ScheduleIdParams, DeleteScheduleResult,
+               "Delete a schedule: it fires no more (its tasks stay).", delete_schedule, SUBMIT),
+    ]
 
 
 def key_methods(keys: KeyService) -> list[Method]:
@@ -71,6 +118,9 @@ def saga_methods(sagas: SagaService) -> list[Method]:
     async def cancel_saga(params: Any, ctx: RequestContext) -> CancelSagaResult:
         return await sagas.cancel_saga(cast(SagaIdParams, params).saga_id, ctx.principal)
 
+    async def rerun_saga(params: Any, ctx: RequestContext) -> RunSagaResult:
+        return await sagas.rerun_saga(cast(RerunSagaParams, params), ctx.principal)
+
     async def list_workflows(params: Any, ctx: RequestContext) -> list[WorkflowDefinition]:
         return sagas.list_workflows()
 
@@ -82,8 +132,11 @@ def saga_methods(sagas: SagaService) -> list[Method]:
                "The saga: status, and every step with its attempts, output, timings and compensation.", get_saga,
                READ),
         Method("cancel_saga", SagaIdParams, CancelSagaResult,
-               "Cancel a saga: its running step is cancelled and its completed steps compensated.", cancel_saga,
+               "Cancel a saga: its running steps are cancelled and its completed steps compensated.", cancel_saga,
                SUBMIT),
+        Method("rerun_saga", RerunSagaParams, RunSagaResult,
+               "Re-run a failed or cancelled saga as a new one linked both ways (rerun_of / reruns): completed "
+               "steps that were not undone keep their outputs, the rest run again.", rerun_saga, SUBMIT),
         Method("list_workflows", ListWorkflowsParams, list[WorkflowDefinition],
                "The workflows sagas can run, with their definitions.", list_workflows, READ),
     ]

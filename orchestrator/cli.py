@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -9,18 +10,26 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from pydantic import ValidationError
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator import auth, local
+from orchestrator.errors import InvalidParamsError, OrchestratorError, ProtocolError, RpcError
 from orchestrator.local import Appendfsync, CliError, Layout, State
+from orchestrator.models import TaskRecord, TaskStatus
 from orchestrator.settings import ApiKeySettings, Settings
+
+if TYPE_CHECKING:
+    from orchestrator.client import Client
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +64,7 @@ DirectRedis = Annotated[str | None, typer.Option(
     "--redis-url", help="work on this Redis directly instead of through the API (no admin key needed: whoever "
     "reaches Redis is trusted); the key prefix is redis.prefix (ORCH_REDIS__PREFIX)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print the raw result")]
+LIST_PAGE_MAX = 500  # list_tasks's largest page
 _DURATION_UNITS_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 
 
@@ -193,33 +203,52 @@ def run(
     priority: Annotated[int | None, typer.Option(min=0, max=10, help="0 (bulk) .. 10 (urgent, preempts)")] = None,
     context: Annotated[str | None, typer.Option(help='JSON object passed to the tool, e.g. \'{"steps": 3}\'')] = None,
     wait: Annotated[bool, typer.Option(help="wait for the result (else print the task id)")] = True,
-    wait_s: Annotated[float, typer.Option(min=0, help="seconds to wait (capped by the server)")] = 60.0,
+    wait_s: Annotated[float, typer.Option(min=0, help="seconds to wait")] = 60.0,
     agent: Annotated[str | None, typer.Option(help="the submitting agent")] = None,
-    url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
+    url: Url = None,
     api_key: ApiKey = None,
 ) -> None:
-    """Submit a task with `run_task`; print the finished record, or {task_id, status} with --no-wait."""
-    params: dict[str, Any] = {"tool": tool, "prompt": prompt}
+    """Submit a task with `run_task`; print the finished record, or {task_id, status} with --no-wait.
+
+    With --wait the exit code says how it ended: 0 succeeded, 1 failed or cancelled, 124 still unfinished after
+    --wait-s (the record is printed as it is then)."""
+    from orchestrator.client.protocol import RunTaskOptions
+
+    options: RunTaskOptions = {}
     if priority is not None:
-        params["priority"] = priority
+        options["priority"] = priority
     if context is not None:
-        params["context"] = _parse_context(context)
-    if wait:
-        params["wait"] = wait_s
+        options["context"] = _parse_context(context)
     if agent is not None:
-        params["agent"] = agent
-    result = _call(_resolve_url(url), "run_task", params, timeout_s=(wait_s if wait else 0) + 30, api_key=api_key)
-    out.print_json(data=result)
+        options["agent"] = agent
+    if wait and wait_s > 0:
+        options["wait"] = min(wait_s, 3600.0)  # the server waits up to limits.max_wait_s; the client polls for the rest
+    started = time.monotonic()
+    with _api(url, api_key) as client:
+        answer = client.run_task(tool, prompt, **options)
+        if wait and not isinstance(answer, TaskRecord):
+            try:
+                answer = client.wait(answer.task_id, max(0.0, wait_s - (time.monotonic() - started)))
+            except TimeoutError as exc:
+                out.print_json(data=client.get_task(answer.task_id).model_dump(mode="json"))
+                err.print(f"{exc}.", markup=False)
+                raise typer.Exit(124) from None
+    out.print_json(data=answer.model_dump(mode="json"))
+    if isinstance(answer, TaskRecord) and answer.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        why = f": {answer.error.message}" if answer.error else ""
+        err.print(f"task {answer.task_id} {answer.status.value}{why}", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()
 def status(
-    url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
+    url: Url = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the raw `status` result")] = False,
     api_key: ApiKey = None,
 ) -> None:
     """Show pools, workers, tools and queue depth."""
-    result = _call(_resolve_url(url), "status", {}, timeout_s=30, api_key=api_key)
+    with _api(url, api_key) as client:
+        result = client.status().model_dump(mode="json")
     if as_json:
         out.print_json(data=result)
         return
@@ -227,8 +256,51 @@ def status(
 
 
 @app.command()
+def tasks(
+    status: Annotated[list[TaskStatus] | None, typer.Option(help="repeat for several")] = None,
+    tool: Annotated[str | None, typer.Option(help="only this tool's tasks")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant's (admin keys; others see their own)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000, help="show at most this many")] = 50,
+    url: Url = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """List tasks, newest first (`list_tasks`), page after page up to --limit."""
+    from orchestrator.client.protocol import TaskFilters
+
+    filters: TaskFilters = {"limit": min(limit, LIST_PAGE_MAX)}
+    if status:
+        filters["status"] = [s.value for s in status]
+    if tool is not None:
+        filters["tool"] = tool
+    if tenant is not None:
+        filters["tenant"] = tenant
+    with _api(url, api_key) as client:
+        found = list(itertools.islice(client.list_tasks(**filters), limit))
+    if as_json:
+        out.print_json(data=[task.model_dump(mode="json") for task in found])
+        return
+    out.print(_tasks_table(found, time.time()))
+
+
+def _tasks_table(found: list[TaskRecord], now: float) -> Table:
+    """Fits 80 columns (a long tenant name folds onto a second line); `--json` has every field."""
+    rows = [[t.task_id, t.status.value, t.tool, str(t.priority), _age(now - t.created_at), t.tenant or ""]
+            for t in found]
+    return _narrow_table(f"{len(found)} task{'' if len(found) == 1 else 's'}, newest first",
+                         ["task", "status", "tool", "prio", "age", "tenant"], rows, fold="tenant")
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+@app.command()
 def top(
-    url: Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")] = None,
+    url: Url = None,
     interval_s: Annotated[float, typer.Option("--interval", min=0.2, help="seconds between refreshes")] = 2.0,
     window_s: Annotated[int, typer.Option("--window", min=60, max=86_400, help="analytics window (s)")] = 300,
     once: Annotated[bool, typer.Option("--once", help="print one frame and exit")] = False,
@@ -237,47 +309,70 @@ def top(
     """A live view: pools with their SLA state, throughput and latency per pool, the running tasks."""
     from rich.live import Live
 
-    base = _resolve_url(url)
+    with _api(url, api_key) as client:
+        def frame() -> Group:
+            return _top_frame(client.base_url, client.status().model_dump(mode="json"),
+                              client.analytics(window_s).model_dump(mode="json"), window_s, time.time())
 
-    def frame() -> Group:
-        status = _call(base, "status", {}, timeout_s=30, api_key=api_key)
-        figures = _call(base, "analytics", {"window_s": window_s}, timeout_s=30, api_key=api_key)
-        return _top_frame(base, status, figures, window_s)
-
-    if once:
-        out.print(frame())
-        return
-    with Live(frame(), console=out, refresh_per_second=4, screen=False) as live:
-        try:
-            while True:
-                time.sleep(interval_s)  # the refresh period
-                live.update(frame())
-        except KeyboardInterrupt:
-            pass
+        if once:
+            out.print(frame())
+            return
+        with Live(frame(), console=out, refresh_per_second=4, screen=False) as live:
+            try:
+                while True:
+                    time.sleep(interval_s)  # the refresh period
+                    live.update(frame())
+            except KeyboardInterrupt:
+                pass
 
 
-def _top_frame(base: str, status: dict[str, Any], figures: dict[str, Any], window_s: int) -> Group:
-    sla = status.get("sla", {})
+def _top_frame(base: str, status: dict[str, Any], figures: dict[str, Any], window_s: int, now: float) -> Group:
+    """Fits an 80-column terminal: numbers in narrow columns, free text (SLA reasons) as wrapping lines."""
     by_type = figures.get("by_worker_type", {})
-    rows = []
+    rows: list[list[str]] = []
     for pool in status.get("pools", []):
-        name = pool["worker_type"]
-        stats, state = by_type.get(name, {}), sla.get(name, {})
-        rows.append([name, pool["workers"], f"{pool['running']}/{pool['slots']}", pool["queued"],
-                     "paused" if pool.get("paused") else "", stats.get("throughput_per_s", 0),
-                     (stats.get("queue_wait_ms") or {}).get("p95"), (stats.get("run_ms") or {}).get("p95"),
-                     stats.get("failed", 0), state.get("target_workers", ""), state.get("reason", "")])
-    pools = _table(f"pools — {base}, last {window_s}s",
-                   ["type", "workers", "busy", "queued", "paused", "tasks/s", "wait p95 ms", "run p95 ms",
-                    "failed", "SLA target", "SLA reason"], rows)
+        stats = by_type.get(pool["worker_type"], {})
+        rows.append([pool["worker_type"], str(pool["workers"]), f"{pool['running']}/{pool['slots']}",
+                     str(pool["queued"]), f"{stats.get('throughput_per_s', 0):g}",
+                     _ms((stats.get("queue_wait_ms") or {}).get("p95")), _ms((stats.get("run_ms") or {}).get("p95")),
+                     str(stats.get("failed", 0)), "paused" if pool.get("paused") else ""])
+    pools = _narrow_table(f"pools, last {window_s}s (p95 in ms)", ["type", "workers", "busy", "queued", "tasks/s",
+                                                                  "wait p95", "run p95", "failed", "state"], rows)
+    sla = [Text(f"SLA target {name}: {state.get('target_workers', '?')} workers ({state.get('reason', '')})")
+           for name, state in sorted(status.get("sla", {}).items())]
     running = sorted(status.get("running", []), key=lambda r: (-r["priority"], r["since"]))[:15]
-    tasks = _table("running (highest priority first)", ["task", "tool", "priority", "worker", "agent"],
-                   [[r["task_id"], r["tool"], r["priority"], r["worker"], r.get("agent") or ""] for r in running])
+    tasks = _narrow_table("running (highest priority first)", ["task", "tool", "prio", "worker", "for"],
+                          [[r["task_id"], r["tool"], str(r["priority"]), r["worker"].removeprefix("worker:"),
+                            _age(now - r["since"])] for r in running])
     overall = figures.get("overall", {})
-    summary = (f"active {status.get('active_tasks')} · finished {overall.get('tasks', 0)} "
-               f"({overall.get('throughput_per_s', 0)}/s) · e2e p95 {(overall.get('e2e_ms') or {}).get('p95')} ms · "
-               f"tokens {overall.get('tokens', 0)}")
-    return Group(pools, tasks, summary)
+    summary = Text(f"{base} · active {status.get('active_tasks')} · finished {overall.get('tasks', 0)} "
+                   f"({overall.get('throughput_per_s', 0):g}/s) · e2e p95 {_ms((overall.get('e2e_ms') or {}).get('p95'))}"
+                   f" ms · tokens {overall.get('tokens', 0)}")
+    return Group(pools, *sla, tasks, summary)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _narrow_table(title: str, columns: list[str], rows: list[list[str]], fold: str | None = None) -> Table:
+    """A table for 80 columns: two spaces between columns, values never shortened or wrapped — but those of the
+    `fold` column, which fold onto more lines when the terminal is too narrow. Text left, numbers right."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    for i, column in enumerate(columns):
+        justify = "left" if i == 0 or column in _TEXT_COLUMNS else "right"
+        if column == fold:
+            table.add_column(column, justify=justify, overflow="fold")
+        else:
+            widest = max([len(column), *(len(row[i]) for row in rows)])
+            table.add_column(column, justify=justify, no_wrap=True, min_width=widest)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+_TEXT_COLUMNS = frozenset({"status", "tool", "tenant", "worker", "state"})
 
 
 @app.command("_daemon", hidden=True)
@@ -431,8 +526,8 @@ def _print_settings_key(tenant: str, scopes: list[str], name: str | None) -> Non
 def _keys(params: dict[str, Any], url: str | None, redis_url: str | None, api_key: str | None) -> dict[str, Any]:
     """The `keys` method's result: through the API, or straight from Redis with --redis-url."""
     if redis_url is None:
-        result: dict[str, Any] = _call(_resolve_url(url), "keys", params, timeout_s=30, api_key=api_key)
-        return result
+        with _api(url, api_key) as client:
+            return client.keys(**params).model_dump(mode="json")
     if url is not None:
         raise CliError("give --url (through the API) or --redis-url (straight to Redis), not both.")
     import asyncio
@@ -440,7 +535,6 @@ def _keys(params: dict[str, Any], url: str | None, redis_url: str | None, api_ke
 
     from orchestrator.adapters.key_store import KeyStore
     from orchestrator.adapters.task_store import TaskStore
-    from orchestrator.errors import InvalidParamsError, OrchestratorError
     from orchestrator.key_service import KeyService
     from orchestrator.models import KeysParams
 
@@ -622,39 +716,46 @@ class _FieldsFormatter(logging.Formatter):
         return text
 
 
-# ---------------------------------------------------------------- JSON-RPC client
+# ---------------------------------------------------------------- the API
 
 
-def _call(url: str, method: str, params: dict[str, Any], *, timeout_s: float, api_key: str | None = None) -> Any:
-    """One JSON-RPC call; any failure becomes a CliError (a JSON-RPC error is printed with its data first)."""
-    body = {"jsonrpc": "2.0", "method": method, "params": params, "id": 1}
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+@contextmanager
+def _api(url: str | None, api_key: str | None) -> Iterator[Client]:
+    """A client of the orchestrator; its failures become what the CLI prints (a JSON-RPC error with its data,
+    exit 1) or a CliError sentence."""
+    from orchestrator.client import Client  # here: `up` and `down` need none of it
+
+    base = _resolve_url(url)
     try:
-        reply = httpx.post(f"{url}/v1/rpc", json=body, headers=headers, timeout=timeout_s)
-    except httpx.ConnectError:
-        raise CliError(f"no orchestrator answers at {url}: start it with `orchestrator up`.") from None
-    except httpx.TimeoutException:
-        raise CliError(f"{url} did not answer within {timeout_s:g} s.") from None
-    except httpx.HTTPError as exc:
-        raise CliError(f"the request to {url} failed: {exc}.") from None
-    try:
-        payload: Any = reply.json()
-    except ValueError:
-        raise CliError(f"{url} answered HTTP {reply.status_code} without a JSON-RPC reply: "
-                       "is it the orchestrator?") from None
-    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-        error: dict[str, Any] = payload["error"]
-        err.print(f"error {error.get('code')}: {error.get('message')}", markup=False)
+        with Client(base, api_key=api_key or "") as client:
+            yield client
+    except (OrchestratorError, InvalidParamsError, RpcError) as exc:
+        error = _wire_error(exc)
+        err.print(f"error {error['code']}: {error['message']}", markup=False)
         if error.get("data") is not None:
             err.print(json.dumps(error["data"], indent=2), markup=False)
-        raise typer.Exit(1)
-    if not isinstance(payload, dict) or "result" not in payload:
-        raise CliError(f"{url} answered HTTP {reply.status_code} without a JSON-RPC result: is it the orchestrator?")
-    return payload["result"]
+        raise typer.Exit(1) from None
+    except httpx.ConnectError:
+        raise CliError(f"no orchestrator answers at {base}: start it with `orchestrator up`.") from None
+    except httpx.TimeoutException:
+        raise CliError(f"{base} did not answer in time.") from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"the request to {base} failed: {exc}.") from None
+    except ProtocolError as exc:
+        raise CliError(f"{base} answered HTTP {exc.status} without a JSON-RPC reply: is it the orchestrator?") from None
+
+
+def _wire_error(exc: Exception) -> dict[str, Any]:
+    if isinstance(exc, RpcError):
+        return {"code": exc.code, "message": exc.message, "data": exc.data}
+    from orchestrator.jsonrpc import to_jsonrpc_error
+
+    return to_jsonrpc_error(exc)
 
 
 def _resolve_url(url: str | None) -> str:
-    """--url, else the URL `up` recorded, else the configured host and port."""
+    """--url, else ORCH_URL (as the client), else the URL `up` recorded, else the configured host and port."""
+    url = url or os.environ.get("ORCH_URL")
     if url:
         return url.rstrip("/")
     settings = _load_settings()
@@ -678,8 +779,8 @@ def _print_status(result: dict[str, Any]) -> None:
     pools = result.get("pools", [])
     priorities = [str(p) for p in range(10, -1, -1)]
     matrix = result.get("matrix", {})
-    out.print(_table("pools", ["type", "workers", "slots", "running", "queued", "paused"],
-                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"],
+    out.print(_table("pools", ["type", "workers", "slots", "running", "queued", "scheduled", "paused"],
+                     [[p["worker_type"], p["workers"], p["slots"], p["running"], p["queued"], p.get("scheduled", 0),
                        "paused" if p.get("paused") else ""] for p in pools]))
     sla = result.get("sla", {})
     if sla:

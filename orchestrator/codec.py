@@ -41,6 +41,7 @@ FIELDS: tuple[Field, ...] = (
     Field("agent", "a", "str"),
     Field("tenant", "n", "str"),
     Field("deadline", "dl", "ms"),
+    Field("not_before", "nb", "ms"),  # a delayed task: scheduled (in its shard's due set) until then
     Field("idempotency_key", "k", "str"),
     Field("parent", "pa", "str"),
     Field("children", "ch", "ids"),
@@ -131,7 +132,7 @@ def submitted(task: TaskSpec, status: TaskStatus) -> str:
 
 
 SPEC_FIELDS = ("task_id", "tool", "worker_type", "priority", "input", "context", "v1", "agent", "tenant", "deadline",
-               "idempotency_key", "parent", "children", "created_at")
+               "not_before", "idempotency_key", "parent", "children", "created_at")
 
 
 def spec_of(stored: Mapping[str, Any], parent_result: Any = None) -> TaskSpec:
@@ -151,7 +152,8 @@ def record_of(text: str) -> TaskRecord:
     values["children"] = list(values.get("children", ()))
     first_started = values.pop("first_started_at", None)
     if first_started is not None:
-        values["queue_wait_ms"] = round((first_started - values["created_at"]) * 1000, 3)
+        ready_at = max(values["created_at"], values.get("not_before") or 0)
+        values["queue_wait_ms"] = round((first_started - ready_at) * 1000, 3)
     if values.get("finished_at") is not None and values.get("started_at") is not None:
         values["run_ms"] = round((values["finished_at"] - values["started_at"]) * 1000, 3)
     return TaskRecord.model_validate(values)
@@ -174,7 +176,8 @@ FINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int  # 1, 2, …: the event's id (SSE `id`, `Last-Event-ID`)
-    type: str  # queued, running, progress, preempted, attempt_lost, corrected, waiting, succeeded, failed, cancelled
+    # scheduled, queued, running, progress, preempted, attempt_lost, corrected, waiting, succeeded, failed, cancelled
+    type: str
     time: float  # unix seconds
     data: str  # JSON text
 

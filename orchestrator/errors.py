@@ -10,11 +10,18 @@ Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); applicatio
   -32011 unauthenticated: no or an unknown API key (HTTP 401)
   -32012 forbidden: the key lacks the scope the method needs
   -32013 tenant quota exceeded (retryable, carries retry_after_s)
+  -32014 schedule not found
+
+An error's `data` carries its constructor's arguments, so `from_wire` rebuilds the very exception on the client
+(`except QueueFullError:` works on both sides).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+import functools
+import inspect
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 
 class OrchestratorError(Exception):
@@ -22,8 +29,10 @@ class OrchestratorError(Exception):
     retryable: ClassVar[bool] = False
 
     def data(self) -> dict[str, object]:
-        """Extra fields for the JSON-RPC error's `data`."""
-        return {"retryable": self.retryable}
+        """Extra fields for the JSON-RPC error's `data`: whether retrying can help, and the constructor's
+        arguments (but `message`, which is the error's message itself)."""
+        names = _parameters(type(self))
+        return {"retryable": self.retryable, **{n: v for n, v in zip(names, self.args) if n != "message"}}
 
 
 class TaskNotFoundError(OrchestratorError):
@@ -47,9 +56,6 @@ class QueueFullError(OrchestratorError):
 
     def __str__(self) -> str:
         return f"queue full: {self.active} tasks active, limit {self.limit}; retry later"
-
-    def data(self) -> dict[str, object]:
-        return {"retryable": True, "retry_after_s": self.retry_after_s}
 
 
 class DeadLetterError(OrchestratorError):
@@ -89,9 +95,6 @@ class ToolError(OrchestratorError):
     def __str__(self) -> str:
         return self.message
 
-    def data(self) -> dict[str, object]:
-        return {"retryable": self.tool_retryable}
-
 
 class StorageUnavailableError(OrchestratorError):
     code = -32005
@@ -128,6 +131,17 @@ class SagaNotFoundError(OrchestratorError):
         return f"saga {self.saga_id} not found"
 
 
+class ScheduleNotFoundError(OrchestratorError):
+    code = -32014
+
+    def __init__(self, schedule_id: str) -> None:
+        super().__init__(schedule_id)
+        self.schedule_id = schedule_id
+
+    def __str__(self) -> str:
+        return f"schedule {self.schedule_id} not found"
+
+
 class SagaFinishedError(OrchestratorError):
     code = -32010
 
@@ -162,9 +176,6 @@ class ForbiddenError(OrchestratorError):
     def __str__(self) -> str:
         return f"forbidden: {self.method} needs an API key with scope {self.scope!r}"
 
-    def data(self) -> dict[str, object]:
-        return {"retryable": False, "scope": self.scope}
-
 
 class QuotaExceededError(OrchestratorError):
     """A tenant is over its quota: too many unfinished tasks, or submitting faster than its rate."""
@@ -179,18 +190,19 @@ class QuotaExceededError(OrchestratorError):
     def __str__(self) -> str:
         if self.quota == "max_active_tasks":
             what = f"has {self.limit:g} unfinished tasks, its limit"
+        elif self.quota == "max_schedules":
+            what = f"has {self.limit:g} schedules, its limit (delete one first)"
         elif self.quota in ("max_event_streams", "max_mcp_sessions"):
             what = f"has {self.limit:g} {self.quota.removeprefix('max_').replace('_', ' ')} open, its limit"
         else:
             what = f"submits faster than its limit of {self.limit:g} per second"
         return f"quota exceeded: tenant {self.tenant} {what}; retry in {self.retry_after_s:g} s"
 
-    def data(self) -> dict[str, object]:
-        return {"retryable": True, "retry_after_s": self.retry_after_s, "quota": self.quota, "limit": self.limit}
-
 
 class InvalidParamsError(Exception):
     """Params failed validation at the edge; `fields` maps a field path to why."""
+
+    code: ClassVar[int] = -32602
 
     def __init__(self, fields: dict[str, str]) -> None:
         super().__init__(fields)
@@ -198,3 +210,62 @@ class InvalidParamsError(Exception):
 
     def __str__(self) -> str:
         return "; ".join(f"{path}: {why}" for path, why in self.fields.items())
+
+
+class RpcError(Exception):
+    """A JSON-RPC error no class here stands for: the protocol's own (-32700, -32600, -32601, -32603) or a code
+    this version does not know."""
+
+    def __init__(self, code: int, message: str, data: object = None) -> None:
+        super().__init__(code, message, data)
+        self.code, self.message, self.data = code, message, data
+        self.retryable = isinstance(data, dict) and data.get("retryable") is True  # pyright: ignore[reportUnknownMemberType]
+
+    def __str__(self) -> str:
+        return f"error {self.code}: {self.message}"
+
+
+class ProtocolError(Exception):
+    """An HTTP answer that is no JSON-RPC reply (a proxy's 502, Serve's 503, not the orchestrator at all)."""
+
+    RETRYABLE_STATUSES: ClassVar[frozenset[int]] = frozenset({429, 502, 503, 504})
+
+    def __init__(self, url: str, status: int, retry_after_s: float | None = None) -> None:
+        super().__init__(url, status, retry_after_s)
+        self.url, self.status, self.retry_after_s = url, status, retry_after_s
+        self.retryable = status in self.RETRYABLE_STATUSES
+
+    def __str__(self) -> str:
+        return f"{self.url} answered HTTP {self.status} without a JSON-RPC reply: is it the orchestrator?"
+
+
+_WIRE_CLASSES: tuple[type[OrchestratorError], ...] = (
+    TaskNotFoundError, QueueFullError, TaskNotCancellableError, ToolError, StorageUnavailableError,
+    ActorUnavailableError, DeadLetterError, ParentFailedError, SagaNotFoundError, SagaFinishedError,
+    UnauthenticatedError, ForbiddenError, QuotaExceededError, ScheduleNotFoundError,
+)
+BY_CODE: Mapping[int, type[OrchestratorError]] = {cls.code: cls for cls in _WIRE_CLASSES}
+
+
+def from_wire(error: Mapping[str, Any]) -> Exception:
+    """The exception a JSON-RPC error object stands for: the server's own class with its fields, when the code
+    names one and `data` holds its arguments; else an RpcError carrying what came."""
+    code, message, data = error.get("code"), str(error.get("message", "")), error.get("data")
+    details: Mapping[str, Any] = data if isinstance(data, Mapping) else {}  # pyright: ignore[reportUnknownVariableType]
+    if code == InvalidParamsError.code and isinstance(details.get("fields"), Mapping):
+        return InvalidParamsError({str(k): str(v) for k, v in details["fields"].items()})
+    cls = BY_CODE.get(code) if isinstance(code, int) else None
+    if cls is not None:
+        given = {**details, "message": message}
+        names = _parameters(cls)
+        if all(n in given for n in names):
+            return cls(*(given[n] for n in names)) if names else cls(message)
+    return RpcError(code if isinstance(code, int) else -32603, message, data)
+
+
+@functools.cache
+def _parameters(cls: type[Exception]) -> tuple[str, ...]:
+    """The names of the constructor's parameters, in order (none for a class without a constructor of its own)."""
+    if cls.__init__ is Exception.__init__:
+        return ()
+    return tuple(inspect.signature(cls.__init__).parameters)[1:]

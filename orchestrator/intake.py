@@ -27,6 +27,9 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
     errors: dict[str, str] = {}
     if len(params.children) > settings.limits.max_children:
         errors["params.children"] = f"more than {settings.limits.max_children} children"
+    tool = settings.tools.get(params.tool)
+    if "priority" not in params.model_fields_set and tool is not None:  # the call named none: the tool's default
+        params = params.model_copy(update={"priority": tool.priority})
     for where, priority in [("params", params.priority)] + [
             (f"params.children.{i}", c.priority) for i, c in enumerate(params.children) if c.priority is not None]:
         if priority > max_priority:
@@ -44,11 +47,14 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
         if spec is not None:
             children.append(spec)
     v1 = isinstance(params, RunTaskParams)
-    task = _spec(
-        settings, errors, "params", params.tool, params.prompt if v1 else None, None if v1 else params.input,
-        params.context, now, priority=params.priority, agent=params.agent, tenant=tenant,
-        deadline=None if v1 or params.deadline is None else params.deadline.timestamp(),
-        idempotency_key=params.idempotency_key, task_id=task_id, children=tuple(c.task_id for c in children),
+    deadline = None if v1 or params.deadline is None else params.deadline.timestamp()
+    not_before = _not_before(params, settings, errors, now, deadline)
+    prompt, tool_input = _v2_input(params, errors) if isinstance(params, RunTaskParamsV2) else (params.prompt, None)
+    task = None if {"params.input", "params.prompt"} & errors.keys() else _spec(
+        settings, errors, "params", params.tool, prompt, tool_input, params.context, now, priority=params.priority,
+        agent=params.agent, tenant=tenant, shorthand=not v1 and params.prompt is not None, deadline=deadline,
+        not_before=not_before, idempotency_key=params.idempotency_key, task_id=task_id,
+        children=tuple(c.task_id for c in children),
     )
     if not operator:
         for where, spec in [("params", task), *((f"params.children.{i}", c) for i, c in enumerate(children))]:
@@ -60,9 +66,47 @@ def build_task(params: RunTaskParams | RunTaskParamsV2, settings: Settings, now:
     return task, children
 
 
+def _v2_input(params: RunTaskParamsV2, errors: dict[str, str]) -> tuple[str | None, dict[str, Any] | None]:
+    """(prompt, input) of a v2 call: `prompt` alone is the v1 form; with `input` it is input.prompt."""
+    if params.input is None:
+        if params.prompt is None:
+            errors["params.input"] = "required (or give prompt, the shorthand for input.prompt)"
+        return params.prompt, None
+    if params.prompt is None:
+        return None, params.input
+    if "prompt" in params.input:
+        errors["params.prompt"] = "given twice: also as params.input.prompt; give one of them"
+    return None, {**params.input, "prompt": params.prompt}
+
+
+def _not_before(params: RunTaskParams | RunTaskParamsV2, settings: Settings, errors: dict[str, str], now: float,
+                deadline: float | None) -> float | None:
+    """When a delayed task becomes ready (None: at once; a time already past is at once too); errors collected."""
+    if params.not_before is not None and params.delay_s is not None:
+        errors["params.delay_s"] = "give not_before or delay_s, not both"
+        return None
+    if params.delay_s is not None:
+        where, at = "params.delay_s", now + params.delay_s
+    elif params.not_before is not None:
+        where, at = "params.not_before", params.not_before.timestamp()
+    else:
+        return None
+    max_delay_s = settings.limits.max_delay_s
+    if at - now > max_delay_s:
+        errors[where] = f"more than {max_delay_s:g} s ahead (limits.max_delay_s)"
+    elif deadline is not None and now < at >= deadline:
+        errors["params.deadline"] = "not after not_before: the task could never run"
+    return at if at > now else None
+
+
 def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str, prompt: str | None,
-          tool_input: Mapping[str, Any] | None, context: Mapping[str, Any], now: float, **fields: Any) -> TaskSpec | None:
-    """One task from v1-style (prompt + context options) or v2-style (input) params; errors are collected."""
+          tool_input: Mapping[str, Any] | None, context: Mapping[str, Any], now: float, shorthand: bool = False,
+          **fields: Any) -> TaskSpec | None:
+    """One task from v1-style (prompt + context options) or v2-style (input) params; errors are collected.
+
+    Args:
+        shorthand: the input's prompt was given as `prompt` beside `input`: errors about it name `prompt`.
+    """
     tool = settings.tools.get(tool_name)
     if tool is None:
         known = ", ".join(sorted(settings.tools))
@@ -79,8 +123,9 @@ def _spec(settings: Settings, errors: dict[str, str], where: str, tool_name: str
     else:
         tool_input = dict(tool_input or {})
         _check_size(found, tool_input, f"{where}.input", limits.max_context_bytes)
-        found |= registry.input_errors(tool, tool_input, f"{where}.input")
-        prompt_field = f"{where}.input.prompt"
+        schema_errors = registry.input_errors(tool, tool_input, f"{where}.input")
+        prompt_field = f"{where}.prompt" if shorthand else f"{where}.input.prompt"
+        found |= {(prompt_field if k == f"{where}.input.prompt" else k): v for k, v in schema_errors.items()}
     text = tool_input.get("prompt")
     if isinstance(text, str) and len(text) > limits.max_prompt_chars:
         found[prompt_field] = f"longer than {limits.max_prompt_chars} characters"

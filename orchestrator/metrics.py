@@ -138,6 +138,8 @@ def _pool_gauges(overview: RouterOverview) -> list[Metric]:
         "running": GaugeMetricFamily("orchestrator_pool_running", "Tasks running per pool.", labels=["worker_type"]),
         "queued": GaugeMetricFamily("orchestrator_queue_depth", "Tasks queued per pool (ready, not on a worker).",
                                     labels=["worker_type"]),
+        "scheduled": GaugeMetricFamily("orchestrator_scheduled_tasks", "Delayed tasks per pool, not yet due.",
+                                       labels=["worker_type"]),
     }
     for pool in overview.pools:
         for field, gauge in gauges.items():

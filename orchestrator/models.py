@@ -13,6 +13,7 @@ JsonObject = dict[str, Any]
 
 
 class TaskStatus(StrEnum):
+    SCHEDULED = "scheduled"  # delayed: becomes queued at its `not_before`
     QUEUED = "queued"
     WAITING = "waiting"  # a fanout child whose parent has not succeeded yet
     RUNNING = "running"
@@ -42,6 +43,11 @@ Agent = Annotated[str, Field(min_length=1, max_length=128, description="the subm
 WaitSeconds = Annotated[
     float, Field(ge=0, le=3600, description="block up to this many seconds for the result (capped by the server)")
 ]
+NotBefore = Annotated[AwareDatetime | None, Field(
+    default=None, description="RFC 3339 with a timezone: the task is `scheduled` until then, then queued (at most "
+    "limits.max_delay_s ahead; a time already past queues it at once)")]
+DelaySeconds = Annotated[float | None, Field(
+    default=None, gt=0, description="like not_before, in seconds from now (at most limits.max_delay_s)")]
 
 
 class ChildTask(Params):
@@ -67,6 +73,8 @@ class RunTaskParams(Params):
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    not_before: NotBefore
+    delay_s: DelaySeconds
     children: Children
 
 
@@ -74,13 +82,19 @@ class RunTaskParamsV2(Params):
     """v2 `run_task`: a structured `input` validated against the tool's own input schema, and a deadline."""
 
     tool: ToolName
-    input: JsonObject = Field(description="validated against the tool's input schema (see rpc.discover / status)")
+    input: JsonObject | None = Field(default=None, description="validated against the tool's input schema (see "
+                                     "rpc.discover / status); required unless `prompt` is given")
+    prompt: str | None = Field(default=None, description="shorthand for input.prompt; without `input`, the call "
+                               "reads as v1 (and the specification's example): the `context` keys the tool's input "
+                               "schema names are its options")
     priority: Priority = 5
     deadline: AwareDatetime | None = Field(default=None, description="RFC 3339; the task fails if not finished by then")
     context: JsonObject = Field(default_factory=dict)
     wait: WaitSeconds | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
+    not_before: NotBefore
+    delay_s: DelaySeconds
     children: Children
 
 
@@ -205,10 +219,12 @@ class TaskRecord(BaseModel):
     progress: Any = None
     idempotency_key: str | None = None
     deadline: float | None = Field(default=None, description="unix seconds")
+    not_before: float | None = Field(default=None, description="a delayed task's time to become ready (unix seconds)")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
-    queue_wait_ms: float | None = Field(default=None, description="acceptance to first start")
+    queue_wait_ms: float | None = Field(default=None, description="acceptance (a delayed task: its not_before) to "
+                                        "first start")
     run_ms: float | None = Field(default=None, description="the latest attempt's run time")
 
 
@@ -238,6 +254,7 @@ class PoolStatus(BaseModel):
     slots: int
     running: int
     queued: int
+    scheduled: int = Field(default=0, description="delayed tasks not yet due")
     paused: bool = False
 
 
@@ -289,6 +306,18 @@ class RunSagaParams(Params):
     workflow: str = Field(min_length=1, max_length=64, description="a workflow from `list_workflows`")
     input: dict[str, Any] = Field(default_factory=dict, description="checked against the workflow's input_schema")
     priority: Priority = 5
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
+
+
+class RerunSagaParams(Params):
+    """Re-run a failed or cancelled saga from where it stopped: completed steps that were not undone keep their
+    outputs; the rest run again. `input` and `priority` default to the original's."""
+
+    saga_id: str = Field(min_length=1, max_length=64)
+    input: dict[str, Any] | None = Field(default=None, description="instead of the original's (the steps kept "
+                                         "keep their outputs)")
+    priority: Priority | None = None
     idempotency_key: IdempotencyKey | None = None
     agent: Agent | None = None
 
@@ -369,3 +398,87 @@ class KeysResult(BaseModel):
     key: str | None = Field(default=None, description="create: the new API key; shown only in this answer")
     info: ApiKeyInfo | None = Field(default=None, description="create, revoke: the key concerned")
     keys: list[ApiKeyInfo] | None = Field(default=None, description="list")
+
+
+# ---------------------------------------------------------------- schedules
+
+
+ScheduleOverlap = Literal["skip", "queue", "cancel_previous"]
+ScheduleCatchUp = Literal["none", "latest", "all"]
+
+
+class ScheduleSpec(BaseModel):
+    """A schedule as stored: what it fires, when, for whom (the creator's tenant and scopes)."""
+
+    name: str | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    interval_s: float | None = None
+    tool: str
+    input: JsonObject
+    priority: int
+    overlap: ScheduleOverlap
+    catch_up: ScheduleCatchUp
+    grace_s: float
+    max_catch_up: int
+    tenant: str | None
+    scopes: list[str] = Field(description="the creator's: the fires run as it would (its quotas, its priority)")
+    created_by: str
+
+
+class CreateScheduleParams(Params):
+    """Fire a task on a cron expression (5 fields, in `timezone`) or every `interval_s` seconds. Each tick fires
+    exactly once across replicas and crashes (its task's idempotency key is the schedule's and the tick's)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=128, description="shown in listings")
+    cron: str | None = Field(default=None, min_length=1, max_length=256,
+                             description="minute hour day-of-month month day-of-week, e.g. `*/15 9-17 * * 1-5`")
+    timezone: str = Field(default="UTC", min_length=1, max_length=64, description="IANA name, for `cron`")
+    interval_s: float | None = Field(default=None, ge=1, le=366 * 86_400,
+                                     description="instead of cron: every this many seconds from its creation")
+    tool: ToolName
+    input: JsonObject = Field(description="validated against the tool's input schema, as run_task v2")
+    priority: Priority = 5
+    overlap: ScheduleOverlap = Field(default="queue", description="when the previous fire's task is unfinished: "
+                                     "skip this tick, queue it anyway, or cancel_previous")
+    catch_up: ScheduleCatchUp = Field(default="latest", description="ticks later than grace_s (the orchestrator "
+                                      "was down): none of them, the latest, or all (at most max_catch_up)")
+    grace_s: float = Field(default=10.0, ge=0, le=86_400, description="a tick this late is still on time")
+    max_catch_up: int = Field(default=100, ge=1, le=1000, description="catch_up=all fires at most this many")
+
+
+class ScheduleIdParams(Params):
+    schedule_id: str = Field(min_length=1, max_length=64)
+
+
+class ListSchedulesParams(Params):
+    tenant: str | None = Field(default=None, min_length=1, max_length=64, description="admins: one tenant's only")
+
+
+class ScheduleRun(BaseModel):
+    tick: float = Field(description="unix seconds: the tick this fire was for")
+    task_id: str
+
+
+class ScheduleState(BaseModel):
+    """A schedule: its definition, where it stands, its latest fires and (in `get_schedule`) its next ticks."""
+
+    schedule_id: str
+    spec: ScheduleSpec
+    paused: bool
+    next_ms: int = Field(description="its next tick, unix ms")
+    last_task: str | None = None
+    fired: int = Field(description="ticks fired so far")
+    skipped: int = Field(description="ticks that never fired: missed (catch_up) or overlapping (overlap=skip)")
+    created_at: float
+    runs: list[ScheduleRun] = Field(default_factory=list, description="latest fires, newest first")
+    upcoming: list[float] = Field(default_factory=list, description="its next ticks, unix seconds")
+
+
+class ListSchedulesResult(BaseModel):
+    schedules: list[ScheduleState]
+
+
+class DeleteScheduleResult(BaseModel):
+    schedule_id: str
+    deleted: bool = True

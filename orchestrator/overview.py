@@ -1,5 +1,6 @@
-"""What `status`, `top`, the SLA policy and /metrics show of the system, read from Redis: pools, workers, the
-priority matrix and every running task (no actor is asked, so it answers while a router restarts)."""
+"""What `status`, `top`, the SLA policy and /metrics show of the system, read from Redis: pools (with their queued
+and delayed tasks), workers, the priority matrix and every running task (no actor is asked, so it answers while a
+router restarts)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ async def overview(store: TaskStore, settings: Settings, nodes: int = 0,
     members = {name: m for name, m in (await store.members()).items() if m.get("worker_type") in settings.pools}
     running = await store.running()
     matrix = await store.depths(pools)
+    scheduled = await store.scheduled(pools)
     paused = await store.paused()
     busy = Counter(record.worker for record in running)
     workers = [WorkerStatus(name=name, worker_type=m["worker_type"], slots=settings.pools[m["worker_type"]].slots,
@@ -26,7 +28,7 @@ async def overview(store: TaskStore, settings: Settings, nodes: int = 0,
         pools=[PoolStatus(worker_type=t, workers=sum(1 for w in workers if w.worker_type == t),
                           slots=sum(w.slots for w in workers if w.worker_type == t),
                           running=sum(w.running for w in workers if w.worker_type == t),
-                          queued=sum(matrix[t].values()), paused=t in paused) for t in pools],
+                          queued=sum(matrix[t].values()), scheduled=scheduled[t], paused=t in paused) for t in pools],
         workers=workers,
         matrix={t: {str(p): n for p, n in sorted(matrix[t].items())} for t in pools},
         running=[RunningTask(task_id=r.task_id, tool=r.tool, priority=r.priority, worker=r.worker or "",

@@ -1,9 +1,11 @@
 """Sagas: workflow definitions, their input templates, and the state machine that runs and undoes them.
 
-Pure: the coordinator actor loads a saga's state, asks `next_command` what to do, does it (submits
-a task, waits for one, sleeps), records the outcome with `on_*`, persists, and asks again. Because
-the next command is computed from the persisted state alone, a restarted coordinator resumes
-every saga where it stood.
+Pure: the coordinator actor loads a saga's state, asks `next_commands` what to do, does it (submits
+tasks, waits for them, sleeps), records each outcome with `on_*`, persists, and asks again. Because
+the next commands are computed from the persisted state alone, a restarted coordinator resumes
+every saga where it stood. A workflow is a sequence of stages: a step, or a group of steps that run in
+parallel and are all joined before the next stage; going back, completed steps are undone one at a
+time, last first.
 
 A step (or compensation) in flight is never started twice: its task id is chosen and saved with the
 intent *before* the submit, so a restarted coordinator resubmits the intent under that same id (the
@@ -23,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from orchestrator.upgradable import Upgradable
 
@@ -65,6 +67,19 @@ class StepDefinition(Upgradable):
     timeout_s: float | None = Field(default=None, gt=0, description="per attempt: the task's deadline")
 
 
+class GroupDefinition(Upgradable):
+    """Steps that run in parallel, all joined before the next stage. A branch sees the outputs of the stages
+    before the group, not those of its siblings; each has its own retry and compensation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=_NAME)
+    parallel: list[StepDefinition] = Field(min_length=2, max_length=16)
+
+
+MAX_STEPS = 64
+
+
 class WorkflowDefinition(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
@@ -72,32 +87,64 @@ class WorkflowDefinition(Upgradable):
     description: str = ""
     input_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"},
                                          description="JSON Schema of the saga's input")
-    steps: list[StepDefinition] = Field(min_length=1, max_length=64)
+    steps: list[StepDefinition | GroupDefinition] = Field(
+        min_length=1, max_length=MAX_STEPS, description="stages, in order: a step, or a group of parallel steps")
+
+    @model_validator(mode="after")
+    def _few_enough_steps(self) -> WorkflowDefinition:
+        if len(self.leaves()) > MAX_STEPS:
+            raise ValueError(f"steps: at most {MAX_STEPS} steps in all, groups' branches included")
+        return self
+
+    def stages(self) -> list[list[StepDefinition]]:
+        """The steps by stage: each stage's steps run together; a stage starts when the one before succeeded."""
+        return [stage.parallel if isinstance(stage, GroupDefinition) else [stage] for stage in self.steps]
+
+    def leaves(self) -> list[StepDefinition]:
+        """Every step, in order (a group's branches in theirs)."""
+        return [step for stage in self.stages() for step in stage]
 
     def problems(self, tools: Collection[str]) -> dict[str, str]:
         """Why this definition cannot run, by field; empty when it can."""
         found: dict[str, str] = {}
-        seen: set[str] = set()
-        for i, step in enumerate(self.steps):
-            where = f"steps.{i}"
-            if step.name in seen:
-                found[f"{where}.name"] = f"step name {step.name!r} is used twice"
-            calls = [(f"{where}", step.tool, step.input, seen)]
-            if step.compensation is not None:
-                calls.append((f"{where}.compensation", step.compensation.tool, step.compensation.input,
-                              seen | {step.name}))
-            for path, tool, template, visible in calls:
-                if tool not in tools:
-                    found[f"{path}.tool"] = f"unknown tool {tool!r}"
-                for ref in references(template):
-                    problem = _bad_reference(ref, visible)
-                    if problem:
-                        found[f"{path}.input"] = problem
-            seen.add(step.name)
+        seen: set[str] = set()  # the steps of the stages before this one
+        names: set[str] = set()
+        for i, stage in enumerate(self.steps):
+            if isinstance(stage, GroupDefinition):
+                if stage.name in names:
+                    found[f"steps.{i}.name"] = f"name {stage.name!r} is used twice"
+                names.add(stage.name)
+                branches = [(f"steps.{i}.parallel.{j}", step) for j, step in enumerate(stage.parallel)]
+            else:
+                branches = [(f"steps.{i}", stage)]
+            for where, step in branches:
+                if step.name in names:
+                    found[f"{where}.name"] = f"step name {step.name!r} is used twice"
+                names.add(step.name)
+                found.update(_call_problems(where, step, seen, tools))
+            seen.update(step.name for _, step in branches)
         return found
 
     def step(self, name: str) -> StepDefinition:
-        return next(s for s in self.steps if s.name == name)
+        return next(s for s in self.leaves() if s.name == name)
+
+
+def _call_problems(where: str, step: StepDefinition, seen: Collection[str], tools: Collection[str]) -> dict[str, str]:
+    """A step's and its compensation's unknown tools and bad references; a compensation also sees its step's
+    output."""
+    calls = [(where, step.tool, step.input, seen)]
+    if step.compensation is not None:
+        calls.append((f"{where}.compensation", step.compensation.tool, step.compensation.input,
+                      {*seen, step.name}))
+    found: dict[str, str] = {}
+    for path, tool, template, visible in calls:
+        if tool not in tools:
+            found[f"{path}.tool"] = f"unknown tool {tool!r}"
+        for ref in references(template):
+            problem = _bad_reference(ref, visible)
+            if problem:
+                found[f"{path}.input"] = problem
+    return found
 
 
 def references(template: Any) -> list[str]:
@@ -248,6 +295,8 @@ class SagaState(BaseModel):
     error: str | None = None
     cancel_requested: bool = False
     steps: list[StepState]
+    rerun_of: str | None = Field(default=None, description="the saga this one re-runs (`rerun_saga`)")
+    reruns: list[str] = Field(default_factory=list, description="the sagas that re-run this one, oldest first")
     created_at: float
     updated_at: float
     finished_at: float | None = None
@@ -263,7 +312,26 @@ def new_saga(saga_id: str, definition: WorkflowDefinition, saga_input: dict[str,
              quota_exempt: bool = False) -> SagaState:
     return SagaState(saga_id=saga_id, workflow=definition.name, definition=definition, input=saga_input,
                      priority=priority, agent=agent, tenant=tenant, quota_exempt=quota_exempt,
-                     steps=[StepState(name=s.name) for s in definition.steps], created_at=now, updated_at=now)
+                     steps=[StepState(name=s.name) for s in definition.leaves()], created_at=now, updated_at=now)
+
+
+RERUNNABLE = (SagaStatus.FAILED, SagaStatus.CANCELLED)
+
+
+def rerun(original: SagaState, saga_id: str, now: float, *, saga_input: dict[str, Any] | None = None,
+          priority: int | None = None, agent: str | None = None, quota_exempt: bool = False) -> SagaState:
+    """A new saga that takes up a failed or cancelled one where it stopped, with its definition: a step that
+    completed and was not undone keeps its output and attempts (it does not run again); every other step — the
+    one that failed, those never reached, and completed ones a compensation undid — runs again."""
+    assert original.status in RERUNNABLE, original.status
+    state = new_saga(saga_id, original.definition, original.input if saga_input is None else saga_input,
+                     original.priority if priority is None else priority, now, agent or original.agent,
+                     original.tenant, quota_exempt)
+    kept = {s.name: s for s in original.steps
+            if s.status is StepStatus.SUCCEEDED and s.compensation is CompensationStatus.NONE}
+    state.steps = [kept[s.name].model_copy(deep=True) if s.name in kept else s for s in state.steps]
+    state.rerun_of = original.saga_id
+    return state
 
 
 # ---------------------------------------------------------------- commands
@@ -314,12 +382,16 @@ class Fail:
 
 @dataclass(frozen=True, slots=True)
 class Sleep:
+    """A step's (or compensation's) backoff before its next attempt."""
+
+    step: str
+    compensation: bool
     until: float
 
 
 @dataclass(frozen=True, slots=True)
 class Settle:
-    """The saga's status changes (to compensating, or to a final status)."""
+    """The saga's status changes (to compensating, or to a final status); nothing else is in flight."""
 
     status: SagaStatus
 
@@ -327,55 +399,85 @@ class Settle:
 Command = Submit | Await | Cancel | Fail | Sleep | Settle
 
 
-def next_command(state: SagaState, now: float) -> Command | None:
-    """What the coordinator must do next for this saga; None once it is finished."""
+def command_key(command: Command) -> tuple[str, bool]:
+    """What a command acts on — a step, or its compensation (the saga itself for Settle): the coordinator runs one
+    command per key at a time."""
+    if isinstance(command, Settle):
+        return "", False
+    if isinstance(command, Cancel):
+        return command.step, False
+    return command.step, command.compensation
+
+
+def next_commands(state: SagaState, now: float) -> list[Command]:
+    """What the coordinator must do next for this saga, all at once (one command per step of the running stage,
+    each for a different key); empty once it is finished."""
     if state.status.finished:
-        return None
+        return []
     if state.status is SagaStatus.RUNNING:
         return _forward(state, now)
     return _backward(state, now)
 
 
-def _forward(state: SagaState, now: float) -> Command:
-    for step_def, step in zip(state.definition.steps, state.steps, strict=True):
-        if step.status is StepStatus.SUCCEEDED:
+def _forward(state: SagaState, now: float) -> list[Command]:
+    for stage in state.definition.stages():
+        steps = [(step_def, _step(state, step_def.name)) for step_def in stage]
+        if all(step.status is StepStatus.SUCCEEDED for _, step in steps):
             continue
-        if step.status is StepStatus.RUNNING:
-            current = step.attempts[-1]
-            if current.accepted:
-                assert current.task_id is not None
-                if state.cancel_requested:
-                    return Cancel(step.name, current.task_id, current.key)
-                return Await(step.name, False, current.task_id)
-            # Saved before its submit, acceptance unknown: the same id (and key) finds the task if it exists.
-            return _submit(state, step_def, step, False, current.key, current.task_id)
-        if state.cancel_requested:
-            return Settle(SagaStatus.COMPENSATING)
-        if step.retry_at is not None and now < step.retry_at:
-            return Sleep(step.retry_at)
-        return _submit(state, step_def, step, False, f"saga:{state.saga_id}:{step.name}:{len(step.attempts) + 1}")
-    if state.cancel_requested:  # the last step finished as the cancel came: it is undone like the others
-        return Settle(SagaStatus.COMPENSATING)
-    return Settle(SagaStatus.SUCCEEDED)
+        commands = [command for step_def, step in steps if (command := _advance(state, step_def, step, now))]
+        # Nothing to do only when a cancel came and none of the stage's steps is in flight: undo what completed.
+        return commands or [Settle(SagaStatus.COMPENSATING)]
+    if state.cancel_requested:  # the last stage finished as the cancel came: it is undone like the others
+        return [Settle(SagaStatus.COMPENSATING)]
+    return [Settle(SagaStatus.SUCCEEDED)]
 
 
-def _backward(state: SagaState, now: float) -> Command:
-    """Compensate completed steps, last first, one at a time."""
-    for step_def, step in reversed(list(zip(state.definition.steps, state.steps, strict=True))):
+def _advance(state: SagaState, step_def: StepDefinition, step: StepState, now: float) -> Command | None:
+    """The next command of one step of the running stage; None for a step done, or not started and cancelled."""
+    if step.status is StepStatus.SUCCEEDED:
+        return None
+    if step.status is StepStatus.RUNNING:
+        return _in_flight(state, step_def, step, stop=state.cancel_requested)
+    if state.cancel_requested:
+        return None
+    if step.retry_at is not None and now < step.retry_at:
+        return Sleep(step.name, False, step.retry_at)
+    return _submit(state, step_def, step, False, f"saga:{state.saga_id}:{step.name}:{len(step.attempts) + 1}")
+
+
+def _in_flight(state: SagaState, step_def: StepDefinition, step: StepState, stop: bool) -> Command:
+    """A running step: wait for its task (cancel it first when `stop`); if its submit's acceptance is unknown,
+    submit the saved intent again — the same id (and key) finds the task if it exists."""
+    current = step.attempts[-1]
+    if not current.accepted:
+        return _submit(state, step_def, step, False, current.key, current.task_id)
+    assert current.task_id is not None
+    return Cancel(step.name, current.task_id, current.key) if stop else Await(step.name, False, current.task_id)
+
+
+def _backward(state: SagaState, now: float) -> list[Command]:
+    """First stop the steps still running beside the one that failed (their outcome stands: one that completes
+    is undone too), then compensate completed steps, last first, one at a time."""
+    leaves = list(zip(state.definition.leaves(), state.steps, strict=True))
+    running = [_in_flight(state, step_def, step, stop=True) for step_def, step in leaves
+               if step.status is StepStatus.RUNNING]
+    if running:
+        return running
+    for step_def, step in reversed(leaves):
         if step.compensation is CompensationStatus.RUNNING:
             current = step.compensation_attempts[-1]
             if current.accepted:
                 assert current.task_id is not None
-                return Await(step.name, True, current.task_id)
-            return _submit(state, step_def, step, True, current.key, current.task_id)
+                return [Await(step.name, True, current.task_id)]
+            return [_submit(state, step_def, step, True, current.key, current.task_id)]
         if step.compensation is CompensationStatus.PENDING:
             if step.retry_at is not None and now < step.retry_at:
-                return Sleep(step.retry_at)
+                return [Sleep(step.name, True, step.retry_at)]
             key = f"saga:{state.saga_id}:undo:{step.name}:{len(step.compensation_attempts) + 1}"
-            return _submit(state, step_def, step, True, key)
+            return [_submit(state, step_def, step, True, key)]
     if any(s.compensation is CompensationStatus.FAILED for s in state.steps):
-        return Settle(SagaStatus.FAILED_COMPENSATION)
-    return Settle(SagaStatus.CANCELLED if state.cancel_requested else SagaStatus.FAILED)
+        return [Settle(SagaStatus.FAILED_COMPENSATION)]
+    return [Settle(SagaStatus.CANCELLED if state.cancel_requested else SagaStatus.FAILED)]
 
 
 def _submit(state: SagaState, step_def: StepDefinition, step: StepState, compensation: bool, key: str,
@@ -436,15 +538,16 @@ def on_submitted(state: SagaState, step_name: str, compensation: bool, task_id: 
     return state
 
 
-def on_withdrawn(state: SagaState, step_name: str, now: float) -> SagaState:
-    """The saga was cancelled while its step's task was held (refused, so never written): the step is cancelled
-    without having run, and the completed steps are compensated."""
+def on_withdrawn(state: SagaState, step_name: str, cancelled: bool, now: float) -> SagaState:
+    """The saga was cancelled (`cancelled`), or a step beside this one failed, while this step's task was held
+    (refused, so never written): the step is cancelled without having run, and the completed steps are
+    compensated."""
     state = state.model_copy(deep=True)
     step = _step(state, step_name)
     current = step.attempts[-1]
     current.status, current.finished_at = AttemptStatus.WITHDRAWN.value, now
     step.status, step.error, step.finished_at = StepStatus.CANCELLED, "cancelled before its task was accepted", now
-    state.cancel_requested, state.updated_at = True, now
+    state.cancel_requested, state.updated_at = state.cancel_requested or cancelled, now
     _begin_compensation(state)
     return state
 
@@ -460,13 +563,8 @@ def on_task_lost(state: SagaState, step_name: str, compensation: bool, now: floa
     state.updated_at = now
     if compensation:
         step.compensation, step.compensation_error = CompensationStatus.FAILED, error
-    elif state.cancel_requested:
-        step.status, step.error, step.finished_at = StepStatus.CANCELLED, error, now
-        _begin_compensation(state)
     else:
-        step.status, step.error, step.finished_at = StepStatus.FAILED, error, now
-        state.error = f"step {step_name!r} failed: {error}"
-        _begin_compensation(state)
+        _step_ended(state, step, StepStatus.CANCELLED if state.cancel_requested else StepStatus.FAILED, error, now)
     return state
 
 
@@ -484,24 +582,33 @@ def on_task_finished(state: SagaState, step_name: str, compensation: bool, statu
         _compensation_finished(step, step_def.compensation.retry, status == "succeeded", error, now)
     elif status == "succeeded":
         step.status, step.output, step.error, step.finished_at = StepStatus.SUCCEEDED, output, None, now
+        if state.status is not SagaStatus.RUNNING:  # it completed beside a step that failed: undone too
+            _begin_compensation(state)
     elif status == "cancelled" or state.cancel_requested:
-        step.status, step.error, step.finished_at = StepStatus.CANCELLED, error, now
-        _begin_compensation(state)
-    elif len(attempts) < step_def.retry.max_attempts:
+        _step_ended(state, step, StepStatus.CANCELLED, error, now)
+    elif state.status is SagaStatus.RUNNING and len(attempts) < step_def.retry.max_attempts:
         step.status, step.error = StepStatus.PENDING, error
         step.retry_at = now + step_def.retry.backoff_s * 2 ** (len(attempts) - 1)
     else:
-        step.status, step.error, step.finished_at = StepStatus.FAILED, error, now
-        state.error = f"step {step_name!r} failed: {error}"
-        _begin_compensation(state)
+        _step_ended(state, step, StepStatus.FAILED, error, now)
     return state
 
 
+def _step_ended(state: SagaState, step: StepState, status: StepStatus, error: str | None, now: float) -> None:
+    """A step ended without completing: the saga goes back (the first failure is the saga's error)."""
+    step.status, step.error, step.finished_at = status, error, now
+    if status is StepStatus.FAILED and state.error is None:
+        state.error = f"step {step.name!r} failed: {error}"
+    _begin_compensation(state)
+
+
 def _begin_compensation(state: SagaState) -> None:
-    """Every completed step that can be undone gets a pending compensation."""
+    """Every completed step that can be undone and is not yet being undone gets a pending compensation (again for
+    a step that completes while the saga is already going back)."""
     state.status = SagaStatus.COMPENSATING
-    for step_def, step in zip(state.definition.steps, state.steps, strict=True):
-        if step.status is StepStatus.SUCCEEDED and step_def.compensation is not None:
+    for step_def, step in zip(state.definition.leaves(), state.steps, strict=True):
+        if (step.status is StepStatus.SUCCEEDED and step_def.compensation is not None
+                and step.compensation is CompensationStatus.NONE):
             step.compensation = CompensationStatus.PENDING
 
 
@@ -526,9 +633,7 @@ def on_failed_to_render(state: SagaState, command: Fail, now: float) -> SagaStat
     if command.compensation:
         step.compensation, step.compensation_error = CompensationStatus.FAILED, command.error
     else:
-        step.status, step.error, step.finished_at = StepStatus.FAILED, command.error, now
-        state.error = f"step {command.step!r} failed: {command.error}"
-        _begin_compensation(state)
+        _step_ended(state, step, StepStatus.FAILED, command.error, now)
     return state
 
 

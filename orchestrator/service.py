@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from orchestrator.adapters.stats_store import StatsStore, finished_task, stats_arg
-from orchestrator.adapters.task_store import Submission, TaskStore
+from orchestrator.adapters.task_store import Submission, TaskStore, accepted_status
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, merge, series, summarize
 from orchestrator.auth import Principal, max_priority, quota_of
@@ -93,7 +93,7 @@ class TaskService:
         submit = self._submitter.submit(Submission(task, children, quota))
         if not params.wait:
             task_id, duplicate = await submit
-            status = TaskStatus.QUEUED if not duplicate else (await self._store.get(task_id)).status
+            status = accepted_status(task) if not duplicate else (await self._store.get(task_id)).status
             return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
         timeout_s = min(params.wait, limits.max_wait_s)
         with self._waiter.watch(task.task_id) as watch:  # watching before submit: no finish slips by
@@ -105,7 +105,7 @@ class TaskService:
                 record = await self._wait(watch, timeout_s, check_first=True)
         if record is not None and record.status.finished:
             return record
-        status = record.status if record is not None else TaskStatus.QUEUED
+        status = record.status if record is not None else accepted_status(task)
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
 
     async def get_task(self, task_id: str, who: Principal) -> TaskRecord:
@@ -116,7 +116,7 @@ class TaskService:
         return record
 
     async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:
-        """Cancel a queued task at once; ask the router to interrupt a running one."""
+        """Cancel a queued or scheduled task at once; ask the router to interrupt a running one."""
         record = await self.get_task(task_id, who)
         now = self._clock()
         ending = record.model_copy(update={"status": TaskStatus.CANCELLED, "finished_at": now})

@@ -133,6 +133,10 @@ class ToolSettings(Upgradable):
     worker_type: WorkerType = "reasoning"
     description: str = ""
     preemptible: bool = True
+    priority: int = Field(default=5, ge=0, le=10, description="a task's priority when the call names none")
+    task_support: Literal["forbidden", "optional", "required"] = Field(
+        default="optional", description="MCP Tasks: optional (a call of a client that opted in answers with a task), "
+        "required (only such calls), forbidden (every call runs within the request)")
     # mcp, python and ml kinds: the published input schema (mcp: imported from the server's tools/list)
     input_schema: dict[str, Any] | None = None
     # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)
@@ -264,6 +268,9 @@ class LimitSettings(Upgradable):
     max_active_tasks: int = Field(default=1_000_000, ge=1, description="queued + running; beyond it submits are "
                                   "refused (each shard takes an equal share)")
     queue_full_retry_after_s: float = Field(default=1.0, ge=0)
+    max_schedules_per_tenant: int = Field(default=100, ge=1, description="schedules one tenant may have")
+    max_delay_s: float = Field(default=30 * 86_400.0, gt=0, description="how far ahead a delayed task's not_before "
+                               "(or delay_s) may be")
 
 
 SCOPES = ("submit", "read", "admin", "metrics", "urgent")
@@ -343,6 +350,10 @@ class RouterSettings(Upgradable):
     aging_interval_s: float = Field(
         default=30.0, ge=0, description="each interval waited raises a queued task's priority by one, up to 9; 0 = off"
     )
+    schedule_interval_s: float = Field(default=0.2, gt=0, description="how often the pools lease holder fires "
+                                       "due schedules")
+    promote_interval_s: float = Field(default=0.05, gt=0, le=1, description="a router looks for delayed tasks "
+                                      "come due at least this often (and wakes for the next one due)")
 
 
 class Settings(BaseSettings):

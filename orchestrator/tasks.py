@@ -50,6 +50,7 @@ class TaskSpec:
     agent: str | None = None  # as the caller declared it
     tenant: str | None = None  # as its API key says (None: auth off)
     deadline: float | None = None
+    not_before: float | None = None  # delayed: scheduled until then
     idempotency_key: str | None = None
     parent: str | None = None
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
@@ -58,6 +59,11 @@ class TaskSpec:
     def owner(self) -> str:
         """Whom fairness and analytics count the task under: its tenant, else (auth off) its agent."""
         return self.tenant or self.agent or ""
+
+    @property
+    def ready_at(self) -> float:
+        """When it could first run: accepted, or (delayed) its not_before. Queue wait counts from here."""
+        return max(self.created_at, self.not_before or self.created_at)
 
     @property
     def prompt(self) -> str | None:

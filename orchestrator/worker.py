@@ -314,7 +314,7 @@ class Runner:
             tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
             self._finished[shard].append(FinishedTask(
                 worker_type=task.worker_type, tool=task.tool, tenant=task.tenant, agent=task.agent, status=status,
-                e2e_ms=(now - task.created_at) * 1000, wait_ms=(taken.first_started_at - task.created_at) * 1000,
+                e2e_ms=(now - task.ready_at) * 1000, wait_ms=(taken.first_started_at - task.ready_at) * 1000,
                 run_ms=(now - attempt.started_at) * 1000, preemptions=taken.preemptions,
                 retries=max(0, taken.attempt - 1 - taken.preemptions - taken.attempts_base),
                 tokens=tokens if isinstance(tokens, int) else 0))

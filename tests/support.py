@@ -1,4 +1,4 @@
-"""Test helpers: free ports, a redis-server and a Redis Cluster the tests own, polling with a deadline."""
+"""Test helpers: free ports, ASGI apps served on them, redis-servers and a Redis Cluster, polling with a deadline."""
 
 from __future__ import annotations
 
@@ -7,18 +7,45 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
+import uvicorn
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def served(app: Any, ready_path: str, startup_timeout_s: float = 10) -> Iterator[str]:
+    """An ASGI app served by uvicorn on a free loopback port in a background thread; yields its URL once
+    `ready_path` answers."""
+    # We bind and listen ourselves: the port is known up front and early connections wait in the backlog.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"served-{port}", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        # One request with a deadline: it is answered as soon as the server accepts from the backlog.
+        httpx.get(f"{url}{ready_path}", timeout=startup_timeout_s).raise_for_status()
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def alive(pid: int) -> bool:

@@ -38,6 +38,10 @@ class ShardKeys:
         """Sorted set: tenant → the virtual time its next task at this level starts at (fair queueing)."""
         return f"{self.tag}:f:{worker_type}:{priority}"
 
+    def due(self, worker_type: str) -> str:
+        """Sorted set of the delayed (`scheduled`) tasks of one worker type, by the time they become ready (ms)."""
+        return f"{self.tag}:due:{worker_type}"
+
     @property
     def clocks(self) -> str:
         """Hash: `<worker type>:<priority>` → the level's virtual time (of the task popped last); `seq` → the
@@ -171,6 +175,32 @@ class Keys:
     def pool_fence(self) -> str:
         return f"{{{self.prefix}:pools}}:fence"
 
+    # --- schedules: fired by the holder of the pools lease, so they share its tag (the fence is checked in the
+    # same script that advances a schedule) -----------------------------------------------------------------
+
+    def schedule(self, schedule_id: str) -> str:
+        """Hash: a schedule — `spec` (its definition, JSON), `tenant`, `next_ms` (its next tick), `paused`,
+        `last_task`, `fired`, `skipped`, `created_ms`."""
+        return f"{{{self.prefix}:pools}}:schedule:{schedule_id}"
+
+    def schedule_runs(self, schedule_id: str) -> str:
+        """List: a schedule's latest fires, newest first (`[tick_ms, task_id]`, JSON)."""
+        return f"{{{self.prefix}:pools}}:schedule_runs:{schedule_id}"
+
+    @property
+    def schedules_due(self) -> str:
+        """Sorted set: active schedule id → its next tick (ms): what the firer reads."""
+        return f"{{{self.prefix}:pools}}:schedules_due"
+
+    def schedules_of(self, tenant: str | None) -> str:
+        """Sorted set: a tenant's schedules → when each was created (ms)."""
+        return f"{{{self.prefix}:pools}}:schedules_of:{tenant or ''}"
+
+    @property
+    def schedule_tenants(self) -> str:
+        """Set: the tenants that have schedules (an admin's listing walks them)."""
+        return f"{{{self.prefix}:pools}}:schedule_tenants"
+
     @property
     def pool_sizes(self) -> str:
         """Hash: worker type → workers wanted (set by control or the SLA policy; survives router restarts)."""
@@ -214,6 +244,10 @@ class Keys:
     def saga(self, saga_id: str) -> str:
         """The saga's state (JSON), rewritten after every transition."""
         return f"{self._sagas}:saga:{saga_id}"
+
+    def saga_reruns(self, saga_id: str) -> str:
+        """List: the sagas that re-run this one, oldest first (expires with the saga)."""
+        return f"{self._sagas}:reruns:{saga_id}"
 
     @property
     def active_sagas(self) -> str:

@@ -50,9 +50,19 @@ class SagaStore:
             saga_id, duplicate = await self._scripts.run(
                 "saga_create", {"idempotency": idempotency, "saga": self._keys.saga(state.saga_id),
                                 "active": self._keys.active_sagas},
-                {"saga_id": state.saga_id, "state": state.model_dump_json(), "has_key": "1" if idempotency_key else "0",
+                {"saga_id": state.saga_id, "state": _stored(state), "has_key": "1" if idempotency_key else "0",
                  "idempotency_ttl_s": self._idempotency_ttl_s})
+            if state.rerun_of is not None and not duplicate:
+                await self._link_rerun(state.rerun_of, saga_id)
         return saga_id, bool(duplicate)
+
+    async def _link_rerun(self, original_id: str, saga_id: str) -> None:
+        """Name the new saga in the list of the original's reruns, expiring with the original."""
+        reruns = self._keys.saga_reruns(original_id)
+        async with self._redis.pipeline(transaction=True) as tx:
+            tx.rpush(reruns, saga_id)
+            tx.expire(reruns, self._retention_s)
+            await tx.execute()
 
     async def save(self, state: SagaState) -> None:
         """Persist a transition; a finished saga leaves the active set and expires after the retention."""
@@ -60,20 +70,25 @@ class SagaStore:
         with storage_errors():
             async with self._redis.pipeline(transaction=True) as tx:
                 if state.status.finished:
-                    tx.set(key, state.model_dump_json(), ex=self._retention_s)
+                    tx.set(key, _stored(state), ex=self._retention_s)
                     tx.srem(self._keys.active_sagas, state.saga_id)
                     tx.srem(self._keys.cancelled_sagas, state.saga_id)
                 else:
-                    tx.set(key, state.model_dump_json())
+                    tx.set(key, _stored(state))
                     tx.sadd(self._keys.active_sagas, state.saga_id)
                 await tx.execute()
 
     async def load(self, saga_id: str) -> SagaState:
         with storage_errors():
-            raw = await self._redis.get(self._keys.saga(saga_id))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self._keys.saga(saga_id))
+                pipe.lrange(self._keys.saga_reruns(saga_id), 0, -1)
+                raw, reruns = await pipe.execute()
         if raw is None:
             raise SagaNotFoundError(saga_id)
-        return SagaState.model_validate_json(raw)
+        state = SagaState.model_validate_json(raw)
+        state.reruns = list(reruns)
+        return state
 
     async def request_cancel(self, saga_id: str) -> bool:
         """Record a cancel request durably (a restarted coordinator still sees it); False if the saga is not
@@ -105,3 +120,9 @@ class SagaStore:
         with storage_errors():
             entries = await self._redis.xrevrange(self._keys.saga_dead_letters, count=count)
         return [dict(fields) for _, fields in entries]
+
+
+def _stored(state: SagaState) -> str:
+    """The saga's JSON as stored; its reruns are kept beside it (each rerun appends itself without rewriting the
+    original's state) and read back by `load`."""
+    return state.model_dump_json(exclude={"reruns"})

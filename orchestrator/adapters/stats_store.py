@@ -77,14 +77,17 @@ class StatsStore:
 
 
 def finished_task(record: TaskRecord) -> FinishedTask:
-    """What analytics counts of a task that reached a final state."""
+    """What analytics counts of a task that reached a final state. A delayed task's latencies count from its
+    not_before (or, cancelled before it, from its acceptance)."""
     finished_at = record.finished_at or record.created_at
+    not_before = record.not_before or 0.0
+    ready_at = max(record.created_at, not_before if not_before <= finished_at else 0.0)
     usage = record.result.get("usage") if isinstance(record.result, dict) else None
     tokens = usage.get("total_tokens", 0) if isinstance(usage, dict) else 0
     return FinishedTask(
         worker_type=record.worker_type, tool=record.tool, tenant=record.tenant, agent=record.agent,
         status=record.status.value,
-        e2e_ms=(finished_at - record.created_at) * 1000,
+        e2e_ms=(finished_at - ready_at) * 1000,
         wait_ms=record.queue_wait_ms, run_ms=record.run_ms,
         retries=max(0, record.attempts - 1 - record.preemptions), preemptions=record.preemptions,
         tokens=tokens if isinstance(tokens, int) else 0,

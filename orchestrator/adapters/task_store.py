@@ -170,7 +170,7 @@ class TaskStore:
             max_active: the whole store's limit of unfinished tasks (each shard takes its share).
         """
         per_shard = -(-max_active // self.shards)
-        payload = [[codec.submitted(s.task, TaskStatus.QUEUED), s.task.idempotency_key or "",
+        payload = [[codec.submitted(s.task, accepted_status(s.task)), s.task.idempotency_key or "",
                     self._settings.idempotency_ttl_s, (s.quota.max_active_tasks or 0) if s.quota else 0,
                     (s.quota.submits_per_s or 0) if s.quota else 0, s.quota.submit_burst if s.quota else 1,
                     [codec.submitted(c, TaskStatus.WAITING) for c in s.children]] for s in items]
@@ -284,6 +284,24 @@ class TaskStore:
             row = {p: sum(int(next(replies)) for _ in range(self.shards)) for p in PRIORITIES}
             matrix[worker_type] = {p: n for p, n in row.items() if n}
         return matrix
+
+    async def scheduled(self, worker_types: Sequence[str]) -> dict[str, int]:
+        """Delayed tasks not yet due per worker type, over every shard."""
+        with storage_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for worker_type in worker_types:
+                    for shard in range(self.shards):
+                        pipe.zcard(self.keys.shard(shard).due(worker_type))
+                replies = iter(await pipe.execute())
+        return {t: sum(int(next(replies)) for _ in range(self.shards)) for t in worker_types}
+
+    async def promote(self, shard: int, worker_types: Sequence[str], now: float, limit: int,
+                      urgent_priority: int) -> tuple[int, float | None]:
+        """Queue a shard's delayed tasks come due (at most `limit` per worker type); how many, and when the next
+        one left is due (None: none is scheduled)."""
+        promoted, next_due = await self._run("promote", shard, now, {
+            "worker_types": codec.dumps(list(worker_types)), "limit": limit, "urgent_priority": urgent_priority})
+        return int(promoted), None if next_due is None else int(next_due) / 1000
 
     # --- operator state (single keys) ----------------------------------------------------------
 
@@ -535,6 +553,7 @@ class TakePolicy:
     aging_interval_s: float
     fixed_tools: frozenset[str] = frozenset()  # may not be preempted
     restarting_tools: frozenset[str] = frozenset()  # cannot resume from a checkpoint
+    urgent_priority: int = 10  # a delayed task at or above it, promoted by a take, is announced for preemption
 
 
 @dataclass(frozen=True, slots=True)
@@ -553,7 +572,14 @@ class TakeRequest:
                 "fixed_tools": codec.dumps(dict.fromkeys(policy.fixed_tools, True)),
                 "restarting_tools": codec.dumps(dict.fromkeys(policy.restarting_tools, True)),
                 "aging_ms": codec.to_ms(policy.aging_interval_s), "cap": AGING_CAP,
-                "dead_letter_code": DeadLetterError.code, "parent_failed_code": ParentFailedError.code}
+                "dead_letter_code": DeadLetterError.code, "parent_failed_code": ParentFailedError.code,
+                "urgent_priority": policy.urgent_priority}
+
+
+def accepted_status(task: TaskSpec) -> TaskStatus:
+    """A task's status once accepted: a delayed one is scheduled (even if its time came meanwhile: the next
+    promotion queues it), any other queued."""
+    return TaskStatus.QUEUED if task.not_before is None else TaskStatus.SCHEDULED
 
 
 def _settle_args(items: Sequence[Settlement], stats: str) -> dict[str, Any]:

@@ -39,10 +39,24 @@ STEPS = {"name": "steps", "steps": [
     {"name": "three", "tool": "gate", "input": gated("{{ saga.id }}.three")},
 ]}
 
+FAN = {"name": "fan", "steps": [
+    {"name": "prepare", "tool": "gate", "input": gated("{{ saga.id }}.prepare", False),
+     "compensation": {"tool": "gate", "input": gated("{{ saga.id }}.undo-prepare", False)}},
+    {"name": "branches", "parallel": [
+        {"name": "left", "tool": "gate", "input": gated("{{ saga.id }}.left"),
+         "compensation": {"tool": "gate", "input": gated("{{ saga.id }}.undo-left")}},
+        {"name": "right", "tool": "gate", "input": {**gated("{{ saga.id }}.right"), "fail": True},
+         "compensation": {"tool": "gate", "input": gated("{{ saga.id }}.undo-right", False)}},
+        {"name": "slow", "tool": "gate", "input": gated("{{ saga.id }}.slow"),
+         "compensation": {"tool": "gate", "input": gated("{{ saga.id }}.undo-slow", False)}},
+    ]},
+    {"name": "after", "tool": "gate", "input": gated("{{ saga.id }}.after", False)},
+]}
+
 
 @pytest.fixture(scope="module")
 def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
-    settings = make_settings(redis_server.url, tools={"gate": GATE_TOOL}, workflows={"steps": STEPS})
+    settings = make_settings(redis_server.url, tools={"gate": GATE_TOOL}, workflows={"steps": STEPS, "fan": FAN})
     with deployed(settings, ray_session) as running:
         yield running
 
@@ -54,8 +68,8 @@ def store(system: Deployed) -> Iterator[redis.Redis]:
     client.close()
 
 
-def start(system: Deployed, directory: Path) -> str:
-    return str(result(system.base_url, "run_saga", {"workflow": "steps", "input": {"dir": str(directory)}})["saga_id"])
+def start(system: Deployed, directory: Path, workflow: str = "steps") -> str:
+    return str(result(system.base_url, "run_saga", {"workflow": workflow, "input": {"dir": str(directory)}})["saga_id"])
 
 
 def running(system: Deployed, saga_id: str, step: str, compensation: bool = False) -> dict[str, Any]:
@@ -154,3 +168,33 @@ def test_a_step_in_flight_runs_once_after_its_idempotency_key_expired(
         assert state["status"] == "succeeded", state
         assert [a["task_id"] for a in steps(state)["two"]["attempts"]] == [attempt["task_id"]]
         assert runs(tmp_path)[f"{saga_id}.two"] == 1
+
+
+def test_a_failed_branch_stops_its_siblings_and_completed_steps_are_undone_once_across_kills(
+        system: Deployed, tmp_path: Path) -> None:
+    saga_id = start(system, tmp_path, "fan")
+    branches = {name: running(system, saga_id, name) for name in ("left", "right", "slow")}  # all three at once
+    release(tmp_path, f"{saga_id}.left")
+    wait_until(lambda: steps(saga_state(system, saga_id))["left"]["status"] == "succeeded", 30, "left to succeed")
+
+    pid = freeze_coordinator(system)  # right fails and nobody is there to see it
+    release(tmp_path, f"{saga_id}.right")
+    wait_until(lambda: task_status(system, branches["right"]["task_id"]) == "failed", 30, "right to fail")
+    kill_coordinator(system, pid)
+    undo_left = running(system, saga_id, "left", compensation=True)  # slow was cancelled first, then left undone
+    assert task_status(system, branches["slow"]["task_id"]) == "cancelled"
+
+    kill_coordinator(system, freeze_coordinator(system))  # again, with a compensation in flight
+    release(tmp_path, f"{saga_id}.undo-left")
+    state = settled(system, saga_id, 30)
+    assert state["status"] == "failed" and state["error"] == f"step 'right' failed: RuntimeError: {saga_id}.right failed"
+    by_name = steps(state)
+    assert {name: by_name[name]["status"] for name in ("left", "right", "slow", "after")} == {
+        "left": "succeeded", "right": "failed", "slow": "cancelled", "after": "pending"}
+    assert [a["task_id"] for a in by_name["left"]["compensation_attempts"]] == [undo_left["task_id"]]
+    assert by_name["left"]["compensation_attempts"][0]["finished_at"] <= by_name["prepare"]["compensation_attempts"][
+        0]["started_at"]  # in reverse
+    assert {name.split(".", 1)[1]: n for name, n in runs(tmp_path).items()} == {
+        "prepare": 1, "left": 1, "right": 1, "undo-left": 1, "undo-prepare": 1}  # slow never finished its work
+    workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}
+    assert [b["name"] for b in workflows["fan"]["steps"][1]["parallel"]] == ["left", "right", "slow"]

@@ -342,7 +342,8 @@ def test_unfinished_tasks_are_capped_per_tenant_children_included(system: Deploy
     before = stored_records(system)
     refused = error(system, "tiny", "run_task", echo("3"))
     assert refused["code"] == -32013 and "tiny" in refused["message"]
-    assert refused["data"] == {"retryable": True, "retry_after_s": 1.0, "quota": "max_active_tasks", "limit": 2}
+    assert refused["data"] == {"retryable": True, "tenant": "tiny", "retry_after_s": 1.0, "quota": "max_active_tasks",
+                               "limit": 2}
     assert stored_records(system) == before  # nothing half-written
     assert ok(system, "alice", "run_task", echo("another tenant is not held up"))["status"] == "queued"
     ok(system, "tiny", "cancel_task", {"task_id": first})

@@ -159,7 +159,8 @@ def test_rpc_discover_publishes_the_enforced_schemas(orchestrator: Deployed) -> 
         assert tools["echo"]["input_schema"]["required"] == ["prompt"]
         assert tools["autotune"]["kind"] == "ml" and "dataset" in tools["autotune"]["input_schema"]["properties"]
         params = {p["name"]: p for p in methods["run_task"]["params"]}
-        assert ("input" in params) == (version == 2) and ("prompt" in params) == (version == 1)
+        assert ("input" in params) == (version == 2) and "prompt" in params  # v2: the shorthand for input.prompt
+        assert params["prompt"]["required"] == (version == 1)
         # Assemble the published params schema and check it agrees with the server on good and bad params.
         schema = {"type": "object", "additionalProperties": False,
                   "properties": {name: p["schema"] for name, p in params.items()},

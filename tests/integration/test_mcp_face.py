@@ -23,7 +23,9 @@ from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"run_task", "get_task", "cancel_task", "status", "run_saga", "get_saga", "list_workflows"}
+TOOLS = {"run_task", "get_task", "cancel_task", "status", "run_saga", "get_saga", "cancel_saga", "rerun_saga",
+         "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule", "resume_schedule",
+         "delete_schedule"}
 HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hello {{ input.who }}"}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}},
@@ -75,7 +77,9 @@ async def test_initialize_lists_the_tools_with_the_json_rpc_params_schemas(syste
         assert client.protocol_version == "2025-11-25"
         assert client.server_info is not None and client.server_info.name == "mcp-orchestrator"
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
-    assert TOOLS <= set(tools) <= TOOLS | {"analytics"}
+    management = {name for name, tool in tools.items() if tool.execution and tool.execution.task_support == "forbidden"}
+    assert TOOLS <= management <= TOOLS | {"analytics"}
+    assert {"echo", "llm", "hello", "code_pipeline"} <= set(tools)  # every tool and workflow too
     assert all(tool.description for tool in tools.values())
     assert tools["run_task"].input_schema == RunTaskParamsV2.model_json_schema()
     openrpc = result(system.base_url, "rpc.discover", path="v2/rpc")

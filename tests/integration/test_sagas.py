@@ -80,6 +80,9 @@ WORKFLOWS = {
          "compensation": {"tool": "flaky-undo", "input": {"prompt": "undo"}, "retry": {"max_attempts": 2}}},
         echo_step("two", 3000, timeout_s=0.3, undo=None),
     ]},
+    "resumable": {"name": "resumable", "steps": [
+        echo_step("one", undo=None), echo_step("two"), echo_step("three", "{{ input.three_ms }}", timeout_s=0.5),
+    ]},
     "deploy_then_fail": {"name": "deploy_then_fail", "steps": [
         {"name": "deploy", "tool": "artifacts",
          "input": {"action": "publish", "artifact": "{{ input.artifact }}", "content": "{{ input.content }}"},
@@ -245,6 +248,30 @@ def test_coordinator_killed_mid_saga_resumes_without_rerunning_steps(system: Dep
     assert len(effect_lines(effects, saga_id)) == 3
 
 
+def test_a_failed_saga_is_rerun_from_where_it_stopped(system: Deployed, effects: Path) -> None:
+    failed_id = run_saga(system, "resumable", {"three_ms": 5000})  # three times out
+    failed = saga_state_cache[failed_id] = settled(system, failed_id)
+    assert failed["status"] == "failed" and steps(failed)["two"]["compensation"] == "succeeded"
+    before = len(effect_lines(effects, failed_id))
+
+    again = result(system.base_url, "rerun_saga", {"saga_id": failed_id, "input": {"three_ms": 0}})
+    assert again["status"] == "running" and again["saga_id"] != failed_id
+    rerun = saga_state_cache[again["saga_id"]] = settled(system, again["saga_id"])
+    assert rerun["status"] == "succeeded" and rerun["rerun_of"] == failed_id and rerun["input"] == {"three_ms": 0}
+    assert saga_state(system, failed_id)["reruns"] == [again["saga_id"]]
+    kept, redone = steps(rerun), steps(failed)
+    assert kept["one"]["attempts"] == redone["one"]["attempts"]  # completed, nothing undone: not run again
+    assert [a["task_id"] for a in kept["two"]["attempts"]] != [a["task_id"] for a in redone["two"]["attempts"]]
+    new_effects = set(effect_lines(effects, again["saga_id"])) - set(effect_lines(effects, failed_id))
+    assert len(new_effects) == 2  # two and three ran again; one's effect is the original's, done once
+    assert len(effect_lines(effects, failed_id)) == before == 3  # one, two, undo two: untouched
+
+    refused = rpc(system.base_url, "rerun_saga", {"saga_id": again["saga_id"]})
+    assert refused["error"]["code"] == -32602
+    assert refused["error"]["data"]["fields"] == {
+        "params.saga_id": f"saga {again['saga_id']} is succeeded: only a failed or cancelled saga can be re-run"}
+
+
 def test_deploy_is_undone_by_restoring_the_previous_version(system: Deployed) -> None:
     ok = run_saga(system, "deploy_then_fail", {"artifact": "site", "content": "v1", "smoke_ms": 0})
     assert settled(system, ok)["status"] == "succeeded"
@@ -303,7 +330,7 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     assert absent["error"]["code"] == -32009
     workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}
     assert [s["name"] for s in workflows["code_pipeline"]["steps"]][-1] == "deploy"
-    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail"}
+    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail", "resumable"}
 
 
 # ---------------------------------------------------------------- a tool that finishes when released
@@ -311,7 +338,7 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
 
 async def gate(tool_input: dict[str, Any]) -> dict[str, Any]:
     """A test tool (kind python): when `gated`, waits until released (`<dir>/<name>.go` exists); then logs the run
-    in `<dir>/runs.log`, one line per run — a step run twice shows twice."""
+    in `<dir>/runs.log`, one line per run — a step run twice shows twice — and fails if told to (`fail`)."""
     directory, name = Path(tool_input["dir"]), str(tool_input["name"])
     deadline = time.monotonic() + 120
     while tool_input.get("gated") and not (directory / f"{name}.go").exists():
@@ -320,6 +347,8 @@ async def gate(tool_input: dict[str, Any]) -> dict[str, Any]:
         await asyncio.sleep(0.02)  # the work itself: busy until released (or cancelled)
     with (directory / "runs.log").open("a") as log:  # O_APPEND: one whole line per write
         log.write(f"{name}\n")
+    if tool_input.get("fail"):
+        raise RuntimeError(f"{name} failed")
     return {"name": name}
 
 
@@ -413,6 +442,9 @@ def test_a_tenant_beyond_its_running_sagas_waits_while_another_tenants_run(tenan
     dropped = start_one_step(tenants, "alice", tmp_path, "alice-3", gated=False)
     as_tenant(tenants, "alice", "cancel_saga", {"saga_id": dropped})  # settles now, not once there is room
     assert tenant_settled(tenants, "alice", dropped)["status"] == "cancelled"
+    bobs_try = httpx.post(f"{tenants.base_url}/v2/rpc", headers={"authorization": f"Bearer {TOKENS['bob']}"},
+                          json={"jsonrpc": "2.0", "id": 1, "method": "rerun_saga", "params": {"saga_id": dropped}})
+    assert bobs_try.json()["error"]["code"] == -32009  # another tenant's saga is not found
     assert tenant_saga(tenants, "alice", first)["status"] == "running"
     release(tmp_path, "alice-1")
     assert tenant_settled(tenants, "alice", first)["status"] == "succeeded"

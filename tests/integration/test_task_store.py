@@ -112,7 +112,8 @@ async def test_queue_full_refuses_without_writing_anything(store: TaskStore) -> 
     await accept(store, spec(), max_active=1)
     refused = spec()
     [outcome] = await accept(store, refused, max_active=1)
-    assert isinstance(outcome, QueueFullError) and outcome.data() == {"retryable": True, "retry_after_s": 2.0}
+    assert isinstance(outcome, QueueFullError) and outcome.data() == {"retryable": True, "active": 1, "limit": 1,
+                                                                "retry_after_s": 2.0}
     assert not await store.redis.exists(store.keys.shard(0).task(refused.task_id))
 
 

@@ -39,9 +39,35 @@ def test_v2_input_and_deadline() -> None:
     assert task.input == {"prompt": "p", "steps": 3} and task.deadline == deadline.timestamp()
 
 
+def test_v2_prompt_alone_is_the_specification_form_read_as_v1() -> None:
+    params = RunTaskParamsV2.model_validate({"tool": "echo", "prompt": "hi", "priority": 7,
+                                             "context": {"delay_ms": 5, "trace": "abc"}})
+    task, _ = build_task(params, SETTINGS, 0)
+    assert task.input == {"prompt": "hi", "delay_ms": 5} and task.context == {"delay_ms": 5, "trace": "abc"}
+    assert task.prompt == "hi" and task.priority == 7
+
+
+def test_v2_prompt_beside_input_is_input_prompt_and_context_stays_free_form() -> None:
+    params = RunTaskParamsV2(tool="echo", prompt="hi", input={"steps": 2}, context={"delay_ms": 5})
+    task, _ = build_task(params, SETTINGS, 0)
+    assert task.input == {"steps": 2, "prompt": "hi"} and task.context == {"delay_ms": 5}
+
+
+def test_a_call_naming_no_priority_gets_the_tools_default() -> None:
+    settings = Settings(tools={"echo": {"priority": 2}})
+    assert build_task(RunTaskParamsV2(tool="echo", prompt="x"), settings, 0)[0].priority == 2
+    assert build_task(RunTaskParamsV2(tool="echo", prompt="x", priority=5), settings, 0)[0].priority == 5
+    assert build_task(RunTaskParams(tool="echo", prompt="x"), SETTINGS, 0)[0].priority == 5
+
+
 @pytest.mark.parametrize(
     ("params", "fields"),
     [
+        (RunTaskParamsV2(tool="echo", prompt="x", input={"prompt": "y"}), {"params.prompt"}),
+        (RunTaskParamsV2(tool="echo"), {"params.input"}),
+        (RunTaskParamsV2(tool="echo", prompt="x" * 11, input={}), {"params.prompt"}),
+        (RunTaskParamsV2(tool="autotune", prompt="x", input={"model": "svc", "dataset": "iris", "search": {}}),
+         {"params.prompt"}),
         (RunTaskParams(tool="nope", prompt="x"), {"params.tool"}),
         (RunTaskParams(tool="echo", prompt="x" * 11), {"params.prompt"}),
         (RunTaskParams(tool="echo", prompt="x", context={"steps": 0}), {"params.context.steps"}),

@@ -318,7 +318,7 @@ async def test_request_context_reaches_the_handler(rpc: Dispatcher) -> None:
 async def test_a_method_needs_its_scope_before_its_params_are_looked_at(rpc: Dispatcher, recorder: Recorder) -> None:
     ctx = RequestContext(principal=READER)
     forbidden = err(-32012, "forbidden: admin_sum needs an API key with scope 'admin'",
-                    {"retryable": False, "scope": "admin"}, 1)
+                    {"retryable": False, "method": "admin_sum", "scope": "admin"}, 1)
     for params in ({"a": 1}, {"a": "x"}):
         body = {"jsonrpc": "2.0", "method": "admin_sum", "params": params, "id": 1}
         assert await call(rpc, body, ctx=ctx) == forbidden
@@ -457,9 +457,9 @@ async def test_path_method(rpc: Dispatcher) -> None:
 
 async def test_orchestrator_errors_keep_their_code(rpc: Dispatcher) -> None:
     reply = await call(rpc, {"jsonrpc": "2.0", "method": "fail", "id": 1})
-    assert reply == err(-32001, "task t-1 not found", {"retryable": False}, id=1)
+    assert reply == err(-32001, "task t-1 not found", {"retryable": False, "task_id": "t-1"}, id=1)
     reply = await call(rpc, {"jsonrpc": "2.0", "method": "fail", "params": ["queue_full"], "id": 2})
-    data = {"retryable": True, "retry_after_s": 2.5}
+    data = {"retryable": True, "active": 10, "limit": 10, "retry_after_s": 2.5}
     assert reply == err(-32002, "queue full: 10 tasks active, limit 10; retry later", data, id=2)
     reply = await call(rpc, {"jsonrpc": "2.0", "method": "fail", "params": ["invalid"], "id": 3})
     assert reply == err(-32602, "Invalid params", {"fields": {"params.tool": "no such tool"}}, id=3)
@@ -494,7 +494,7 @@ async def test_lone_surrogates_in_replies_stay_valid_utf8(rpc: Dispatcher) -> No
 
 
 def test_to_jsonrpc_error_mapping() -> None:
-    expected = {"code": -32001, "message": "task x not found", "data": {"retryable": False}}
+    expected = {"code": -32001, "message": "task x not found", "data": {"retryable": False, "task_id": "x"}}
     assert to_jsonrpc_error(TaskNotFoundError("x")) == expected
     expected = {"code": -32602, "message": "Invalid params", "data": {"fields": {"params.a": "required"}}}
     assert to_jsonrpc_error(InvalidParamsError({"params.a": "required"})) == expected

@@ -2,13 +2,14 @@
 -- Cancel a task: one not running (queued, preempted, waiting) is cancelled at once, its waiting children too;
 -- a running one is flagged, for its worker to interrupt (or for the next take, if its worker is gone).
 -- Returns the status after, or false if there is no such task.
--- USES: common
+-- USES: common, due
 -- KEYS: active
 -- ARGV: task_id, stats, parent_failed_code
 local rec = load(task_id)
 if not rec then return false end
-if rec.s == 'queued' or rec.s == 'preempted' or rec.s == 'waiting' then
+if rec.s == 'queued' or rec.s == 'preempted' or rec.s == 'waiting' or rec.s == 'scheduled' then
   redis.call('ZREM', level_key(rec.w, rec.p), rec.i)
+  unschedule(rec)  -- a delayed task, cancelled before it was due, leaves its due set in this same step
   finalize(rec, 'cancelled', '{}', parent_failed_code)
   count_stats(stats)
   announce()

@@ -10,7 +10,8 @@ local function head_of(w, p)
     return head_of(w, p)
   end
   -- a member name in quotes is matched only at the top level: client data is nested JSON text, its quotes escaped
-  return head, tonumber(string.match(raw, '"c":(%d+)'))
+  local created, ready = tonumber(string.match(raw, '"c":(%d+)')), string.match(raw, '"nb":(%d+)')
+  return head, ready and math.max(created, tonumber(ready)) or created  -- a delayed task ages from its not_before
 end
 
 -- The best level's priority and its rank {effective priority, -created, priority}, or nil when all are empty.

@@ -6,7 +6,7 @@
 --          second (0: none), its burst, {child record, …}}, …}
 -- Returns per item {task id, duplicate 1/0} or {false, refusal, figure}: queue_full (the shard's active
 -- tasks), max_active_tasks (the tenant's), submits_per_s (seconds until a submit would fit).
--- USES: common, meter
+-- USES: common, meter, due
 -- KEYS: active
 -- ARGV: items, max_active, urgent_priority
 local replies, urgent = {}, {}
@@ -36,13 +36,18 @@ local function accept(item)
     emit(child, 'waiting', cjson.encode({parent = rec.i}), true)
     save(child)
   end
-  enqueue(rec, true)
-  emit(rec, 'queued', '{"priority":' .. rec.p .. '}', true)
+  if rec.nb then  -- delayed: see due.lua
+    schedule(rec)
+    emit(rec, 'scheduled', string.format('{"priority":%d,"not_before":%.3f}', rec.p, rec.nb / 1000), true)
+  else
+    enqueue(rec, true)
+    emit(rec, 'queued', '{"priority":' .. rec.p .. '}', true)
+  end
   save(rec)
   redis.call('INCRBY', KEYS[1], n)
   count_tenant(rec, n)
   if idem ~= '' then redis.call('SET', idem_key, rec.i, 'EX', idem_ttl) end
-  if rec.p >= tonumber(urgent_priority) then urgent[rec.w] = true end
+  if rec.p >= tonumber(urgent_priority) and not rec.nb then urgent[rec.w] = true end
   return {rec.i, 0}
 end
 

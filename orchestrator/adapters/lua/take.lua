@@ -6,9 +6,9 @@
 -- what it holds from its pending entries.
 -- Returns {taken, settled, duplicate}: taken = {entry id, record, parent's result or ''} per task; settled =
 -- records of tasks finished here (for analytics).
--- USES: common, levels
+-- USES: common, levels, due
 -- KEYS: active
--- ARGV: worker_type, count, worker, take_seq, max_attempts, max_preemptions, fixed_tools, restarting_tools, aging_ms, cap, dead_letter_code, parent_failed_code
+-- ARGV: worker_type, count, worker, take_seq, max_attempts, max_preemptions, fixed_tools, restarting_tools, aging_ms, cap, dead_letter_code, parent_failed_code, urgent_priority
 local takes = tag .. ':takes'
 if redis.call('HGET', takes, worker) == take_seq then return {{}, {}, 1} end
 -- The delivery stream and its group come first: XREADGROUP failing after the pops would strand the tasks
@@ -17,6 +17,7 @@ if redis.call('EXISTS', tag .. ':tasks') == 0 then
   redis.call('XGROUP', 'CREATE', tag .. ':tasks', 'workers', '0', 'MKSTREAM')
 end
 redis.call('HSET', takes, worker, take_seq)
+promote_due(worker_type, 100, tonumber(urgent_priority))  -- delayed tasks come due compete in this very take
 aging_ms, count = tonumber(aging_ms), tonumber(count)
 local fixed = cjson.decode(fixed_tools)  -- tools that may not be preempted
 local restarting = cjson.decode(restarting_tools)  -- tools that cannot resume from a checkpoint
@@ -24,8 +25,10 @@ local taken, settled, entries = {}, {}, {}
 
 local function start(rec)
   local attempt = (rec.at or 0) + 1
-  rec.at, rec.s, rec.wk, rec.st, rec.pv = attempt, 'running', worker, now, nil
-  rec.fs = rec.fs or now
+  -- `now` was read before this script ran: a delayed task promoted meanwhile (at its due time) starts no earlier
+  local started = math.max(now, rec.nb or 0)
+  rec.at, rec.s, rec.wk, rec.st, rec.pv = attempt, 'running', worker, started, nil
+  rec.fs = rec.fs or started
   local resumed = 'null'
   if rec.cp and restarting[rec.t] then  -- it cannot resume: the next attempt starts from zero
     rec.rs = (rec.rs or 0) + 1

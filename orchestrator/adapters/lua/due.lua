@@ -1,0 +1,34 @@
+-- Delayed tasks (shared by the scripts that schedule, promote or cancel them; loaded after `common`). A
+-- `scheduled` task waits in its worker type's due set (score: its not_before, ms), in no queue: it holds no slot
+-- and no process remembers it. Promotion queues it as a new arrival at that moment (its fair place among the
+-- tasks queued by then; aging counts from its not_before), in the same script that takes it out of the due set,
+-- so each task is promoted exactly once whoever runs it (a router's promote, a worker's take).
+local function due_key(w) return tag .. ':due:' .. w end
+
+local function schedule(rec)
+  rec.s = 'scheduled'
+  redis.call('ZADD', due_key(rec.w), rec.nb, rec.i)
+end
+
+local function unschedule(rec) redis.call('ZREM', due_key(rec.w), rec.i) end
+
+-- Queue up to `limit` tasks of worker type `w` come due (the pool manager is told of urgent ones); the number
+-- taken out of the due set, and the due time (ms, a string) of the next one, or nil.
+local function promote_due(w, limit, urgent_priority)
+  local key = due_key(w)
+  local ids = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)
+  local urgent = false
+  for _, id in ipairs(ids) do
+    redis.call('ZREM', key, id)
+    local rec = load(id)
+    if rec and rec.s == 'scheduled' then
+      rec.s = 'queued'
+      enqueue(rec, true)
+      emit(rec, 'queued', '{"priority":' .. rec.p .. '}')
+      save(rec)
+      urgent = urgent or rec.p >= urgent_priority
+    end
+  end
+  if urgent then redis.call('PUBLISH', prefix .. ':urgent', w) end
+  return #ids, redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+end
