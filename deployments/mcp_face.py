@@ -60,9 +60,9 @@ Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
 """Sends one progress notification (a no-op when the request carried no progressToken)."""
 
-TOOLS = ("run_task", "get_task", "cancel_task", "status", "analytics", "run_saga", "get_saga", "cancel_saga",
-         "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule",
-         "resume_schedule", "delete_schedule")
+TOOLS = ("run_task", "get_task", "cancel_task", "rerun_task", "status", "analytics", "run_saga", "get_saga",
+         "cancel_saga", "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules",
+         "pause_schedule", "resume_schedule", "delete_schedule")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
 
 READ_ONLY = frozenset({"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule",

@@ -23,6 +23,7 @@ from orchestrator.models import (
     ListSchedulesResult,
     ListWorkflowsParams,
     RerunSagaParams,
+    RerunTaskParams,
     RunSagaParams,
     RunSagaResult,
     RunTaskParams,
@@ -152,6 +153,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def cancel_task(params: Any, ctx: RequestContext) -> CancelTaskResult:
         return await service.cancel_task(cast(TaskIdParams, params).task_id, ctx.principal)
 
+    async def rerun_task(params: Any, ctx: RequestContext) -> RunTaskResult:
+        return await service.rerun_task(cast(RerunTaskParams, params), ctx.principal)
+
     async def status(params: Any, ctx: RequestContext) -> StatusResult:
         return await service.status(ctx.principal)
 
@@ -176,6 +180,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
                get_task, READ),
         Method("cancel_task", TaskIdParams, CancelTaskResult,
                "Cancel a queued task at once, or interrupt a running one.", cancel_task, SUBMIT),
+        Method("rerun_task", RerunTaskParams, RunTaskResult,
+               "Run a finished task again as a new task linked both ways (rerun_of / reruns); input and priority "
+               "may change.", rerun_task, SUBMIT),
         Method("status", StatusParams, StatusResult, "Pools, workers, queue depths and tools.", status, READ),
         Method("control", ControlParams, ControlResult,
                "Operator actions: scale, drain, pause/resume a pool, preempt or cancel a task, dead letters, "

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
@@ -25,7 +26,7 @@ from rich.text import Text
 from orchestrator import auth, local
 from orchestrator.errors import InvalidParamsError, OrchestratorError, ProtocolError, RpcError
 from orchestrator.local import Appendfsync, CliError, Layout, State
-from orchestrator.models import TaskRecord, TaskStatus
+from orchestrator.models import ScheduleState, TaskRecord, TaskStatus
 from orchestrator.settings import ApiKeySettings, Settings
 
 if TYPE_CHECKING:
@@ -59,6 +60,11 @@ keys_app = typer.Typer(
     "hashes one you have.",
     no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+schedules_app = typer.Typer(
+    help="Schedules: a task fired on a cron expression (in a timezone) or an interval, each tick exactly once "
+    "(`create`, `list`, `show`, `pause`, `resume`, `delete`).",
+    no_args_is_help=True)
+app.add_typer(schedules_app, name="schedules")
 Url = Annotated[str | None, typer.Option(help="orchestrator URL (default: the one `up` started)")]
 DirectRedis = Annotated[str | None, typer.Option(
     "--redis-url", help="work on this Redis directly instead of through the API (no admin key needed: whoever "
@@ -375,6 +381,82 @@ def _narrow_table(title: str, columns: list[str], rows: list[list[str]], fold: s
 _TEXT_COLUMNS = frozenset({"status", "tool", "tenant", "worker", "state"})
 
 
+@schedules_app.command("create")
+def schedules_create(
+    tool: Annotated[str, typer.Argument(metavar="TOOL", help="the tool each tick runs")],
+    tool_input: Annotated[str, typer.Argument(metavar="INPUT", help="the tool's input, JSON")],
+    cron: Annotated[str | None, typer.Option(help='5 fields, e.g. "*/15 9-17 * * 1-5"')] = None,
+    timezone: Annotated[str, typer.Option(help="IANA name, for --cron")] = "UTC",
+    interval: Annotated[str | None, typer.Option(help="instead of --cron: 30s, 5m, 2h, 1d")] = None,
+    priority: Annotated[int, typer.Option(min=0, max=10)] = 5,
+    name: Annotated[str | None, typer.Option()] = None,
+    overlap: Annotated[str, typer.Option(help="skip, queue or cancel_previous")] = "queue",
+    catch_up: Annotated[str, typer.Option(help="none, latest or all")] = "latest",
+    url: Url = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """Create a schedule (`create_schedule`); prints it with its next ticks."""
+    try:
+        parsed = json.loads(tool_input)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"INPUT is not JSON: {exc}.") from None
+    options: dict[str, Any] = {"cron": cron, "timezone": timezone, "priority": priority, "name": name,
+                               "overlap": overlap, "catch_up": catch_up}
+    if interval is not None:
+        options["interval_s"] = _parse_duration(interval, "--interval")
+    with _api(url, api_key) as client:
+        made = client.create_schedule(tool, parsed, **{k: v for k, v in options.items() if v is not None})
+    _print_schedules([made], as_json)
+
+
+@schedules_app.command("list")
+def schedules_list(
+    tenant: Annotated[str | None, typer.Option(help="admin keys: one tenant's")] = None,
+    url: Url = None,
+    api_key: ApiKey = None,
+    as_json: AsJson = False,
+) -> None:
+    """The schedules of your tenant (an admin: every tenant's), newest first."""
+    with _api(url, api_key) as client:
+        _print_schedules(client.list_schedules(tenant), as_json)
+
+
+def _schedule_command(action: str, doc: str) -> None:
+    def command(schedule_id: Annotated[str, typer.Argument(metavar="SCHEDULE_ID")], url: Url = None, api_key: ApiKey = None,
+                as_json: AsJson = False) -> None:
+        with _api(url, api_key) as client:
+            if action == "delete":
+                client.delete_schedule(schedule_id)
+                out.print(f"deleted schedule {schedule_id}: it fires no more (its tasks stay).", markup=False)
+                return
+            _print_schedules([getattr(client, f"{action}_schedule")(schedule_id)], as_json)
+
+    command.__doc__ = doc
+    schedules_app.command("show" if action == "get" else action)(command)
+
+
+for _action, _doc in (("get", "A schedule: its next ticks, counts and latest fires."),
+                      ("pause", "Stop firing (ticks that fall while paused never fire)."),
+                      ("resume", "Fire again, from the next tick after now."),
+                      ("delete", "Delete a schedule.")):
+    _schedule_command(_action, _doc)
+
+
+def _print_schedules(found: list[ScheduleState], as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=[s.model_dump(mode="json") for s in found])
+        return
+    rows = [[s.schedule_id, s.spec.name or "", s.spec.cron or f"every {s.spec.interval_s:g}s", s.spec.tool,
+             "paused" if s.paused else _clock(s.next_ms / 1000), str(s.fired)] for s in found]
+    out.print(_narrow_table(f"{len(found)} schedule{'' if len(found) == 1 else 's'} (next: UTC; --json has all)",
+                            ["schedule", "name", "when", "tool", "next", "fired"], rows, fold="name"))
+
+
+def _clock(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%m-%d %H:%M:%S")
+
+
 @app.command("_daemon", hidden=True)
 def daemon(
     host: Annotated[str, typer.Option()],
@@ -567,7 +649,7 @@ def _keys(params: dict[str, Any], url: str | None, redis_url: str | None, api_ke
         raise CliError(f"cannot use Redis at {local.redact_url(redis_url)}: {exc}.") from None
 
 
-def _parse_duration(text: str) -> float:
+def _parse_duration(text: str, option: str = "--ttl") -> float:
     value, unit = text.strip(), ""
     if value and value[-1].lower() in _DURATION_UNITS_S:
         value, unit = value[:-1], value[-1].lower()
@@ -576,13 +658,11 @@ def _parse_duration(text: str) -> float:
     except ValueError:
         seconds = -1.0
     if not seconds > 0:
-        raise CliError(f"--ttl {text!r}: give a positive duration, e.g. 3600, 90m, 12h, 30d or 2w.")
+        raise CliError(f"{option} {text!r}: give a positive duration, e.g. 3600, 90m, 12h, 30d or 2w.")
     return seconds
 
 
 def _parse_time(text: str) -> str:
-    from datetime import datetime
-
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:

@@ -45,6 +45,8 @@ FIELDS: tuple[Field, ...] = (
     Field("idempotency_key", "k", "str"),
     Field("parent", "pa", "str"),
     Field("children", "ch", "ids"),
+    Field("rerun_of", "ro", "str"),
+    Field("reruns", "rr", "ids"),  # appended by link_rerun.lua
     Field("created_at", "c", "ms"),
     # as it runs
     Field("status", "s", "str"),
@@ -132,7 +134,7 @@ def submitted(task: TaskSpec, status: TaskStatus) -> str:
 
 
 SPEC_FIELDS = ("task_id", "tool", "worker_type", "priority", "input", "context", "v1", "agent", "tenant", "deadline",
-               "not_before", "idempotency_key", "parent", "children", "created_at")
+               "not_before", "idempotency_key", "parent", "children", "rerun_of", "created_at")
 
 
 def spec_of(stored: Mapping[str, Any], parent_result: Any = None) -> TaskSpec:
@@ -150,6 +152,7 @@ def record_of(text: str) -> TaskRecord:
     task_input = values.get("input", {})
     values["prompt"] = task_input.get("prompt") if values.pop("v1", False) else None
     values["children"] = list(values.get("children", ()))
+    values["reruns"] = list(values.get("reruns", ()))
     first_started = values.pop("first_started_at", None)
     if first_started is not None:
         ready_at = max(values["created_at"], values.get("not_before") or 0)

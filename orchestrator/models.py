@@ -216,6 +216,8 @@ class TaskRecord(BaseModel):
     worker: str | None = None
     parent: str | None = Field(default=None, description="the task whose result this one received")
     children: list[str] = Field(default_factory=list, description="tasks that run when this one succeeds")
+    rerun_of: str | None = Field(default=None, description="the finished task this one runs again (`rerun_task`)")
+    reruns: list[str] = Field(default_factory=list, description="the tasks that run this one again, oldest first")
     progress: Any = None
     idempotency_key: str | None = None
     deadline: float | None = Field(default=None, description="unix seconds")
@@ -226,6 +228,17 @@ class TaskRecord(BaseModel):
     queue_wait_ms: float | None = Field(default=None, description="acceptance (a delayed task: its not_before) to "
                                         "first start")
     run_ms: float | None = Field(default=None, description="the latest attempt's run time")
+
+
+class RerunTaskParams(Params):
+    """Run a finished task again as a new task linked both ways (`rerun_of` / `reruns`): its tool, input, context
+    and priority unless given here."""
+
+    task_id: str = Field(min_length=1, max_length=64)
+    input: JsonObject | None = Field(default=None, description="instead of the original's (checked as run_task v2)")
+    priority: Priority | None = None
+    idempotency_key: IdempotencyKey | None = None
+    agent: Agent | None = None
 
 
 class RunTaskResult(BaseModel):

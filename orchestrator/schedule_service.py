@@ -75,7 +75,7 @@ class ScheduleService:
         now = self._clock()
         spec = ScheduleSpec(**params.model_dump(), tenant=who.tenant, scopes=sorted(who.scopes),
                             created_by=who.key_id)
-        schedule_id = uuid.uuid4().hex
+        schedule_id = uuid.uuid4().hex[:16]  # 64 random bits: ids stay short in listings
         first = Timing(spec.cron, spec.timezone, spec.interval_s, now).after(now)
         await self._store.create(schedule_id, spec, first, now, self._settings.limits.max_schedules_per_tenant)
         return await self.get_schedule(schedule_id, who)

@@ -23,6 +23,7 @@ from orchestrator.models import (
     DeadLetter,
     InjectParams,
     InjectResult,
+    RerunTaskParams,
     RouterOverview,
     RunTaskParams,
     RunTaskParamsV2,
@@ -81,7 +82,8 @@ class TaskService:
         self._circuits = circuits  # the providers' circuit breakers, as the ingress reads them
         self._submitter = Submitter(store, settings, clock)
 
-    async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal) -> RunTaskResult | TaskRecord:
+    async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal,
+                       rerun_of: str | None = None) -> RunTaskResult | TaskRecord:
         """Accept a task of the caller's tenant (durably, before answering; within the tenant's quota unless the
         caller is an admin); with `wait`, answer with the record once finished."""
         quota = quota_of(who, self._settings.auth)
@@ -89,6 +91,8 @@ class TaskService:
         limit = max_priority(who, quota, self._settings.router.preempt_threshold)
         task, children = build_task(params, self._settings, self._clock(), who.tenant, shard, limit,
                                     operator=who.admin or who.internal)
+        if rerun_of is not None:
+            task = replace(task, rerun_of=rerun_of)
         limits = self._settings.limits
         submit = self._submitter.submit(Submission(task, children, quota))
         if not params.wait:
@@ -107,6 +111,22 @@ class TaskService:
             return record
         status = record.status if record is not None else accepted_status(task)
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
+
+    async def rerun_task(self, params: RerunTaskParams, who: Principal) -> RunTaskResult:
+        """Run a finished task the caller may see again, as a new task of the caller's, linked both ways. Its
+        fanout children are not run again (the new task's own result is what counts)."""
+        original = await self.get_task(params.task_id, who)
+        if not original.status.finished:
+            raise InvalidParamsError({"params.task_id": f"task {original.task_id} is {original.status.value}: only "
+                                                        "a finished task can be re-run"})
+        again = RunTaskParamsV2(
+            tool=original.tool, input=original.input if params.input is None else params.input,
+            priority=original.priority if params.priority is None else params.priority, context=original.context,
+            idempotency_key=params.idempotency_key, agent=params.agent or original.agent)
+        accepted = await self.run_task(again, who, rerun_of=original.task_id)
+        assert isinstance(accepted, RunTaskResult)
+        await self._store.link_rerun(original.task_id, accepted.task_id, self._clock())  # a retry links again
+        return accepted
 
     async def get_task(self, task_id: str, who: Principal) -> TaskRecord:
         """The task's record, if the caller may see it: another tenant's task is "not found", like a missing one."""

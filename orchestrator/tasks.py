@@ -54,6 +54,7 @@ class TaskSpec:
     idempotency_key: str | None = None
     parent: str | None = None
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
+    rerun_of: str | None = None  # `rerun_task`: the finished task this one runs again
 
     @property
     def owner(self) -> str:

@@ -242,6 +242,10 @@ class TaskStore:
             "task_id": task_id, "priority": "" if priority is None else priority,
             "input": "" if task_input is None else codec.dumps(dict(task_input)), "who": who}))
 
+    async def link_rerun(self, task_id: str, rerun_id: str, now: float) -> None:
+        """Name `rerun_id` among the reruns of `task_id` (idempotent; nothing if the original expired)."""
+        await self._run("link_rerun", self._shard_of(task_id), now, {"task_id": task_id, "rerun_id": rerun_id})
+
     async def requeue(self, task_id: str, now: float) -> bool:
         """Put a dead-lettered task back in the queue with a fresh allowance of attempts."""
         return bool(await self._run("requeue_dead", self._shard_of(task_id), now, {"task_id": task_id}))

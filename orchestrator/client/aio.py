@@ -74,6 +74,11 @@ class AsyncClient:
         """The task's record once finished; TimeoutError after `timeout_s` (None: no limit)."""
         return await self._run(p.wait(task_id, timeout_s, self._retries, time.monotonic))
 
+    async def rerun_task(self, task_id: str, input: Mapping[str, Any] | None = None, *, priority: int | None = None,
+                   idempotency_key: str | None = None, agent: str | None = None) -> RunTaskResult:
+        """Run a finished task again as a new task linked both ways."""
+        return await self._do(p.rerun_task(task_id, input, priority, idempotency_key, agent))
+
     async def cancel_task(self, task_id: str) -> CancelTaskResult:
         return await self._do(p.cancel_task(task_id))
 

@@ -348,6 +348,13 @@ def cancel_saga(saga_id: str) -> Call[CancelSagaResult]:
     return Call("cancel_saga", {"saga_id": saga_id}, CancelSagaResult.model_validate, idempotent=True)
 
 
+def rerun_task(task_id: str, input: Mapping[str, Any] | None, priority: int | None,
+               idempotency_key: str | None, agent: str | None) -> Call[RunTaskResult]:
+    params = {"task_id": task_id, "input": input, "priority": priority, "agent": agent,
+              "idempotency_key": idempotency_key or f"client-{uuid.uuid4().hex}"}
+    return Call("rerun_task", _given(params), RunTaskResult.model_validate, idempotent=True)
+
+
 def rerun_saga(saga_id: str, input: Mapping[str, Any] | None, priority: int | None, idempotency_key: str | None,
                agent: str | None) -> Call[RunSagaResult]:
     params = {"saga_id": saga_id, "input": input, "priority": priority, "agent": agent,

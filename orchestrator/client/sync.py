@@ -72,6 +72,11 @@ class Client:
         """The task's record once finished; TimeoutError after `timeout_s` (None: no limit)."""
         return self._run(p.wait(task_id, timeout_s, self._retries, time.monotonic))
 
+    def rerun_task(self, task_id: str, input: Mapping[str, Any] | None = None, *, priority: int | None = None,
+                   idempotency_key: str | None = None, agent: str | None = None) -> RunTaskResult:
+        """Run a finished task again as a new task linked both ways."""
+        return self._do(p.rerun_task(task_id, input, priority, idempotency_key, agent))
+
     def cancel_task(self, task_id: str) -> CancelTaskResult:
         return self._do(p.cancel_task(task_id))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -186,8 +187,19 @@ def test_task_methods(system: Deployed) -> None:
         long = client.run_task("echo", "long", context={"delay_ms": 20_000, "steps": 20})
         with pytest.raises(TimeoutError, match=f"task {long.task_id} is still (queued|running) after 0.3 s"):
             client.wait(long.task_id, timeout_s=0.3)
+        with pytest.raises(InvalidParamsError) as running:  # only a finished task is re-run
+            client.rerun_task(long.task_id)
+        assert "only a finished task can be re-run" in running.value.fields["params.task_id"]
         assert client.cancel_task(long.task_id).task_id == long.task_id
         assert client.wait(long.task_id, timeout_s=30).status is TaskStatus.CANCELLED
+
+        redo = client.rerun_task(finished.task_id, {"prompt": "v2 again"}, idempotency_key="redo-once")
+        assert client.rerun_task(finished.task_id, idempotency_key="redo-once").task_id == redo.task_id  # a retry
+        rerun = client.wait(redo.task_id, 30)
+        assert rerun.result == {"text": "v2 again", "steps": 1} and rerun.rerun_of == finished.task_id
+        assert client.get_task(finished.task_id).reruns == [redo.task_id]  # linked once
+        short = client.wait(client.rerun_task(long.task_id, {"prompt": "short"}, priority=3).task_id, 30)
+        assert (short.result, short.priority, short.rerun_of) == ({"text": "short", "steps": 1}, 3, long.task_id)
 
 
 def test_saga_and_operator_methods(system: Deployed) -> None:
@@ -202,13 +214,14 @@ def test_saga_and_operator_methods(system: Deployed) -> None:
         again = client.rerun_saga(started.saga_id)  # cancelled: taken up where it stopped
         assert client.get_saga(again.saga_id).rerun_of == started.saga_id
         assert client.get_saga(started.saga_id).reruns == [again.saga_id]
+        wait_until(lambda: client.get_saga(again.saga_id).status.finished, 30, "the rerun to settle")
 
         made = client.create_schedule("echo", {"prompt": "tick"}, interval_s=1, name="heartbeat")
         wait_until(lambda: client.get_schedule(made.schedule_id).fired >= 1, 30, "a fire")
         assert client.pause_schedule(made.schedule_id).paused
         assert [s.spec.name for s in client.list_schedules()] == ["heartbeat"]
-        task_id = client.get_schedule(made.schedule_id).runs[0].task_id
-        assert client.wait(task_id, 30).result == {"text": "tick", "steps": 1}
+        for run in client.get_schedule(made.schedule_id).runs:  # (the next tests count active tasks)
+            assert client.wait(run.task_id, 30).result == {"text": "tick", "steps": 1}
         assert client.delete_schedule(made.schedule_id).deleted
         with pytest.raises(ScheduleNotFoundError):
             client.resume_schedule(made.schedule_id)
@@ -320,6 +333,26 @@ def test_events_of_an_unknown_task(system: Deployed) -> None:
 def run_cli(system: Deployed, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "orchestrator.cli", "run", "--url", system.base_url, *args],
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_the_schedules_commands(system: Deployed) -> None:
+    def schedules(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "orchestrator.cli", "schedules", *args, "--url", system.base_url],
+                              capture_output=True, text=True, timeout=120, check=False, env={**os.environ, "COLUMNS": "80"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    made = json.loads(schedules("create", "echo", '{"prompt": "nightly"}', "--cron", "30 2 * * *", "--timezone",
+                                "Europe/Berlin", "--name", "nightly", "--json"))[0]
+    assert made["spec"]["cron"] == "30 2 * * *" and len(made["upcoming"]) == 5
+    listed = schedules("list")
+    assert made["schedule_id"] in listed and "30 2 * * *" in listed and max(map(len, listed.splitlines())) <= 80
+    assert json.loads(schedules("pause", made["schedule_id"], "--json"))[0]["paused"] is True
+    assert "paused" in schedules("show", made["schedule_id"])
+    assert "deleted schedule" in schedules("delete", made["schedule_id"])
+    bad = subprocess.run([sys.executable, "-m", "orchestrator.cli", "schedules", "create", "echo", "{}", "--interval",
+                          "soon", "--url", system.base_url], capture_output=True, text=True, timeout=120, check=False)
+    assert bad.returncode == 1 and "--interval 'soon': give a positive duration" in bad.stderr
 
 
 def test_run_wait_exit_code_says_how_the_task_ended(system: Deployed) -> None:

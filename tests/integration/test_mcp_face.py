@@ -23,9 +23,9 @@ from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"run_task", "get_task", "cancel_task", "status", "run_saga", "get_saga", "cancel_saga", "rerun_saga",
-         "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule", "resume_schedule",
-         "delete_schedule"}
+TOOLS = {"run_task", "get_task", "cancel_task", "rerun_task", "status", "run_saga", "get_saga", "cancel_saga",
+         "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule",
+         "resume_schedule", "delete_schedule"}
 HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hello {{ input.who }}"}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}},
