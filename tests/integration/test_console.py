@@ -160,6 +160,18 @@ def test_a_running_task_is_cancelled_from_its_page(system: Deployed, page: Page)
     assert status_of(system, task_id) == "cancelled"
 
 
+def test_an_operator_preempts_a_running_task_from_its_page(system: Deployed, page: Page) -> None:
+    task_id = long_task(system, "alice", "preempt me")
+    try:
+        running(system, task_id)
+        login(page, system, "ops", f"ui/tasks/{task_id}")
+        page.get_by_role("button", name="Preempt").click()
+        expect(page.locator("#timeline li[data-type=preempted]")).to_be_visible(timeout=WAIT_MS)
+        wait_until(lambda: ok(system, "ops", "get_task", {"task_id": task_id})["preemptions"] == 1, 30, "a preemption")
+    finally:
+        ok(system, "ops", "cancel_task", {"task_id": task_id})
+
+
 def test_a_tenant_sees_only_its_own_tasks(system: Deployed, page: Page) -> None:
     alices, bobs = long_task(system, "alice", "alice's"), long_task(system, "bob", "bob's")
     try:
@@ -214,6 +226,9 @@ def test_an_operator_requeues_a_dead_letter_from_ops(system: Deployed, page: Pag
     pool.get_by_role("button", name="Resume").click()
     expect(pool.get_by_role("button", name="Pause")).to_be_visible(timeout=WAIT_MS)
     assert not paused(system, "codegen")
+    pool.get_by_label("SLA targets").fill('{"min_workers": 1, "max_workers": 1}')
+    pool.get_by_role("button", name="Set SLA targets").click()
+    expect(page.get_by_role("status")).to_contain_text('"max_workers":1', timeout=WAIT_MS)
 
 
 def paused(system: Deployed, pool: str) -> bool:

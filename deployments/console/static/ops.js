@@ -60,7 +60,9 @@ function safe(text) {
 }
 
 function control(btn, area, params, again) {
-  return act(btn, area, () => rpc("control", params), (answer) => `${params.action}: ${answer.done === false ? "not done" : "done"}`)
+  const outcome = (answer) => `${params.action}: ${answer.done === false ? "not done" : "done"}`
+    + (answer.sla_targets ? ` — targets now ${JSON.stringify(answer.sla_targets)}` : "");
+  return act(btn, area, () => rpc("control", params), outcome)
     .then(again);
 }
 
