@@ -17,6 +17,7 @@ from fastapi.security import HTTPBearer
 from ray import serve
 
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
+from deployments import console
 from deployments.http_auth import NOT_IN, caller, refusal
 from deployments.mcp_face import McpFace, SessionRegistry
 from orchestrator import api, events, metrics
@@ -124,7 +125,7 @@ class RpcIngress:
         self._stats = StatsStore(self._store.redis, settings.redis.prefix, settings.redis.shards, self._providers)
         self._gate = RedisProviderGate(self._store.redis, settings.redis.prefix)
         self._service = service = TaskService(settings, self._store, self._waiter, self._router, time.time,
-                                              self._stats)
+                                              self._stats, self._circuits)
         redis = settings.redis
         saga_store = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
         sagas = SagaService(settings, saga_store, ActorSagaCoordinatorClient(settings))
@@ -250,7 +251,7 @@ class RpcIngress:
             overview = await self._router.overview()
         except OrchestratorError:
             overview = None  # unreadable now: the counters still answer
-        circuits = {p: await self._gate.breaker_state(p) for p in self._providers}
+        circuits = await self._circuits()
         try:
             failures: dict[str, int] | None = await self._key_store.failures()
         except OrchestratorError:
@@ -258,6 +259,19 @@ class RpcIngress:
         text = metrics.render(metrics.families(await self._stats.totals(), overview, await self._store.counts(),
                                                circuits, failures))
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    # The web console: static files only; every call it makes goes to the API above, with the user's key.
+    @app.get("/ui", include_in_schema=False)
+    @app.get("/ui/", include_in_schema=False)
+    @app.get("/ui/ops", include_in_schema=False)
+    @app.get("/ui/tasks/{task_id}", include_in_schema=False)
+    @app.get("/ui/sagas/{saga_id}", include_in_schema=False)
+    async def console_page(self, request: Request) -> Response:
+        return console.page(request.scope.get("root_path", ""))
+
+    @app.get("/ui/static/{name}", include_in_schema=False)
+    async def console_static(self, name: str) -> Response:
+        return console.static(name)
 
     @app.get("/healthz", summary="Ready when Redis answers and a router manages the pools")
     async def healthz(self) -> JSONResponse:
@@ -273,6 +287,10 @@ class RpcIngress:
             logger.warning("health check: router not ready", exc_info=True)
         ok = all(checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
+
+    async def _circuits(self) -> dict[str, str]:
+        """Each LLM provider's circuit breaker: closed, open or half_open."""
+        return {p: await self._gate.breaker_state(p) for p in self._providers}
 
     async def _caller(self, request: Request, scope: str, what: str) -> Principal:
         """The request's caller, if it may do `what` (which needs `scope`); raises one of NOT_IN or ForbiddenError."""

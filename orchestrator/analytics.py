@@ -85,6 +85,13 @@ class AnalyticsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     window_s: int = Field(default=300, ge=60, le=86_400, description="the last this many seconds (whole minutes)")
+    series: bool = Field(default=False, description="also answer each minute's tasks and p95 latency (`series`)")
+
+
+class MinutePoint(BaseModel):
+    at: float = Field(description="the minute's start, unix seconds")
+    tasks: int = Field(description="tasks finished in that minute")
+    e2e_p95_ms: float | None = None
 
 
 class AnalyticsResult(BaseModel):
@@ -95,6 +102,7 @@ class AnalyticsResult(BaseModel):
     by_tool: dict[str, GroupStats]
     by_tenant: dict[str, GroupStats]
     utilisation: dict[str, float] = Field(default_factory=dict, description="busy slots / slots per pool, now")
+    series: list[MinutePoint] | None = Field(default=None, description="with `series`: every minute, oldest first")
 
 
 def summarize(merged: Mapping[str, int], window_s: float, since: float) -> AnalyticsResult:
@@ -111,6 +119,16 @@ def summarize(merged: Mapping[str, int], window_s: float, since: float) -> Analy
             by[kind][name] = figures
     return AnalyticsResult(window_s=int(window_s), since=since, overall=stats.get("all", GroupStats()),
                            by_worker_type=by["worker_type"], by_tool=by["tool"], by_tenant=by["tenant"])
+
+
+def series(per_minute: Iterable[Mapping[str, int]], since: float) -> list[MinutePoint]:
+    """Each minute's finished tasks and p95 end-to-end latency (of every group: the `all` counters)."""
+    points = []
+    for i, counters in enumerate(per_minute):
+        overall = {k.partition("|")[2]: int(v) for k, v in counters.items() if k.partition("|")[0] == "all"}
+        figures = _group(overall, 60)
+        points.append(MinutePoint(at=since + 60 * i, tasks=figures.tasks, e2e_p95_ms=figures.e2e_ms.p95))
+    return points
 
 
 def merge(hashes: Iterable[Mapping[str, str]]) -> dict[str, int]:

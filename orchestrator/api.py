@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult
-from orchestrator.auth import ADMIN, READ, SUBMIT
+from orchestrator.auth import ADMIN, ANONYMOUS, READ, SUBMIT
 from orchestrator.finder import Finder
 from orchestrator.jsonrpc import Method, RequestContext
 from orchestrator.key_service import KeyService
@@ -41,11 +41,14 @@ from orchestrator.models import (
     StatusResult,
     TaskIdParams,
     TaskRecord,
+    WhoamiParams,
+    WhoamiResult,
 )
 from orchestrator.saga import SagaState, WorkflowDefinition
 from orchestrator.saga_service import SagaService
 from orchestrator.schedule_service import ScheduleService
 from orchestrator.service import TaskService
+from orchestrator.settings import SCOPES
 
 RUN_TASK_SUMMARY = (
     "Submit a task. Answers {task_id, status} once it is durably accepted, or, with `wait`, "
@@ -190,6 +193,11 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def analytics(params: Any, ctx: RequestContext) -> AnalyticsResult:
         return await service.analytics(cast(AnalyticsParams, params), ctx.principal)
 
+    async def whoami(params: Any, ctx: RequestContext) -> WhoamiResult:
+        who = ctx.principal
+        return WhoamiResult(key=who.key_id, tenant=who.tenant, admin=who.admin, auth=who != ANONYMOUS,
+                            scopes=[s for s in SCOPES if who.can(s)])
+
     return [
         Method("run_task", RunTaskParams if version == 1 else RunTaskParamsV2, RunTaskResult | TaskRecord,
                RUN_TASK_SUMMARY, run_task, SUBMIT),
@@ -211,4 +219,7 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
                "Latency p50/p95/p99 (end to end, queue wait, run), throughput, outcomes, retries, preemptions "
                "and tokens over the last window_s seconds, per worker type, tool and tenant; pool utilisation.",
                analytics, READ),
+        Method("whoami", WhoamiParams, WhoamiResult,
+               "The calling key: its name, tenant and scopes, and whether auth is on (what the console may offer).",
+               whoami),
     ]

@@ -107,6 +107,18 @@ class StatusParams(Params):
     pass
 
 
+class WhoamiParams(Params):
+    pass
+
+
+class WhoamiResult(BaseModel):
+    key: str = Field(description="the key's name (`anonymous` when auth is off)")
+    tenant: str | None = None
+    scopes: list[Scope] = Field(description="what the key may do; admin implies every scope")
+    admin: bool
+    auth: bool = Field(description="whether the orchestrator checks keys (false: auth is off, loopback only)")
+
+
 class ControlParams(Params):
     """Operator actions (admin). Every action that changes something is recorded in the audit log.
 
@@ -349,6 +361,8 @@ class StatusResult(RouterOverview):
     stream_pending: int
     active_tasks: int
     sla: dict[str, Any] = Field(default_factory=dict, description="per pool: the SLA policy's latest decision")
+    circuits: dict[str, str] = Field(default_factory=dict,
+                                     description="per LLM provider: its circuit breaker (closed, open, half_open)")
 
 
 # ---------------------------------------------------------------- sagas

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from orchestrator.adapters.stats_store import StatsStore, finished_task, stats_arg
 from orchestrator.adapters.task_store import Submission, TaskStore, accepted_status
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
-from orchestrator.analytics import AnalyticsParams, AnalyticsResult, summarize
+from orchestrator.analytics import AnalyticsParams, AnalyticsResult, merge, series, summarize
 from orchestrator.auth import Principal, max_priority, quota_of
 from orchestrator.errors import InvalidParamsError, TaskNotFoundError
 from orchestrator.intake import build_task
@@ -71,6 +71,7 @@ class TaskService:
         router: RouterClient,
         clock: Callable[[], float],
         stats: StatsStore | None = None,
+        circuits: Callable[[], Awaitable[dict[str, str]]] | None = None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -78,6 +79,7 @@ class TaskService:
         self._router = router
         self._clock = clock
         self._stats = stats
+        self._circuits = circuits  # the providers' circuit breakers, as the ingress reads them
         self._submitter = Submitter(store, settings, clock)
 
     async def run_task(self, params: RunTaskParams | RunTaskParamsV2, who: Principal,
@@ -241,7 +243,8 @@ class TaskService:
         overview.running = [task for task in overview.running if who.sees(task.tenant)]
         counts = await self._store.counts()
         return StatusResult(**overview.model_dump(), tools=registry.describe(self._settings.tools), **counts,
-                            sla=await self._store.sla_state())
+                            sla=await self._store.sla_state(),
+                            circuits={} if self._circuits is None else await self._circuits())
 
     async def analytics(self, params: AnalyticsParams, who: Principal) -> AnalyticsResult:
         """Latency percentiles, throughput, outcomes and tokens over the window, per worker type, tool and
@@ -249,8 +252,10 @@ class TaskService:
         if self._stats is None:
             raise RuntimeError("analytics needs a stats store")
         now = self._clock()
-        merged, since = await self._stats.window(now, params.window_s, None if who.admin else who.tenant)
-        result = summarize(merged, params.window_s, since)
+        minutes, since = await self._stats.minutes(now, params.window_s, None if who.admin else who.tenant)
+        result = summarize(merge(minutes), params.window_s, since)
+        if params.series:
+            result.series = series(minutes, since)
         overview = await self._router.overview()
         slots: dict[str, list[int]] = {}
         for worker in overview.workers:

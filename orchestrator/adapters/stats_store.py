@@ -59,6 +59,11 @@ class StatsStore:
     async def window(self, now: float, window_s: float, tenant: str | None = None) -> tuple[dict[str, int], float]:
         """Counters merged over the minutes of the last `window_s` seconds (of all tasks, or of one tenant's),
         and where the window starts."""
+        minutes, since = await self.minutes(now, window_s, tenant)
+        return merge(minutes), since
+
+    async def minutes(self, now: float, window_s: float, tenant: str | None = None) -> tuple[list[dict[str, int]], float]:
+        """The counters of each minute of the last `window_s` seconds, oldest first, and where the window starts."""
         last = int(now // 60)
         first = last - max(1, math.ceil(window_s / 60)) + 1
         with storage_errors():
@@ -66,8 +71,9 @@ class StatsStore:
                 for minute in range(first, last + 1):
                     for shard in range(self._shards):
                         pipe.hgetall(self._keys.shard(shard).stats(minute, tenant))
-                minutes = await pipe.execute()
-        return merge(minutes), first * 60.0
+                hashes = await pipe.execute()
+        per_minute = [merge(hashes[i:i + self._shards]) for i in range(0, len(hashes), self._shards)]
+        return per_minute, first * 60.0
 
 
 def finished_task(record: TaskRecord) -> FinishedTask:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.analytics import BUCKETS_MS, FinishedTask, counters, merge, summarize
+from orchestrator.analytics import BUCKETS_MS, FinishedTask, counters, merge, series, summarize
 
 
 def task(run_ms: float, status: str = "succeeded", tool: str = "echo", tenant: str | None = "team-a",
@@ -43,3 +43,10 @@ def test_percentiles_are_within_the_bucket_of_the_true_value() -> None:
 def test_an_empty_window_has_no_percentiles() -> None:
     figures = summary([])
     assert figures["overall"]["tasks"] == 0 and figures["overall"]["run_ms"] == {"p50": None, "p95": None, "p99": None}
+
+
+def test_the_series_has_each_minute_with_its_own_tasks_and_p95() -> None:
+    minute = [merge([counters(task(ms)) for ms in (100, 100, 5000)]), {}, merge([counters(task(20))])]
+    points = [p.model_dump() for p in series(minute, since=600)]
+    assert [(p["at"], p["tasks"]) for p in points] == [(600, 3), (660, 0), (720, 1)]
+    assert points[0]["e2e_p95_ms"] > 1000 and points[1]["e2e_p95_ms"] is None and points[2]["e2e_p95_ms"] < 100
