@@ -9,10 +9,10 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
 from orchestrator.adapters.task_store import TaskStore
-from orchestrator.errors import ActorUnavailableError
+from orchestrator.errors import ActorUnavailableError, OrchestratorError
 from orchestrator.models import RouterOverview
 from orchestrator.naming import SAGA_COORDINATOR_NAME
 from orchestrator.overview import overview
@@ -27,6 +27,10 @@ async def call_actor(namespace: str, timeout_s: float, actor: str, method: str, 
         handle = ray.get_actor(actor, namespace=namespace)
         async with asyncio.timeout(timeout_s):
             return await getattr(handle, method).remote(*args)
+    except RayTaskError as exc:  # the actor raised: our own error crosses as itself, not as Ray's wrapper of it
+        if isinstance(exc.cause, OrchestratorError):
+            raise exc.cause from None
+        raise
     except (ValueError, TimeoutError, RayActorError) as exc:
         logger.warning("actor call failed", extra={"actor": actor, "method": method, "error": repr(exc)})
         raise ActorUnavailableError(actor) from None

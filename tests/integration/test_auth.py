@@ -263,7 +263,8 @@ def test_a_tenant_sees_follows_and_cancels_only_its_own_tasks(system: Deployed) 
     for other in (task_id, child):  # bob gets exactly what an id that never existed gets
         for method in ("get_task", "cancel_task"):
             refused = error(system, "bob", method, {"task_id": other})
-            assert refused == {**missing, "message": missing["message"].replace("0" * 32, other)}
+            assert refused == {**missing, "message": missing["message"].replace("0" * 32, other),
+                               "data": {**missing["data"], "task_id": other}}
         events = httpx.get(f"{system.base_url}/v1/tasks/{other}/events", headers=headers("bob"), timeout=30)
         assert events.status_code == 404 and events.json()["error"]["code"] == -32001
         for tool in ("get_task", "cancel_task"):
@@ -291,7 +292,8 @@ def test_a_tenant_sees_and_cancels_only_its_own_sagas(system: Deployed) -> None:
     missing = error(system, "bob", "get_saga", {"saga_id": "0" * 32})
     for method in ("get_saga", "cancel_saga"):
         refused = error(system, "bob", method, {"saga_id": saga_id})
-        assert refused == {**missing, "message": missing["message"].replace("0" * 32, saga_id)}
+        assert refused == {**missing, "message": missing["message"].replace("0" * 32, saga_id),
+                           "data": {**missing["data"], "saga_id": saga_id}}
     bobs = ok(system, "bob", "run_saga", {"workflow": "hello", "input": {}, "idempotency_key": "s"})
     assert bobs["saga_id"] != saga_id and bobs["duplicate"] is False
     state: dict[str, Any] = {}
