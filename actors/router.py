@@ -19,6 +19,7 @@ from ray.exceptions import RayActorError
 
 from actors.clients import ActorRouterClient
 from actors.pool_manager import PoolManager
+from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.schedule_store import ScheduleStore
 from orchestrator.adapters.task_store import TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
@@ -164,17 +165,25 @@ class RouterActor:
     # --- delayed tasks ----------------------------------------------------------------------------
 
     async def _promote_loop(self) -> None:
-        """Queue the delayed tasks of our shards as they come due: woken for the next one due, and at least
-        every `router.promote_interval_s` (for one accepted meanwhile that is due sooner)."""
+        """Queue the delayed tasks of our shards as they come due: asleep until the next one due, woken when a
+        task is scheduled (pub/sub), and at least every `router.promote_interval_s` (a message lost while the
+        subscription reconnects costs no more)."""
         router, pools = self._settings.router, list(self._settings.pools)
-        while True:
-            try:
-                next_due = await promote_due(self._store, list(self._owned), pools, time.time, router.preempt_threshold)
-            except Exception:
-                logger.warning("promoting delayed tasks failed; retrying", extra={"router": self._name}, exc_info=True)
-                await asyncio.sleep(1.0)  # backoff while Redis is away
-                continue
-            await asyncio.sleep(next_wake_s(time.time(), next_due, router.promote_interval_s))  # until due, not sync
+        async with Channels(self._store.redis).listen(self._store.keys.scheduled) as scheduled:
+            while True:
+                try:
+                    next_due = await promote_due(self._store, list(self._owned), pools, time.time,
+                                                 router.preempt_threshold)
+                except Exception:
+                    logger.warning("promoting delayed tasks failed; retrying", extra={"router": self._name},
+                                   exc_info=True)
+                    await asyncio.sleep(1.0)  # backoff while Redis is away
+                    continue
+                with contextlib.suppress(TimeoutError):  # asleep until due, or woken by a newly scheduled task
+                    await asyncio.wait_for(scheduled.get(), next_wake_s(time.time(), next_due,
+                                                                        router.promote_interval_s))
+                while not scheduled.empty():  # one look serves every message that came meanwhile
+                    scheduled.get_nowait()
 
     # --- the sweep --------------------------------------------------------------------------------
 

@@ -352,8 +352,8 @@ class RouterSettings(Upgradable):
     )
     schedule_interval_s: float = Field(default=0.2, gt=0, description="how often the pools lease holder fires "
                                        "due schedules")
-    promote_interval_s: float = Field(default=0.05, gt=0, le=1, description="a router looks for delayed tasks "
-                                      "come due at least this often (and wakes for the next one due)")
+    promote_interval_s: float = Field(default=1.0, gt=0, le=10, description="a router looks for delayed tasks "
+                                      "come due at least this often (it sleeps until the next one due, and is woken when one is scheduled)")
 
 
 class Settings(BaseSettings):

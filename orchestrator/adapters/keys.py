@@ -234,6 +234,11 @@ class Keys:
         """Set of worker types whose queued tasks are not taken."""
         return f"{self.prefix}:paused_pools"
 
+    @property
+    def scheduled(self) -> str:
+        """Pub/sub channel: a delayed task was accepted (the message: its due time, ms); routers wake to promote."""
+        return f"{self.prefix}:scheduled"
+
     def slots(self, kind: str, tenant: str) -> str:
         """Sorted set: a tenant's open connections of one kind (event streams, MCP sessions) → when each slot
         runs out unless refreshed."""

@@ -4,10 +4,18 @@
 -- tasks queued by then; aging counts from its not_before), in the same script that takes it out of the due set,
 -- so each task is promoted exactly once whoever runs it (a router's promote, a worker's take).
 local function due_key(w) return tag .. ':due:' .. w end
+local soonest = nil  -- the earliest due time scheduled by this script: routers are told (see `announce_due`)
 
 local function schedule(rec)
   rec.s = 'scheduled'
   redis.call('ZADD', due_key(rec.w), rec.nb, rec.i)
+  if not soonest or rec.nb < soonest then soonest = rec.nb end
+end
+
+-- Tell the routers a task was scheduled (they sleep until the next due time they know of): one message per
+-- script, its earliest due time (ms).
+local function announce_due()
+  if soonest then redis.call('PUBLISH', prefix .. ':scheduled', string.format('%.0f', soonest)) end
 end
 
 local function unschedule(rec) redis.call('ZREM', due_key(rec.w), rec.i) end

@@ -54,4 +54,5 @@ end
 for i, item in ipairs(cjson.decode(items)) do replies[i] = accept(item) end
 for w in pairs(urgent) do redis.call('PUBLISH', prefix .. ':urgent', w) end
 announce()
+announce_due()
 return replies
