@@ -37,6 +37,8 @@ FAN = {"name": "fan", "steps": [
     {"name": "checks", "parallel": [{"name": "lint", "tool": "echo", "input": {"prompt": "lint"}},
                                     {"name": "review", "tool": "echo", "input": {"prompt": "review"}}]},
     {"name": "ship", "tool": "echo", "input": {"prompt": "{{ steps.lint.output.text }} + {{ steps.review.output.text }}"}}]}
+SLOW = {"name": "slow", "steps": [{"name": "wait", "tool": "echo",
+                                    "input": {"prompt": "slow", "delay_ms": "{{ input.delay_ms }}", "steps": 1}}]}
 LIVE_S = 60_000  # ms: a task that runs until it is cancelled
 WAIT_MS = 30_000  # how long the browser may take to show what the test waits for
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
@@ -54,7 +56,7 @@ def system(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
     keys = {name: {"hash": hash_key(TOKENS[name]), "tenant": tenant, "scopes": scopes}
             for name, (tenant, scopes) in KEYS.items()}
     llm = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "worker_type": "codegen"}
-    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO, "fan": FAN}, tools={"fake-llm": llm},
+    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO, "fan": FAN, "slow": SLOW}, tools={"fake-llm": llm},
                              router={"visibility_timeout_s": 2, "heartbeat_interval_s": 0.3, "max_attempts": 1})
     with deployed(settings, ray_session) as running:
         yield running
@@ -302,6 +304,22 @@ def test_a_finished_task_is_rerun_from_its_page(system: Deployed, page: Page) ->
     assert ok(system, "alice", "get_task", {"task_id": again})["rerun_of"] == first
     record.get_by_role("link", name=first).click()
     expect(page.locator("#record").get_by_role("link", name=again)).to_be_visible(timeout=WAIT_MS)
+
+
+def test_a_cancelled_saga_is_rerun_from_its_page(system: Deployed, page: Page) -> None:
+    first = ok(system, "alice", "run_saga", {"workflow": "slow", "input": {"delay_ms": LIVE_S}})["saga_id"]
+    ok(system, "alice", "cancel_saga", {"saga_id": first})
+    wait_until(lambda: ok(system, "alice", "get_saga", {"saga_id": first})["status"] == "cancelled", 30, "the cancel")
+    login(page, system, "alice", f"ui/sagas/{first}")
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_url(lambda url: "/ui/sagas/" in url and not url.endswith(first), timeout=WAIT_MS)
+    again = page.url.rsplit("/", 1)[1]
+    try:
+        expect(page.locator("#saga").get_by_role("link", name=first)).to_be_visible(timeout=WAIT_MS)
+        assert ok(system, "alice", "get_saga", {"saga_id": first})["reruns"] == [again]
+        expect(page.get_by_role("button", name="Re-run")).to_have_count(0)  # running: nothing to re-run yet
+    finally:
+        ok(system, "alice", "cancel_saga", {"saga_id": again})
 
 
 def test_a_read_only_key_cannot_rerun(system: Deployed, page: Page) -> None:
