@@ -331,6 +331,24 @@ def test_a_read_only_key_cannot_rerun(system: Deployed, page: Page) -> None:
     assert ok(system, "alice", "get_task", {"task_id": task_id})["reruns"] == []
 
 
+def test_schedules_are_paused_resumed_and_deleted_from_the_overview(system: Deployed, page: Page) -> None:
+    params = {"name": "hourly-digest", "interval_s": 3600, "tool": "echo", "input": {"prompt": "digest"}}
+    schedule_id = ok(system, "alice", "create_schedule", params)["schedule_id"]
+    login(page, system, "alice")
+    panel = page.locator("[data-section=schedules]")
+    expect(panel).to_contain_text("hourly-digest", timeout=WAIT_MS)
+    expect(panel).to_contain_text("every 3600")
+    panel.get_by_role("button", name=f"Pause {schedule_id}").click()
+    expect(panel.get_by_role("button", name=f"Resume {schedule_id}")).to_be_visible(timeout=WAIT_MS)
+    assert ok(system, "alice", "get_schedule", {"schedule_id": schedule_id})["paused"] is True
+    panel.get_by_role("button", name=f"Resume {schedule_id}").click()
+    expect(panel.get_by_role("button", name=f"Pause {schedule_id}")).to_be_visible(timeout=WAIT_MS)
+    assert ok(system, "alice", "get_schedule", {"schedule_id": schedule_id})["paused"] is False
+    panel.get_by_role("button", name=f"Delete {schedule_id}").click()
+    expect(panel).to_contain_text("no schedule", timeout=WAIT_MS)
+    assert call(system, "alice", "get_schedule", {"schedule_id": schedule_id})["error"]["code"] == -32014
+
+
 def test_the_overview_shows_pools_queues_and_the_last_hour(system: Deployed, page: Page) -> None:
     task_id = long_task(system, "alice", "for the picture")
     try:

@@ -31,7 +31,7 @@ export function tasksPage(main, me) {
 function filterFields(me) {
   const input = (id, label, props = {}) => [el("label", { htmlFor: id }, label),
     el("input", { id, spellcheck: false, autocomplete: "off", ...props })];
-  const status = el("select", { id: "filter-status", multiple: true, size: 4 },
+  const status = el("select", { id: "filter-status", multiple: true, size: STATUSES.length },
     STATUSES.map((s) => el("option", { value: s }, s)));
   const tools = el("datalist", { id: "filter-tools" });
   rpc("status").then((s) => tools.append(...s.tools.map((t) => el("option", { value: t.name }))), () => {});
