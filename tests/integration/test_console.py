@@ -1,6 +1,7 @@
 """The web console (/ui) in a real browser (Debian's chromium, driven by Playwright) against a real orchestrator
 with keys for two tenants, a read-only key and an operator: login, live task pages, cancel, requeue from ops,
-tenant isolation, hidden actions that the API refuses anyway, the saga graph, and the security headers.
+tenant isolation, hidden actions that the API refuses anyway, the saga graph (a parallel group too), the task
+list's filters, re-runs of tasks and sagas, schedules, and the security headers.
 
 Set CONSOLE_SCREENSHOTS=<dir> to save the README's screenshots there."""
 
