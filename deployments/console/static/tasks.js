@@ -10,7 +10,7 @@ export function tasksPage(main, me) {
   const results = el("div", { id: "task-list", "aria-live": "off" });
   const pager = el("div", { class: "actions" });
   // The filters applied and the cursors of the pages before this one: the form may be edited meanwhile.
-  const view = { filters: {}, cursors: [null], next: null, shown: "" };
+  const view = { filters: {}, cursors: [null], next: null, shown: "", seq: 0 };
   const form = el("form", {
     class: "filters", "aria-label": "Filters", onsubmit: (event) => {
       event.preventDefault();
@@ -44,6 +44,7 @@ function filterFields(me) {
     input("filter-created-after", "Created after", { type: "datetime-local", step: 1 }),
     input("filter-created-before", "Created before", { type: "datetime-local", step: 1 }),
     me.admin ? input("filter-tenant", "Tenant") : null,
+    input("filter-limit", "Rows per page", { type: "number", min: 1, max: 500, value: 50 }),
   ].filter(Boolean);
   groups[1][1].setAttribute("list", "filter-tools"); // `list` is a read-only property: an attribute only
   return { nodes: [...groups.map((g) => el("div", { class: "field" }, g)), tools] };
@@ -58,7 +59,8 @@ function read() {
   for (const [id, name] of [["filter-tool", "tool"], ["filter-worker-type", "worker_type"], ["filter-tenant", "tenant"]]) {
     if (value(id)) params[name] = value(id);
   }
-  for (const [id, name] of [["filter-priority-min", "priority_min"], ["filter-priority-max", "priority_max"]]) {
+  for (const [id, name] of [["filter-priority-min", "priority_min"], ["filter-priority-max", "priority_max"],
+    ["filter-limit", "limit"]]) {
     if (value(id)) params[name] = Number(value(id));
   }
   for (const [id, name] of [["filter-created-after", "created_after"], ["filter-created-before", "created_before"]]) {
@@ -70,10 +72,13 @@ function read() {
 /** Reads the current page; the table is rebuilt only when the rows changed (focus on a link survives). */
 async function query(view, results, pager, moved) {
   const cursor = view.cursors[view.cursors.length - 1];
+  const seq = ++view.seq; // a poll answered after the filters or the page changed is dropped
   let page;
   try {
     page = await rpc("list_tasks", { ...view.filters, ...(cursor ? { cursor } : {}) });
+    if (seq !== view.seq) return;
   } catch (error) {
+    if (seq !== view.seq) return;
     results.replaceChildren(el("p", { class: "bad", role: "alert" }, error.message));
     view.shown = "";
     return;
