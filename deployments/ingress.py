@@ -264,6 +264,7 @@ class RpcIngress:
     @app.get("/ui", include_in_schema=False)
     @app.get("/ui/", include_in_schema=False)
     @app.get("/ui/ops", include_in_schema=False)
+    @app.get("/ui/tasks", include_in_schema=False)
     @app.get("/ui/tasks/{task_id}", include_in_schema=False)
     @app.get("/ui/sagas/{saga_id}", include_in_schema=False)
     async def console_page(self, request: Request) -> Response:

@@ -1,6 +1,7 @@
 """The web console (/ui) in a real browser (Debian's chromium, driven by Playwright) against a real orchestrator
 with keys for two tenants, a read-only key and an operator: login, live task pages, cancel, requeue from ops,
-tenant isolation, hidden actions that the API refuses anyway, the saga graph, and the security headers.
+tenant isolation, hidden actions that the API refuses anyway, the saga graph (a parallel group too), the task
+list's filters, re-runs of tasks and sagas, schedules, and the security headers.
 
 Set CONSOLE_SCREENSHOTS=<dir> to save the README's screenshots there."""
 
@@ -32,6 +33,13 @@ HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hello {{ input.who }}"},
      "compensation": {"tool": "echo", "input": {"prompt": "undo"}}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}}]}
+FAN = {"name": "fan", "steps": [
+    {"name": "plan", "tool": "echo", "input": {"prompt": "plan"}},
+    {"name": "checks", "parallel": [{"name": "lint", "tool": "echo", "input": {"prompt": "lint"}},
+                                    {"name": "review", "tool": "echo", "input": {"prompt": "review"}}]},
+    {"name": "ship", "tool": "echo", "input": {"prompt": "{{ steps.lint.output.text }} + {{ steps.review.output.text }}"}}]}
+SLOW = {"name": "slow", "steps": [{"name": "wait", "tool": "echo",
+                                    "input": {"prompt": "slow", "delay_ms": "{{ input.delay_ms }}", "steps": 1}}]}
 LIVE_S = 60_000  # ms: a task that runs until it is cancelled
 WAIT_MS = 30_000  # how long the browser may take to show what the test waits for
 SHOTS = os.environ.get("CONSOLE_SCREENSHOTS")
@@ -49,7 +57,7 @@ def system(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
     keys = {name: {"hash": hash_key(TOKENS[name]), "tenant": tenant, "scopes": scopes}
             for name, (tenant, scopes) in KEYS.items()}
     llm = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "worker_type": "codegen"}
-    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO}, tools={"fake-llm": llm},
+    settings = make_settings(redis_server.url, auth={"keys": keys}, workflows={"hello": HELLO, "fan": FAN, "slow": SLOW}, tools={"fake-llm": llm},
                              router={"visibility_timeout_s": 2, "heartbeat_interval_s": 0.3, "max_attempts": 1})
     with deployed(settings, ray_session) as running:
         yield running
@@ -244,10 +252,107 @@ def test_the_saga_page_draws_the_steps_with_links_to_their_tasks(system: Deploye
     expect(steps.first).to_contain_text("undone by echo")
     steps.nth(1).get_by_role("link").first.click()
     expect(page.locator("#task-result")).to_contain_text("hello console, again", timeout=WAIT_MS)
-    if SHOTS:
-        page.go_back()
-        expect(page.locator(".graph .step-succeeded")).to_have_count(2, timeout=WAIT_MS)
-        shot(page, "console-saga.png")
+
+
+def test_the_saga_graph_draws_a_parallel_group_between_its_neighbours(system: Deployed, page: Page) -> None:
+    saga_id = ok(system, "alice", "run_saga", {"workflow": "fan", "input": {}})["saga_id"]
+    login(page, system, "alice", f"ui/sagas/{saga_id}")
+    expect(page.locator(".graph .step-succeeded")).to_have_count(4, timeout=WAIT_MS)
+    stages = page.locator(".graph > li:not(.arrow)")
+    assert [stages.nth(i).get_attribute("class") for i in range(3)] == ["step step-succeeded", "group", "step step-succeeded"]
+    branches = stages.nth(1).locator(".step h3")
+    expect(branches).to_have_text(["lint", "review"])
+    lint, review = (branches.nth(i).bounding_box() for i in range(2))
+    assert lint and review and review["y"] > lint["y"] and abs(review["x"] - lint["x"]) < 1  # one column: side by side
+    expect(stages.nth(2)).to_contain_text("ship")
+    shot(page, "console-saga.png")
+
+
+def test_the_task_list_filters_live_and_links_to_each_task(system: Deployed, page: Page) -> None:
+    done = ok(system, "bob", "run_task", {"tool": "echo", "input": {"prompt": "listed"}, "wait": 30})["task_id"]
+    other = long_task(system, "bob", "not listed")
+    try:
+        login(page, system, "bob", "ui/tasks")
+        page.get_by_label("Status").select_option(["succeeded", "failed"])
+        page.get_by_label("Tool").fill("echo")
+        page.get_by_label("Tool").press("Enter")
+        rows = page.locator("#task-list")
+        expect(rows.get_by_role("link", name=done)).to_be_visible(timeout=WAIT_MS)
+        expect(rows.get_by_role("link", name=other)).to_have_count(0)
+        ok(system, "bob", "cancel_task", {"task_id": other})
+        page.get_by_label("Worker type").focus()  # the page re-queries under the user without losing the form
+        late = ok(system, "bob", "run_task", {"tool": "echo", "input": {"prompt": "late"}, "wait": 30})["task_id"]
+        expect(rows.locator("tbody tr").first.get_by_role("link", name=late)).to_be_visible(timeout=WAIT_MS)
+        assert page.evaluate("document.activeElement.id") == "filter-worker-type"
+        assert page.get_by_label("Tool").input_value() == "echo" and rows.get_by_role("link", name=other).count() == 0
+        shot(page, "console-tasks.png")
+        page.get_by_label("Rows per page").fill("1")  # one row a page: the cursor leads from late to done
+        page.get_by_role("button", name="Apply filters").click()
+        expect(rows.locator("tbody tr")).to_have_count(1, timeout=WAIT_MS)
+        expect(rows.get_by_role("link", name=late)).to_be_visible()
+        page.get_by_role("button", name="Next page").click()
+        rows.get_by_role("link", name=done).click()
+        expect(page.locator("#task-result")).to_contain_text("listed", timeout=WAIT_MS)
+    finally:
+        if status_of(system, other) == "running":
+            ok(system, "ops", "cancel_task", {"task_id": other})
+
+
+def test_a_finished_task_is_rerun_from_its_page(system: Deployed, page: Page) -> None:
+    first = ok(system, "alice", "run_task", {"tool": "echo", "input": {"prompt": "once more"}, "wait": 30})["task_id"]
+    login(page, system, "alice", f"ui/tasks/{first}")
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_url(lambda url: "/ui/tasks/" in url and not url.endswith(first), timeout=WAIT_MS)
+    again = page.url.rsplit("/", 1)[1]
+    record = page.locator("#record")
+    expect(record.get_by_role("link", name=first)).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#task-result")).to_contain_text("once more", timeout=WAIT_MS)
+    assert ok(system, "alice", "get_task", {"task_id": again})["rerun_of"] == first
+    record.get_by_role("link", name=first).click()
+    expect(page.locator("#record").get_by_role("link", name=again)).to_be_visible(timeout=WAIT_MS)
+
+
+def test_a_cancelled_saga_is_rerun_from_its_page(system: Deployed, page: Page) -> None:
+    first = ok(system, "alice", "run_saga", {"workflow": "slow", "input": {"delay_ms": LIVE_S}})["saga_id"]
+    ok(system, "alice", "cancel_saga", {"saga_id": first})
+    wait_until(lambda: ok(system, "alice", "get_saga", {"saga_id": first})["status"] == "cancelled", 30, "the cancel")
+    login(page, system, "alice", f"ui/sagas/{first}")
+    page.get_by_role("button", name="Re-run").click()
+    page.wait_for_url(lambda url: "/ui/sagas/" in url and not url.endswith(first), timeout=WAIT_MS)
+    again = page.url.rsplit("/", 1)[1]
+    try:
+        expect(page.locator("#saga").get_by_role("link", name=first)).to_be_visible(timeout=WAIT_MS)
+        assert ok(system, "alice", "get_saga", {"saga_id": first})["reruns"] == [again]
+        expect(page.get_by_role("button", name="Re-run")).to_have_count(0)  # running: nothing to re-run yet
+    finally:
+        ok(system, "alice", "cancel_saga", {"saga_id": again})
+
+
+def test_a_read_only_key_cannot_rerun(system: Deployed, page: Page) -> None:
+    task_id = ok(system, "alice", "run_task", {"tool": "echo", "input": {"prompt": "read"}, "wait": 30})["task_id"]
+    login(page, system, "alice-reader", f"ui/tasks/{task_id}")
+    expect(page.locator("#timeline li[data-type=succeeded]")).to_be_visible(timeout=WAIT_MS)
+    assert page.get_by_role("button", name="Re-run").count() == 0
+    assert call(system, "alice-reader", "rerun_task", {"task_id": task_id})["error"]["code"] == -32012
+    assert ok(system, "alice", "get_task", {"task_id": task_id})["reruns"] == []
+
+
+def test_schedules_are_paused_resumed_and_deleted_from_the_overview(system: Deployed, page: Page) -> None:
+    params = {"name": "hourly-digest", "interval_s": 3600, "tool": "echo", "input": {"prompt": "digest"}}
+    schedule_id = ok(system, "alice", "create_schedule", params)["schedule_id"]
+    login(page, system, "alice")
+    panel = page.locator("[data-section=schedules]")
+    expect(panel).to_contain_text("hourly-digest", timeout=WAIT_MS)
+    expect(panel).to_contain_text("every 3600")
+    panel.get_by_role("button", name=f"Pause {schedule_id}").click()
+    expect(panel.get_by_role("button", name=f"Resume {schedule_id}")).to_be_visible(timeout=WAIT_MS)
+    assert ok(system, "alice", "get_schedule", {"schedule_id": schedule_id})["paused"] is True
+    panel.get_by_role("button", name=f"Resume {schedule_id}").click()
+    expect(panel.get_by_role("button", name=f"Pause {schedule_id}")).to_be_visible(timeout=WAIT_MS)
+    assert ok(system, "alice", "get_schedule", {"schedule_id": schedule_id})["paused"] is False
+    panel.get_by_role("button", name=f"Delete {schedule_id}").click()
+    expect(panel).to_contain_text("no schedule", timeout=WAIT_MS)
+    assert call(system, "alice", "get_schedule", {"schedule_id": schedule_id})["error"]["code"] == -32014
 
 
 def test_the_overview_shows_pools_queues_and_the_last_hour(system: Deployed, page: Page) -> None:

@@ -5,6 +5,7 @@ import { overview } from "./overview.js";
 import { opsPage } from "./ops.js";
 import { sagaPage } from "./saga.js";
 import { taskPage } from "./task.js";
+import { tasksPage } from "./tasks.js";
 
 const main = document.getElementById("main");
 const nav = document.getElementById("nav");
@@ -44,7 +45,7 @@ function login(problem) {
 
 function navigation(me) {
   const who = me.auth ? `${me.key} · tenant ${me.tenant ?? "—"} · ${me.scopes.join(", ")}` : "auth off (loopback)";
-  nav.replaceChildren(...[link("./", "Overview"), me.admin ? link("ops", "Operations") : null,
+  nav.replaceChildren(...[link("./", "Overview"), link("tasks", "Tasks"), me.admin ? link("ops", "Operations") : null,
     el("span", { class: "who", id: "who" }, who),
     me.auth ? el("button", { type: "button", onclick: () => { setKey(null); location.assign("./"); } }, "Log out")
       : null].filter(Boolean));
@@ -58,6 +59,7 @@ function route(me) {
   const path = location.pathname.length > base.length ? location.pathname.slice(base.length) : "";
   const [page, id] = path.split("/").map(decodeURIComponent);
   if (page === "tasks" && id) taskPage(main, me, id);
+  else if (page === "tasks") tasksPage(main, me);
   else if (page === "sagas" && id) sagaPage(main, me, id);
   else if (page === "ops") opsPage(main, me);
   else overview(main, me);

@@ -1,6 +1,6 @@
 // Overview: pools, the queue matrix, running tasks, the last hour, SLA, dead letters; polled every 2 s.
 import { rpc } from "./api.js";
-import { badge, el, json, say, section, seconds, table, taskLink } from "./dom.js";
+import { act, badge, button, el, json, notice, say, section, seconds, table, taskLink, time } from "./dom.js";
 import { chart } from "./chart.js";
 
 const POLL_MS = 2000;
@@ -22,9 +22,9 @@ export function overview(main, me) {
 }
 
 async function refresh(live, me, shown) {
-  const [status, hour, letters] = await Promise.all([
+  const [status, hour, letters, plans] = await Promise.all([
     rpc("status"), rpc("analytics", { window_s: HOUR_S, series: true }),
-    me.admin ? rpc("control", { action: "dead_letters", count: 50 }) : null,
+    me.admin ? rpc("control", { action: "dead_letters", count: 50 }) : null, rpc("list_schedules"),
   ]);
   show(live, shown, "error", null);
   const now = Date.now() / 1000;
@@ -35,6 +35,7 @@ async function refresh(live, me, shown) {
   show(live, shown, "sla", sla(status.sla), status.sla);
   show(live, shown, "circuits", circuits(status.circuits), status.circuits);
   if (letters) show(live, shown, "letters", deadLetters(letters.dead_letters), letters.dead_letters);
+  show(live, shown, "schedules", schedules(plans.schedules, me, () => refresh(live, me, shown)), plans.schedules);
 }
 
 /** Puts section `name` in place, rebuilt only when its data changed (so focus and selection survive). */
@@ -154,4 +155,20 @@ function circuits(byProvider) {
 function deadLetters(letters) {
   return section("Dead letters", table(["Task", "Reason", "Attempts"],
     letters.map((d) => [taskLink(d.task_id), d.reason, d.attempts]), "no dead letters"));
+}
+
+function schedules(list, me, again) {
+  const area = notice();
+  const act1 = (text, method, id) => {
+    const b = button(text, () => act(b, area, () => rpc(method, { schedule_id: id }), () => `${text}: done`).then(again),
+      { "aria-label": `${text} ${id}` });
+    return b;
+  };
+  const rows = list.map((s) => [s.spec.name ?? s.schedule_id, s.spec.cron ? `${s.spec.cron} (${s.spec.timezone})` : `every ${s.spec.interval_s} s`,
+    s.spec.tool, s.spec.tenant ?? "—", s.paused ? "paused" : time(s.next_ms / 1000), s.fired, s.skipped,
+    s.last_task ? taskLink(s.last_task) : "—",
+    me.scopes.includes("submit") ? el("span", { class: "inline" }, s.paused ? act1("Resume", "resume_schedule", s.schedule_id)
+      : act1("Pause", "pause_schedule", s.schedule_id), act1("Delete", "delete_schedule", s.schedule_id)) : ""]);
+  return section("Schedules", table(["Schedule", "When", "Tool", "Tenant", "Next tick", "Fired", "Skipped", "Last task", ""],
+    rows, "no schedule"), area);
 }

@@ -42,8 +42,10 @@ function render(r) {
     ["Queue wait", r.queue_wait_ms == null ? "—" : seconds(r.queue_wait_ms / 1000)],
     ["Run time", r.run_ms == null ? "—" : seconds(r.run_ms / 1000)],
     ["Parent", r.parent ? taskLink(r.parent) : "—"],
-    ["Children", r.children.length ? r.children.flatMap((c, i) => (i ? [", ", taskLink(c)] : [taskLink(c)])) : "—"],
+    ["Children", links(r.children)],
     ["Dead letter", r.dead_letter ?? "—"],
+    ["Re-run of", r.rerun_of ? taskLink(r.rerun_of) : "—"],
+    ["Re-runs", links(r.reruns ?? [])],
   ];
   const out = [section("Record", el("dl", { class: "facts" }, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])))];
   out.push(section("Input", json(r.prompt == null ? r.input : { prompt: r.prompt, ...r.input })));
@@ -51,6 +53,10 @@ function render(r) {
   if (r.error) out.push(section("Error", el("p", { class: "bad", id: "task-error" }, `${r.error.code}: ${r.error.message}`)));
   if (r.status === "succeeded") out.push(section("Result", el("div", { id: "task-result" }, json(r.result))));
   return out;
+}
+
+function links(ids) {
+  return ids.length ? ids.flatMap((c, i) => (i ? [", ", taskLink(c)] : [taskLink(c)])) : "—";
 }
 
 function buttons(page) {
@@ -63,6 +69,13 @@ function buttons(page) {
   };
   if (!FINAL.has(r.status) && me.scopes.includes("submit")) run("Cancel task", () => rpc("cancel_task", { task_id: r.task_id }));
   if (r.status === "running" && me.admin) run("Preempt", () => rpc("control", { action: "preempt", task_id: r.task_id }));
+  if (FINAL.has(r.status) && me.scopes.includes("submit")) {
+    const b = button("Re-run", () => act(b, area, async () => {
+      const again = await rpc("rerun_task", { task_id: r.task_id });
+      location.assign(`tasks/${encodeURIComponent(again.task_id)}`);
+    }));
+    out.push(b);
+  }
   if (r.dead_letter && me.admin) run("Requeue dead letter", () => rpc("control", { action: "requeue", task_id: r.task_id }));
   return out;
 }
