@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
@@ -26,9 +28,12 @@ from deployments.fake_provider import FakeProviderConfig
 from orchestrator.auth import hash_key, new_key
 from orchestrator.errors import ToolError
 from orchestrator.mcp_tools import IDEMPOTENCY_KEY, PRIORITY, TASK_ID, TASKS
+from orchestrator.naming import router_name
 from orchestrator.tools import registry
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider, fake_provider
+from tests.faults.load import actor_pid
+from tests.faults.test_ingress_crash import replica_name, replica_pid
 from tests.mcp_server import stdio_command, stdio_env
 from tests.support import RedisServer, eventually, wait_until
 
@@ -392,3 +397,22 @@ async def test_another_tenants_task_is_not_found_through_tasks(system: Deployed)
     async with client(system, mode="auto", tasks=True) as session:
         task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
     assert task["status"] == "completed"  # the stranger's cancel did nothing
+
+
+# Last in the module: it kills the ingress replica and the router.
+async def test_a_task_survives_the_replica_that_created_it_and_the_router(system: Deployed) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("echo", {"prompt": "survivor", "delay_ms": 3000, "steps": 3},
+                                                  allow_claimed=True)
+    assert isinstance(created, CreateTaskResult) and created.status == "working"
+    old = replica_name(system.name)
+    old_pid = replica_pid(old) if old else None
+    assert old is not None and old_pid is not None
+    os.kill(old_pid, signal.SIGKILL)
+    os.kill(actor_pid(router_name(0), system.settings.namespace), signal.SIGKILL)
+    wait_until(lambda: (name := replica_name(system.name)) not in (None, old) and replica_pid(name) is not None,
+               60, "Serve to replace the replica")
+    async with client(system, mode="auto", tasks=True) as session:  # a new session, on the new replica
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["status"] == "completed" and task["result"]["structuredContent"] == {"text": "survivor", "steps": 3}
+    assert rpc(system, "get_task", {"task_id": created.task_id})["result"]["attempts"] == 1  # ran once
