@@ -36,7 +36,7 @@ slow_compute.input_schema = {  # type: ignore[attr-defined]
 
 
 async def failing_job(tool_input: dict[str, Any]) -> None:
-    await asyncio.sleep(1)
+    await asyncio.sleep(1)  # the work before it fails: the suite sees it working first
     raise ToolError("the job failed (as it always does)")
 
 
