@@ -142,7 +142,12 @@ class ScheduleService:
         for tick in todo.fire:
             if spec.overlap != "queue" and last is not None and not await self._finished(last):
                 if spec.overlap == "skip":
-                    overlapping += 1
+                    fired = await self._tasks.keyed_task(fire_key(state.schedule_id, tick), self._creator(state))
+                    if fired is None:  # not fired by a firer that died before recording it: skipped
+                        overlapping += 1
+                        continue
+                    runs.append(ScheduleRun(tick=tick, task_id=fired))
+                    last = fired
                     continue
                 await self._cancel(last)
             try:
@@ -165,16 +170,20 @@ class ScheduleService:
     async def _submit(self, state: ScheduleState, tick: float) -> str | None:
         """The tick's task, as the schedule's creator would submit it (found again if it was submitted)."""
         spec = state.spec
-        creator = Principal(spec.created_by, spec.tenant, frozenset(spec.scopes))
         params = RunTaskParamsV2(tool=spec.tool, input=spec.input, priority=spec.priority,
                                  idempotency_key=fire_key(state.schedule_id, tick),
                                  agent=f"schedule:{state.schedule_id}")
         try:
-            accepted = await self._tasks.run_task(params, creator)
+            accepted = await self._tasks.run_task(params, self._creator(state))
         except InvalidParamsError as exc:
             logger.warning("schedule tick refused", extra={"schedule_id": state.schedule_id, "reason": str(exc)})
             return None
         return accepted.task_id
+
+    @staticmethod
+    def _creator(state: ScheduleState) -> Principal:
+        spec = state.spec
+        return Principal(spec.created_by, spec.tenant, frozenset(spec.scopes))
 
     async def _finished(self, task_id: str) -> bool:
         try:

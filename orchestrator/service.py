@@ -112,6 +112,11 @@ class TaskService:
         status = record.status if record is not None else accepted_status(task)
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
 
+    async def keyed_task(self, idempotency_key: str, who: Principal) -> str | None:
+        """The caller's task accepted with this idempotency key, if one was (where run_task would find it)."""
+        shard = self._submitter.shard_for(who.tenant, idempotency_key, quota_of(who, self._settings.auth))
+        return await self._store.keyed(shard, who.tenant, idempotency_key)
+
     async def rerun_task(self, params: RerunTaskParams, who: Principal) -> RunTaskResult:
         """Run a finished task the caller may see again, as a new task of the caller's, linked both ways. Its
         fanout children are not run again (the new task's own result is what counts)."""

@@ -30,6 +30,10 @@ class ShardKeys:
         """The task's record: one JSON string (see `orchestrator.codec`)."""
         return f"{self.tag}:t:{task_id}"
 
+    def keyed(self, tenant: str | None, idempotency_key: str) -> str:
+        """The id of the tenant's task accepted with this idempotency key (submit.lua sets it, with a ttl)."""
+        return f"{self.tag}:k:{tenant or ''}:{idempotency_key}"
+
     def level(self, worker_type: str, priority: int) -> str:
         """Sorted set of the queued tasks of one worker type at one priority, in fair order (score)."""
         return f"{self.tag}:q:{worker_type}:{priority}"

@@ -206,6 +206,12 @@ class TaskStore:
             raise TaskNotFoundError(task_id)
         return str(text)
 
+    async def keyed(self, shard: int, tenant: str | None, idempotency_key: str) -> str | None:
+        """The id of the tenant's task accepted with this idempotency key in this shard, if any (and unexpired)."""
+        with storage_errors():
+            found = await self.redis.get(self.shard_keys(shard).keyed(tenant, idempotency_key))
+        return None if found is None else str(found)
+
     async def get(self, task_id: str) -> TaskRecord:
         return codec.record_of(await self.raw(task_id))
 

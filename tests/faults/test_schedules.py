@@ -189,3 +189,21 @@ def test_schedules_belong_to_their_tenant_and_bad_ones_name_the_field(system: De
     assert full["code"] == -32013 and "has 4 schedules, its limit" in full["message"]
     assert ok(system, "bob", "delete_schedule", {"schedule_id": mine["schedule_id"]})["deleted"] is True
     assert call(system, "bob", "get_schedule", {"schedule_id": mine["schedule_id"]})["error"]["code"] == -32014
+
+
+def test_a_skipped_tick_that_a_dead_firer_had_fired_counts_as_fired(system: Deployed) -> None:
+    """overlap=skip, the previous fire still running: a tick is skipped — unless a firer that died between its
+    submit and its record had fired it already; then its task is the tick's run, not a stranger."""
+    slow = {"tool": "echo", "input": {"prompt": "slow", "delay_ms": 60_000}}
+    schedule_id = str(ok(system, "alice", "create_schedule", {**slow, "interval_s": 2, "overlap": "skip"})["schedule_id"])
+    wait_until(lambda: schedule(system, schedule_id)["runs"], 30, "the first fire")
+    tick = next(t for t in schedule(system, schedule_id)["upcoming"] if t > time.time() + 1.5)
+    # What the dead firer left behind: the tick's task, submitted with the tick's key and never recorded.
+    task_id = ok(system, "alice", "run_task", {**slow, "idempotency_key": f"schedule:{schedule_id}:{round(tick * 1000)}"})[
+        "task_id"]
+    state = fired_past(system, schedule_id, tick)
+    assert {"tick": tick, "task_id": task_id} in state["runs"] and state["last_task"] == task_id, state
+    assert state["fired"] == 2, state  # the first fire and this one; the ticks between were skipped
+    ok(system, "alice", "delete_schedule", {"schedule_id": schedule_id})
+    for run in state["runs"]:
+        call(system, "alice", "cancel_task", {"task_id": run["task_id"]})
