@@ -233,7 +233,7 @@ class SagaCoordinatorActor:
             await self._do(run, command)
             if span.is_recording():
                 attempt = saga.attempt_of(run.state, command.step, command.compensation)
-                span.set_attribute("orchestrator.saga.attempt_status", str(attempt.status.value))
+                span.set_attribute("orchestrator.saga.attempt_status", attempt.status)
 
     async def _do(self, run: _Run, command: saga.Command) -> None:
         now = self._clock()

@@ -54,6 +54,9 @@ app = FastAPI(
     version="0.1.0",
     description="JSON-RPC 2.0 task API. POST a JSON-RPC request or batch; `rpc.discover` returns the OpenRPC "
     "document with every method's params and result schemas.",
+    # Our own server span (http_tracing) instead of FastAPI's native one: the same with any FastAPI version,
+    # named by the route without Serve's prefix, and only for the API.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
 )
 app.add_middleware(TracingMiddleware)  # a no-op unless the replica's settings turn tracing on
 
