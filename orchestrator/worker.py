@@ -246,7 +246,7 @@ class Runner:
         for record in result.settled:
             self._count(shard, record.status.value, record, now)
         for taken in result.taken:
-            if tracing.enabled():
+            if tracing.enabled() and taken.task.traceparent is not None:  # not one accepted before tracing was on
                 self._trace_take(taken, began, now)
             self._start(taken)
         if len(result.taken) >= asked:
