@@ -114,6 +114,7 @@ class PoolManager:
         handle = WorkerActor.options(  # type: ignore[attr-defined]
             name=name, namespace=self._settings.namespace, lifetime="detached", get_if_exists=True,
             max_restarts=-1, max_concurrency=10_000, num_cpus=pool.num_cpus,
+            runtime_env=self._settings.tracing.runtime_env(),
         ).remote(self._settings, name, worker_type)
         member = self.members[name] = Member(name, worker_type, handle)
         self._tasks.append(asyncio.create_task(self._await_ready(member), name=f"ready-{name}"))

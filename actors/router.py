@@ -19,6 +19,7 @@ from ray.exceptions import RayActorError
 
 from actors.clients import ActorRouterClient
 from actors.pool_manager import PoolManager
+from orchestrator import tracing
 from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.schedule_store import ScheduleStore
 from orchestrator.adapters.task_store import TaskStore
@@ -40,6 +41,7 @@ class RouterActor:
     def __init__(self, settings: Settings, index: int = 0) -> None:
         self._settings = settings
         self._name = router_name(index)
+        tracing.configure(settings.tracing.env, "router")  # schedules submit tasks
         # A lease is held by an incarnation: a restarted router waits for its predecessor's leases to expire and
         # gets new fencing tokens, so the dead one's writes stay refused.
         self._holder = f"{self._name}.{uuid.uuid4().hex[:8]}"

@@ -21,7 +21,7 @@ from functools import partial
 import ray
 
 from actors.clients import ActorRouterClient
-from orchestrator import auth, saga
+from orchestrator import auth, saga, tracing
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.adapters.task_store import Submission, TaskStore
 from orchestrator.adapters.waiter import CompletionWaiter
@@ -69,6 +69,7 @@ class _Run:
 class SagaCoordinatorActor:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
+        tracing.configure(settings.tracing.env, "saga-coordinator")
         self._store = TaskStore.from_settings(settings.redis)
         redis = settings.redis
         self._sagas = SagaStore(self._store.redis, redis.prefix, redis.retention_s, redis.idempotency_ttl_s, redis.shards)
@@ -180,6 +181,15 @@ class SagaCoordinatorActor:
     async def _drive(self, saga_id: str) -> None:
         """Run the saga's commands — every step of a parallel stage at once — until it is finished."""
         run = _Run(await self._sagas.load(saga_id), self._sagas.save)
+        with tracing.span(f"saga {run.state.workflow}", parent=run.state.traceparent) as span:
+            if span.is_recording():
+                span.set_attributes({"orchestrator.saga.id": saga_id, "orchestrator.saga.workflow": run.state.workflow})
+            await self._drive_commands(run)
+            if span.is_recording():
+                span.set_attribute("orchestrator.saga.status", run.state.status.value)
+
+    async def _drive_commands(self, run: _Run) -> None:
+        saga_id = run.state.saga_id
         in_flight: dict[tuple[str, bool], asyncio.Task[None]] = {}
         try:
             while True:
@@ -212,6 +222,20 @@ class SagaCoordinatorActor:
         return run.state.saga_id in self._cancels or run.state.status is not saga.SagaStatus.RUNNING
 
     async def _apply(self, run: _Run, command: saga.Command) -> None:
+        """Do one command; a step's submit and wait (its task's spans beneath) is a span of the saga's."""
+        if not isinstance(command, saga.Submit | saga.Await):
+            return await self._do(run, command)
+        kind = "compensation" if command.compensation else "step"
+        with tracing.span(f"saga {kind} {command.step}") as span:
+            if span.is_recording():
+                span.set_attributes({"orchestrator.saga.id": run.state.saga_id, "orchestrator.saga.step": command.step,
+                                     "orchestrator.saga.compensation": command.compensation})
+            await self._do(run, command)
+            if span.is_recording():
+                attempt = saga.attempt_of(run.state, command.step, command.compensation)
+                span.set_attribute("orchestrator.saga.attempt_status", attempt.status)
+
+    async def _do(self, run: _Run, command: saga.Command) -> None:
         now = self._clock()
         if isinstance(command, saga.Submit):
             quota = self._step_quota(run.state)

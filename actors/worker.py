@@ -16,6 +16,7 @@ import ray
 from ray.util import metrics
 
 from actors.offload import RayOffload
+from orchestrator import tracing
 from orchestrator.adapters.artifact_store import ArtifactStore
 from orchestrator.adapters.provider_gate import RedisProviderGate
 from orchestrator.adapters.task_store import TakePolicy, TaskStore
@@ -42,6 +43,7 @@ class WorkerActor:
     def __init__(self, settings: Settings, name: str, worker_type: str) -> None:
         # Ray runs an async actor's __init__ inside its event loop, so the loops can start here.
         self._name, self._worker_type = name, worker_type
+        tracing.configure(settings.tracing.env, "worker")
         code.configure(settings.sandbox)  # before any sandbox tool runs
         self._store = TaskStore.from_settings(settings.redis)
         self._tools: dict[str, Tool] = build_tools(settings, worker_type, self._tool_deps(settings, worker_type))
@@ -118,6 +120,7 @@ class WorkerActor:
         self._runner.draining = True
         await self._beat()
         await self._runner.idle.wait()
+        tracing.flush()  # the pool manager kills a drained worker: no exit handler would run
 
     def _state(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "node": self._node, "time": time.time()}

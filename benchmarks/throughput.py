@@ -2,14 +2,16 @@
 
     python benchmarks/throughput.py [--url URL] [-n 2000] [--batch 50] [--concurrency 4] [--delay-ms 0]
                                     [--priority 5] [--no-wait] [--processes 2] [--latency-samples 100]
-                                    [--vs-celery] [--json]
+                                    [--vs-celery] [--trace] [--json]
 
 Without --url it starts its own redis-server, Ray, Serve and the orchestrator for the run and tears them
 down afterwards, also on error or Ctrl-C, and reports the CPU every process of it used per task. Every task
 is checked (succeeded, right text); any lost or failed task makes the exit status non-zero. After the
 throughput run, `--latency-samples` single `run_task` calls with `wait` on the idle system give the round
 trip of one task. `--vs-celery` then runs the same load on Celery (solo pool, Redis broker and result
-backend; `pip install -e '.[bench]'`) in the same run and prints both rates and the ratio.
+backend; `pip install -e '.[bench]'`) in the same run and prints both rates and the ratio. `--trace` runs the
+self-started system with tracing on, exporting to a throwaway OTLP/HTTP receiver of the benchmark's own
+(compare with a run without it: the cost of tracing).
 """
 
 from __future__ import annotations
@@ -365,6 +367,8 @@ def print_report(report: dict[str, Any]) -> None:
               f"{peer['worker_cpu_s']:g} + redis {peer['redis_cpu_s']:g} + client {peer['client_cpu_s']:g} CPU s); "
               f"one task p50 {peer['latency_p50_ms']} ms")
         print(f"ratio         {fmt('ratio_vs_celery')} x Celery's throughput, same load, same machine, same run")
+    if "spans_received" in report:
+        print(f"tracing       on: {report['spans_received']} spans received by the OTLP receiver during the run")
     if report["poll_errors"]:
         print(f"poll errors   {report['poll_errors']} get_task answers were errors and were asked again")
     for reason, count in report["failure_reasons"].items():
@@ -403,14 +407,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="sequential single run_task calls with wait, after the run (0: none)")
     parser.add_argument("--vs-celery", action="store_true",
                         help="also run the same load on Celery in this run and report the ratio (needs .[bench])")
+    parser.add_argument("--trace", action="store_true",
+                        help="self-hosted: tracing on, every span exported (OTLP/HTTP) to a receiver of our own")
     parser.add_argument("--json", action="store_true", help="also print one JSON object as the last line")
     args = parser.parse_args(argv)
     if args.processes is None:
         args.processes = min(2, args.concurrency)
     if args.n < 1 or args.batch < 1 or args.concurrency < 1 or not 1 <= args.processes <= args.concurrency:
         parser.error("need n, batch, concurrency >= 1 and 1 <= processes <= concurrency")
-    if args.url and (args.slots is not None or args.workers is not None or args.auth or args.haproxy):
-        parser.error("--slots/--workers/--auth/--haproxy shape a self-hosted system; they do not apply with --url")
+    if args.url and (args.slots is not None or args.workers is not None or args.auth or args.haproxy or args.trace):
+        parser.error("--slots/--workers/--auth/--haproxy/--trace shape a self-hosted system; they do not apply "
+                     "with --url")
     args.auth = args.auth or args.haproxy  # HAProxy listens on every interface: only with API keys
     return args
 
@@ -475,9 +482,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                          "scopes": ["submit", "read"]}},
                                      "default_quota": {"max_active_tasks": args.n + MAX_RPC_BATCH,
                                                        "submits_per_s": 1e6, "submit_burst": 1_000_000}}
-            with own_system(overrides, args.keep_logs) as (base_url, settings):
+            with contextlib.ExitStack() as stack:
+                if args.trace:
+                    from tests.otlp import otlp_receiver
+
+                    receiver = stack.enter_context(otlp_receiver())
+                    overrides["tracing"] = {"env": {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+                                                    "OTEL_SERVICE_NAME": "bench"}}
+                base_url, settings = stack.enter_context(own_system(overrides, args.keep_logs))
                 pool = settings.pools["reasoning"]
                 report = run(args, base_url, {"workers": pool.workers, "slots": pool.slots})
+                if args.trace:
+                    report["spans_received"] = len(receiver.spans())  # before teardown: the batches still queued
         if args.vs_celery:
             from celery_peer import run_celery
 

@@ -48,7 +48,7 @@ def _start_detached(actor_class: Any, name: str, settings: Settings, *args: Any)
     crash."""
     return actor_class.options(
         name=name, namespace=settings.namespace, lifetime="detached", get_if_exists=True,
-        max_restarts=-1, max_concurrency=10_000, num_cpus=0,
+        max_restarts=-1, max_concurrency=10_000, num_cpus=0, runtime_env=settings.tracing.runtime_env(),
     ).remote(settings, *args)
 
 
@@ -83,6 +83,11 @@ def start_saga_coordinator(settings: Settings) -> Any:
     return coordinator
 
 
+def _replica_options(settings: Settings) -> dict[str, Any]:
+    runtime_env = settings.tracing.runtime_env()
+    return {"num_cpus": 0} if runtime_env is None else {"num_cpus": 0, "runtime_env": runtime_env}
+
+
 def build_app(settings: Settings) -> Any:
     """The Serve application: start the router and the saga coordinator, then bind the ingress."""
     refused = unsafe_bind(settings.http.host, settings.auth, settings.http.proxy)
@@ -98,7 +103,7 @@ def build_app(settings: Settings) -> Any:
         # A stopping replica looks this often for its last requests to end (Serve's default, 2 s, makes
         # every shutdown and redeploy take that long even when nothing is in flight).
         graceful_shutdown_wait_loop_s=0.2,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=_replica_options(settings),
     ).bind(settings)
 
 

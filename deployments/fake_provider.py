@@ -166,6 +166,7 @@ class _Stats:
     first_admission_at: float | None = None  # unix time
     last_admission_at: float | None = None
     last_request: Any = None
+    last_traceparent: str | None = None  # the W3C trace context header of the last completion request
 
 
 class _Slot:
@@ -294,6 +295,7 @@ def create_app(config: FakeProviderConfig | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         state.stats.requests += 1
+        state.stats.last_traceparent = request.headers.get("traceparent")
         cfg = state.config
         try:
             body = await request.json()

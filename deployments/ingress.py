@@ -19,8 +19,9 @@ from ray import serve
 from actors.clients import ActorRouterClient, ActorSagaCoordinatorClient
 from deployments import console
 from deployments.http_auth import NOT_IN, caller, refusal
+from deployments.http_tracing import TracingMiddleware
 from deployments.mcp_face import McpFace, SessionRegistry
-from orchestrator import api, events, metrics
+from orchestrator import api, events, metrics, tracing
 from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.key_store import KeyRing, KeyStore
 from orchestrator.adapters.provider_gate import RedisProviderGate
@@ -53,7 +54,11 @@ app = FastAPI(
     version="0.1.0",
     description="JSON-RPC 2.0 task API. POST a JSON-RPC request or batch; `rpc.discover` returns the OpenRPC "
     "document with every method's params and result schemas.",
+    # Our own server span (http_tracing) instead of FastAPI's native one: the same with any FastAPI version,
+    # named by the route without Serve's prefix, and only for the API.
+    telemetry={"tracing": False, "metrics": False, "logs": False},
 )
+app.add_middleware(TracingMiddleware)  # a no-op unless the replica's settings turn tracing on
 
 # The JSON-RPC envelope, inline: Serve captures the app at decoration, so a schema added to the
 # OpenAPI document afterwards would be missing from what it serves. Methods are not enumerated here:
@@ -111,6 +116,7 @@ class RpcIngress:
         from orchestrator.service import TaskService
 
         self._settings = settings
+        tracing.configure(settings.tracing.env, "ingress")
         self._store = TaskStore.from_settings(settings.redis)
         self._waiter = CompletionWaiter(self._store.redis, self._store.keys.finished)
         self._router = ActorRouterClient(settings, self._store)
@@ -152,6 +158,7 @@ class RpcIngress:
         ring = getattr(self, "_auth", None)
         if ring is not None:
             ring.close()
+        tracing.flush()
 
     @app.post("/v1/rpc", openapi_extra=_RPC_BODY, dependencies=_KEYED, summary="JSON-RPC 2.0, API v1 (all methods)")
     async def rpc_v1(self, request: Request) -> Response:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from orchestrator.models import TaskRecord, TaskStatus, TaskSummary
 from orchestrator.tasks import TaskSpec
+from orchestrator.tracing import trace_id_of
 
 Kind = Literal["str", "int", "ms", "json", "ids", "flag"]
 
@@ -47,6 +48,7 @@ FIELDS: tuple[Field, ...] = (
     Field("saga", "sg", "str"),
     Field("children", "ch", "ids"),
     Field("rerun_of", "ro", "str"),
+    Field("traceparent", "tp", "str"),  # W3C trace context of its submit span (tracing on): workers continue it
     Field("reruns", "rr", "ids"),  # appended by link_rerun.lua
     Field("created_at", "c", "ms"),
     # as it runs
@@ -135,7 +137,7 @@ def submitted(task: TaskSpec, status: TaskStatus) -> str:
 
 
 SPEC_FIELDS = ("task_id", "tool", "worker_type", "priority", "input", "context", "v1", "agent", "tenant", "deadline",
-               "not_before", "idempotency_key", "parent", "saga", "children", "rerun_of", "created_at")
+               "not_before", "idempotency_key", "parent", "saga", "children", "rerun_of", "traceparent", "created_at")
 
 
 def spec_of(stored: Mapping[str, Any], parent_result: Any = None) -> TaskSpec:
@@ -154,6 +156,7 @@ def record_of(text: str) -> TaskRecord:
     values["prompt"] = task_input.get("prompt") if values.pop("v1", False) else None
     values["children"] = list(values.get("children", ()))
     values["reruns"] = list(values.get("reruns", ()))
+    values["trace_id"] = trace_id_of(values.pop("traceparent", None))
     first_started = values.pop("first_started_at", None)
     if first_started is not None:
         ready_at = max(values["created_at"], values.get("not_before") or 0)

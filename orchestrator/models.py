@@ -230,6 +230,9 @@ class TaskRecord(BaseModel):
     queue_wait_ms: float | None = Field(default=None, description="acceptance (a delayed task: its not_before) to "
                                         "first start")
     run_ms: float | None = Field(default=None, description="the latest attempt's run time")
+    trace_id: str | None = Field(default=None, description="its OpenTelemetry trace (tracing on), 32 hex digits")
+    trace_url: str | None = Field(default=None, description="the trace in the operator's tracing UI "
+                                  "(`tracing.ui_url`)")
 
 
 class RerunTaskParams(Params):

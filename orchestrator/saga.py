@@ -297,6 +297,8 @@ class SagaState(BaseModel):
     steps: list[StepState]
     rerun_of: str | None = Field(default=None, description="the saga this one re-runs (`rerun_saga`)")
     reruns: list[str] = Field(default_factory=list, description="the sagas that re-run this one, oldest first")
+    traceparent: str | None = Field(default=None, description="W3C trace context of the request that started it "
+                                    "(tracing on): its steps' spans continue that trace")
     created_at: float
     updated_at: float
     finished_at: float | None = None

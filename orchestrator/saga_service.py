@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from orchestrator import tracing
 from orchestrator.adapters.saga_store import SagaStore
 from orchestrator.auth import Principal, max_priority, quota_of
 from orchestrator.errors import InvalidParamsError, SagaFinishedError, SagaNotFoundError
@@ -76,6 +77,9 @@ class SagaService:
 
     async def _start(self, state: SagaState, idempotency_key: str | None,
                      quota: QuotaSettings | None) -> RunSagaResult:
+        traceparent = tracing.traceparent()
+        if traceparent is not None:
+            state = state.model_copy(update={"traceparent": traceparent})
         saga_id, duplicate = await self._coordinator.start_saga(state, idempotency_key, quota)
         status = (await self._store.load(saga_id)).status.value if duplicate else "running"
         return RunSagaResult(saga_id=saga_id, status=status, duplicate=duplicate)

@@ -138,6 +138,8 @@ class TaskService:
         record = await self._store.get(task_id)
         if not who.sees(record.tenant):
             raise TaskNotFoundError(task_id)
+        if record.trace_id is not None:
+            record.trace_url = self._settings.tracing.url_of(record.trace_id)
         return record
 
     async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:

@@ -231,6 +231,37 @@ class SandboxSettings(Upgradable):
     bwrap: str = Field(default="bwrap", description="the bubblewrap binary: a name on PATH or a path")
 
 
+def _otel_env() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("OTEL_")}
+
+
+class TracingSettings(Upgradable):
+    """OpenTelemetry traces (README: Tracing): off unless `env` asks for an exporter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    env: dict[str, str] = Field(
+        default_factory=_otel_env, description="the standard OTEL_* variables (by default, those of the process "
+        "that builds the settings); every actor and replica gets them as its runtime_env")
+    ui_url: str | None = Field(default=None, description="a trace in the operator's tracing UI, with {trace_id}, "
+                               "e.g. http://jaeger:16686/trace/{trace_id}: get_task and the console link to it")
+
+    @model_validator(mode="after")
+    def _checked(self) -> TracingSettings:
+        if self.ui_url is not None and "{trace_id}" not in self.ui_url:
+            raise ValueError("tracing.ui_url must contain {trace_id}")
+        if any(not name.startswith("OTEL_") for name in self.env):
+            raise ValueError("tracing.env holds only OTEL_* variables")
+        return self
+
+    def runtime_env(self) -> dict[str, Any] | None:
+        """An actor's Ray runtime_env carrying the variables (None: nothing to carry, Ray's default)."""
+        return {"env_vars": dict(self.env)} if self.env else None
+
+    def url_of(self, trace_id: str | None) -> str | None:
+        return None if self.ui_url is None or trace_id is None else self.ui_url.replace("{trace_id}", trace_id)
+
+
 class SlaSettings(Upgradable):
     """The SLA policy actor: pools listed in `pools` are resized to their targets (others keep their size)."""
 
@@ -378,6 +409,7 @@ class Settings(BaseSettings):
     router: RouterSettings = RouterSettings()
     auth: AuthSettings = AuthSettings()
     sandbox: SandboxSettings = SandboxSettings()
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         fill_defaults(type(self), state)

@@ -8,7 +8,9 @@ import itertools
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
+from orchestrator import tracing
 from orchestrator.adapters.coalescer import Coalescer
 from orchestrator.adapters.task_store import Submission, TaskStore
 from orchestrator.errors import OrchestratorError
@@ -41,11 +43,26 @@ class Submitter:
         return self._shard
 
     async def submit(self, submission: Submission) -> tuple[str, bool]:
-        """Accept one task (with its children) durably; (task_id, duplicate). Raises what refused it."""
-        outcome = await self._turn(submission)
-        if isinstance(outcome, OrchestratorError):
-            raise outcome
-        return outcome
+        """Accept one task (with its children) durably; (task_id, duplicate). Raises what refused it.
+
+        With tracing on, the durable write is a span, and the task (its children too) carries that span's
+        context for the worker to continue."""
+        with tracing.span("submit", kind=tracing.SpanKind.PRODUCER) as span:
+            traceparent = tracing.traceparent()
+            if traceparent is not None:
+                task = submission.task
+                submission = replace(submission, task=replace(task, traceparent=traceparent),
+                                     children=[replace(c, traceparent=traceparent) for c in submission.children])
+                if span.is_recording():
+                    span.set_attributes({"orchestrator.task.id": task.task_id, "orchestrator.task.tool": task.tool,
+                                         "orchestrator.task.priority": task.priority,
+                                         "orchestrator.task.children": len(submission.children)})
+            outcome = await self._turn(submission)
+            if isinstance(outcome, OrchestratorError):
+                raise outcome
+            if span.is_recording():
+                span.set_attribute("orchestrator.task.duplicate", outcome[1])
+            return outcome
 
     async def _accept(self, items: Sequence[Submission]) -> list[tuple[str, bool] | OrchestratorError]:
         """One turn's submits: one script call per shard, concurrently."""

@@ -56,6 +56,7 @@ class TaskSpec:
     saga: str | None = None  # the saga whose step (or compensation) this task runs
     children: tuple[str, ...] = ()  # fanout: ids of the tasks queued when this one succeeds
     rerun_of: str | None = None  # `rerun_task`: the finished task this one runs again
+    traceparent: str | None = None  # W3C trace context of its submit span, when tracing is on
 
     @property
     def owner(self) -> str:

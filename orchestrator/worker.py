@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import tracing
 from orchestrator.adapters.stats_store import stats_arg
 from orchestrator.adapters.task_store import Held, Settlement, Taken, TakePolicy, TakeRequest, TakeResult, TaskStore
 from orchestrator.analytics import FinishedTask
@@ -201,7 +202,7 @@ class Runner:
         for shard, batch in batches.items():
             self._settled(batch, replies[shard])
         if taken is not None:
-            await self._started(0, taken, free)
+            await self._started(0, taken, free, now)
         elif free > 0 and self._store.shards > 1:
             await self._take(free)
         self._update_idle()
@@ -233,22 +234,36 @@ class Runner:
         now = self._clock()
         for shard, _rank in await self._store.peek(self.worker_type, now, self._policy.aging_interval_s):
             request = TakeRequest(shard, self.worker_type, self.name, free, next(self._seq), self._policy)
-            free -= await self._started(shard, await self._store.take(request, now), free)
+            free -= await self._started(shard, await self._store.take(request, now), free, now)
             if free <= 0:
                 break
 
-    async def _started(self, shard: int, result: TakeResult, asked: int) -> int:
-        """Start what a take returned; how many were started."""
+    async def _started(self, shard: int, result: TakeResult, asked: int, began: float) -> int:
+        """Start what a take (sent at `began`) returned; how many were started."""
         if result.duplicate:
             await self._adopt()
         now = self._clock()
         for record in result.settled:
             self._count(shard, record.status.value, record, now)
         for taken in result.taken:
+            if tracing.enabled() and taken.task.traceparent is not None:  # not one accepted before tracing was on
+                self._trace_take(taken, began, now)
             self._start(taken)
         if len(result.taken) >= asked:
             self._wake.set()  # the queue may hold more: take again once slots free up
         return len(result.taken)
+
+    def _trace_take(self, taken: Taken, began: float, now: float) -> None:
+        """The task's queue wait (before its first attempt) and its take, as spans made after the fact."""
+        task = taken.task
+
+        def attributes() -> tracing.Attributes:
+            return {"orchestrator.task.id": task.task_id, "orchestrator.attempt": taken.attempt,
+                    "orchestrator.worker": self.name, "orchestrator.shard": taken.shard}
+
+        if taken.attempt == 1:
+            tracing.record("queue wait", task.traceparent, task.ready_at, taken.first_started_at, attributes)
+        tracing.record("take", task.traceparent, began, now, attributes)
 
     def _start(self, taken: Taken) -> None:
         task_id = taken.task.task_id
@@ -258,7 +273,19 @@ class Runner:
         attempt.job = asyncio.create_task(self._run(attempt), name=f"task-{task_id}")
 
     async def _run(self, attempt: Attempt) -> None:
-        outcome, fields = await self._outcome(attempt)
+        taken = attempt.taken
+        with tracing.span("attempt", parent=taken.task.traceparent, kind=tracing.SpanKind.CONSUMER) as span:
+            if span.is_recording():
+                span.set_attributes({
+                    "orchestrator.task.id": taken.task.task_id, "orchestrator.task.tool": taken.task.tool,
+                    "orchestrator.attempt": taken.attempt, "orchestrator.worker": self.name,
+                    "orchestrator.attempt.retry": taken.attempt - 1 - taken.preemptions - taken.attempts_base > 0,
+                    "orchestrator.attempt.resumed": taken.checkpoint is not None})
+            outcome, fields = await self._outcome(attempt)
+            if span.is_recording():
+                span.set_attribute("orchestrator.attempt.outcome", outcome.value)
+                if "error" in fields:
+                    tracing.failed(span, fields["error"]["message"])
         task = attempt.taken.task
         self._running.pop(task.task_id, None)
         pending = attempt.pending or Settlement(task.task_id, attempt.taken.attempt)

@@ -31,6 +31,7 @@ from mcp.shared.dispatcher import ProgressFnT
 from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
+from orchestrator import tracing
 from orchestrator.errors import ToolError
 from orchestrator.settings import McpServerSettings, ToolSettings
 from orchestrator.tools.base import JsonValue, Tool, ToolCall, ToolContext
@@ -128,20 +129,23 @@ class McpConnections:
         tool: str,
         arguments: Mapping[str, JsonValue],
         progress: ProgressFnT | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> mcp_types.CallToolResult:
-        """`tools/call` on the server's shared connection, reconnecting once if that connection died.
+        """`tools/call` (with `meta` as its `_meta`) on the server's shared connection, reconnecting once if that
+        connection died.
 
         Raises ToolError (retryable) when the server cannot be reached; errors the server answers with
         (`MCPError`) and invalid results propagate for the caller to word.
         """
         connection = await self._connection(server_name, server)
         try:
-            return await _call_once(connection, tool, arguments, progress)
+            return await _call_once(connection, tool, arguments, progress, meta)
         except _ConnectionLost:
             logger.info("MCP connection died; reconnecting", extra={"mcp_server": server_name})
+            tracing.event("reconnect", {"mcp_server": server_name})
         connection = await self._connection(server_name, server)
         try:
-            return await _call_once(connection, tool, arguments, progress)
+            return await _call_once(connection, tool, arguments, progress, meta)
         except _ConnectionLost:
             raise ToolError(f"MCP server {server_name} closed the connection during tools/call {tool}",
                             retryable=True) from None
@@ -172,11 +176,13 @@ class McpConnections:
 
 
 async def _call_once(
-    connection: _Connection, tool: str, arguments: Mapping[str, JsonValue], progress: ProgressFnT | None
+    connection: _Connection, tool: str, arguments: Mapping[str, JsonValue], progress: ProgressFnT | None,
+    meta: Mapping[str, str] | None,
 ) -> mcp_types.CallToolResult:
     client = await connection.client()
     try:
-        return await client.call_tool(tool, dict(arguments), progress_callback=progress)
+        sent = cast(mcp_types.RequestParamsMeta, dict(meta)) if meta else None
+        return await client.call_tool(tool, dict(arguments), progress_callback=progress, meta=sent)
     except MCPError as exc:
         if not _connection_lost(exc):
             raise
@@ -259,7 +265,11 @@ class McpTool(Tool):
         # Progress is reported from a task of this call, in order, and all of it before the result returns.
         forwarder = asyncio.create_task(_forward_progress(updates, ctx))
         try:
-            result = await self._call(call.input, limit_s, by_deadline, on_progress)
+            with tracing.span(f"tools/call {self.remote_tool}", kind=tracing.SpanKind.CLIENT) as span:
+                if span.is_recording():
+                    span.set_attributes({"mcp.method.name": "tools/call", "gen_ai.tool.name": self.remote_tool,
+                                         "orchestrator.mcp_server": self.server_name})
+                result = await self._call(call.input, limit_s, by_deadline, on_progress)
         except BaseException:
             forwarder.cancel()
             await asyncio.wait({forwarder})
@@ -275,8 +285,10 @@ class McpTool(Tool):
     ) -> mcp_types.CallToolResult:
         try:
             async with asyncio.timeout(limit_s):
+                meta: dict[str, str] = {}
+                tracing.inject(meta)  # SEP-414: the server joins the trace through the request's _meta
                 return await self._connections.call_tool(
-                    self.server_name, self._server, self.remote_tool, tool_input, progress
+                    self.server_name, self._server, self.remote_tool, tool_input, progress, meta
                 )
         except TimeoutError:
             if by_deadline:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from orchestrator import tracing
 from orchestrator.errors import ToolError
 from orchestrator.resilience import (
     Account,
@@ -150,33 +151,48 @@ class OpenAITool(Tool):
 
         Every failure is a `ToolError` saying what went wrong and whether a retry of the task may help.
         """
-        failures: list[str] = []
-        for i, endpoint in enumerate(self._chain):
-            try:
-                result = await self._call_with_retries(endpoint, call, ctx)
-            except ProviderCallError as exc:
-                failures.append(f"{endpoint.tool}: {exc}" if len(self._chain) > 1 else str(exc))
-                if not exc.fallback or i == len(self._chain) - 1:
-                    raise ToolError("; ".join(failures), retryable=exc.retryable) from None
-                await ctx.progress({"fallback": self._chain[i + 1].tool, "reason": str(exc)})
-                continue
-            logger.debug("completion done", extra={"tool": endpoint.tool, "task_id": call.task_id})
-            return {**result, "tool": endpoint.tool, "provider": endpoint.provider}
+        own = self._chain[0].settings
+        with tracing.span(f"chat {call.input.get('model', own.model)}", kind=tracing.SpanKind.CLIENT) as span:
+            if span.is_recording():
+                span.set_attributes({"gen_ai.operation.name": "chat", "gen_ai.provider.name": self._chain[0].provider,
+                                     "gen_ai.request.model": str(call.input.get("model", own.model)),
+                                     "server.address": urlsplit(self.url).hostname or ""})
+            failures: list[str] = []
+            for i, endpoint in enumerate(self._chain):
+                try:
+                    result = await self._call_with_retries(endpoint, call, ctx)
+                except ProviderCallError as exc:
+                    failures.append(f"{endpoint.tool}: {exc}" if len(self._chain) > 1 else str(exc))
+                    if not exc.fallback or i == len(self._chain) - 1:
+                        tracing.failed(span, "; ".join(failures))
+                        raise ToolError("; ".join(failures), retryable=exc.retryable) from None
+                    following = self._chain[i + 1].tool
+                    tracing.event("fallback", {"from": endpoint.tool, "to": following, "reason": str(exc)})
+                    await ctx.progress({"fallback": following, "reason": str(exc)})
+                    continue
+                logger.debug("completion done", extra={"tool": endpoint.tool, "task_id": call.task_id})
+                if span.is_recording():
+                    span.set_attributes(_span_result(result, endpoint))
+                return {**result, "tool": endpoint.tool, "provider": endpoint.provider}
         raise AssertionError("unreachable: the chain is never empty")
 
     async def _call_with_retries(self, endpoint: Endpoint, call: ToolCall, ctx: ToolContext) -> dict[str, Any]:
         policy = RetryPolicy.of(endpoint.limits)
         headers = self._headers(endpoint)
+        tracing.inject(headers)  # the provider joins the trace (W3C traceparent)
         body = self.request_body(call.input, endpoint)
         account = Account.of(endpoint.provider, headers.get("Authorization"))
         tokens = estimate_tokens(sum(len(m["content"]) for m in body["messages"]), body.get("max_tokens"))
         lease_s = endpoint.settings.timeout_s + LEASE_MARGIN_S
         failures, limited, limited_s = 0, 0, 0.0
         while True:
+            asked_at = self._clock()
             try:
                 permit = await self._gate.acquire(account, endpoint.limits, tokens, lease_s)
             except CircuitOpenError as exc:
+                tracing.event("circuit open", {"tool": endpoint.tool, "reason": str(exc)})
                 raise ProviderCallError(str(exc), Outcome.NEUTRAL, retryable=True) from None
+            tracing.event("admitted", {"tool": endpoint.tool, "waited_ms": round((self._clock() - asked_at) * 1000, 3)})
             try:
                 result = await self._call_once(endpoint, call.deadline, headers, body, ctx)
             except ProviderCallError as exc:
@@ -197,8 +213,10 @@ class OpenAITool(Tool):
                     failures += 1
                 if call.deadline is not None and self._clock() + delay_s >= call.deadline:
                     raise ToolError(f"task deadline too close to retry after: {exc}") from None
-                await ctx.progress({"retry": failures + limited, "tool": endpoint.tool, "in_s": round(delay_s, 3),
-                                    "reason": str(exc)})
+                retry = {"retry": failures + limited, "tool": endpoint.tool, "in_s": round(delay_s, 3),
+                         "reason": str(exc)}
+                tracing.event("retry", retry)
+                await ctx.progress(retry)
                 await asyncio.sleep(delay_s)  # backoff: pacing, not synchronisation
                 continue
             except BaseException:
@@ -272,6 +290,13 @@ class OpenAITool(Tool):
         request_fault = status in (400, 413, 422)
         return ProviderCallError(f"provider refused the request ({status}): {detail}", Outcome.NEUTRAL, False,
                                  fallback=not request_fault)
+
+
+def _span_result(result: Mapping[str, Any], endpoint: Endpoint) -> tracing.Attributes:
+    usage = result["usage"]
+    return {"gen_ai.response.model": str(result.get("model") or ""), "orchestrator.provider.tool": endpoint.tool,
+            "gen_ai.usage.input_tokens": usage["prompt_tokens"], "gen_ai.usage.output_tokens": usage["completion_tokens"],
+            "gen_ai.response.finish_reasons": str(result.get("finish_reason") or "")}
 
 
 def _key_hint(endpoint: Endpoint) -> str:

@@ -46,6 +46,7 @@ function render(r) {
     ["Dead letter", r.dead_letter ?? "—"],
     ["Re-run of", r.rerun_of ? taskLink(r.rerun_of) : "—"],
     ["Re-runs", links(r.reruns ?? [])],
+    ["Trace", trace(r)],
   ];
   const out = [section("Record", el("dl", { class: "facts" }, facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])))];
   out.push(section("Input", json(r.prompt == null ? r.input : { prompt: r.prompt, ...r.input })));
@@ -53,6 +54,13 @@ function render(r) {
   if (r.error) out.push(section("Error", el("p", { class: "bad", id: "task-error" }, `${r.error.code}: ${r.error.message}`)));
   if (r.status === "succeeded") out.push(section("Result", el("div", { id: "task-result" }, json(r.result))));
   return out;
+}
+
+/** The trace id; a link to the operator's tracing UI when the orchestrator is configured with one. */
+function trace(r) {
+  if (!r.trace_id) return "—";
+  const id = el("code", {}, r.trace_id);
+  return r.trace_url ? el("a", { href: r.trace_url, target: "_blank", rel: "noopener noreferrer", id: "trace-link" }, id) : id;
 }
 
 function links(ids) {
