@@ -143,14 +143,17 @@ class TaskService:
         and the task queued again once nothing it asked for is pending. The same answer again changes nothing."""
         record = await self.get_task(params.task_id, who)
         pending = {key: request.model_dump(by_alias=True) for key, request in record.input_requests.items()}
+        given = inputs.as_answer(params.input, params.action)
         key = inputs.pending_key(pending, params.key)
+        if key is None and not pending:  # an answer delivered again names its key only if it had to
+            key = next((k for k, answer in record.inputs.items() if answer == given), None)
         if key is None:
             if pending:
                 raise InvalidParamsError({"params.key": "the task waits for several inputs; name one of: "
                                                         + ", ".join(sorted(pending))})
             raise InputNotExpectedError(record.task_id, record.status.value, "", [])
         if key not in pending:  # answered already (the same answer again is no error) or never asked
-            if record.inputs.get(key) == inputs.as_answer(params.input, params.action):
+            if record.inputs.get(key) == given:
                 return ProvideInputResult(task_id=record.task_id, key=key, status=record.status, duplicate=True)
             raise InputNotExpectedError(record.task_id, record.status.value, key, sorted(pending))
         answer = inputs.checked_answer(pending[key], params.input, params.action, "params.input")
