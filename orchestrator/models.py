@@ -28,6 +28,11 @@ class TaskStatus(StrEnum):
     def finished(self) -> bool:
         return self in FINISHED
 
+    @property
+    def settled(self) -> bool:
+        """Whether waiting for the task is over: it finished, or it waits for someone's input."""
+        return self in FINISHED or self is TaskStatus.INPUT_REQUIRED
+
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 

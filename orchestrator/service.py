@@ -110,7 +110,7 @@ class TaskService:
         if duplicate:  # an earlier task with this idempotency key: it may have finished long ago
             with self._waiter.watch(task_id) as watch:
                 record = await self._wait(watch, timeout_s, check_first=True)
-        if record is not None and settled(record):
+        if record is not None and record.status.settled:
             return record
         status = record.status if record is not None else accepted_status(task)
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
@@ -298,12 +298,7 @@ class TaskService:
         async def finished() -> bool:
             nonlocal record
             record = await self._store.get(watch.task_id)
-            return settled(record)
+            return record.status.settled
 
         await watch.wait(timeout_s, finished, check_first=check_first)
         return record
-
-
-def settled(record: TaskRecord) -> bool:
-    """Whether a wait for the task is over: it finished, or it waits for someone's input."""
-    return record.status.finished or record.status is TaskStatus.INPUT_REQUIRED
