@@ -316,7 +316,8 @@ class Runner:
         if tool is None:
             return _failed(ToolError(f"tool {task.tool!r} is not configured on this worker"))
         if task.deadline is not None and self._clock() >= task.deadline:
-            return _failed(ToolError("deadline passed before the task could start"))
+            when = "while it waited for input" if attempt.taken.input_rounds else "before the task could start"
+            return _failed(ToolError(f"deadline passed {when}"))
         call = ToolCall(task_id=task.task_id, attempt=attempt.taken.attempt, input=task.input, context=task.context,
                         deadline=task.deadline, checkpoint=attempt.taken.checkpoint, tenant=task.tenant)
         ctx = AttemptContext(self, attempt, self._limits.max_checkpoint_bytes)
