@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -234,3 +235,14 @@ def test_a_task_waiting_for_input_survives_its_worker_and_resumes(system: Deploy
     assert record["status"] == "succeeded" and record["result"]["answer"] == {"approve": False,
                                                                              "comment": "not today"}
     assert record["attempts"] == 2 and record["last_failure"] is None  # an input round is no lost attempt
+
+
+def test_a_deadline_keeps_counting_while_a_task_waits_for_input(system: Deployed) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=2)
+    params = {"tool": "echo", "input": {"prompt": "late", "ask": ASK}, "deadline": deadline.isoformat()}
+    task_id = str(result(system.base_url, "run_task", params, path="v2/rpc")["task_id"])
+    waiting_for_input(system.base_url, task_id)
+    wait_until(lambda: datetime.now(UTC) > deadline, 10, "the deadline to pass")
+    result(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": True}})
+    record = finished(system.base_url, task_id)
+    assert record["status"] == "failed" and record["error"]["message"] == "deadline passed while it waited for input"
