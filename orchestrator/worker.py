@@ -54,6 +54,7 @@ class Attempt:
     progress: list[Any] = field(default_factory=list)
     saved: list[asyncio.Future[None]] = field(default_factory=list)  # checkpoints waiting to be durable
     asked: dict[str, Any] = field(default_factory=dict)  # requests for input not answered yet, by key
+    ending: asyncio.Task[None] | None = None  # ends the attempt for input (held here: the loop keeps tasks weakly)
 
 
 Batched = tuple[Attempt, Settlement, list["asyncio.Future[None]"]]  # an attempt, its report, its checkpoints' futures
@@ -148,10 +149,9 @@ class Runner:
     def ask(self, attempt: Attempt, key: str, request: Mapping[str, Any]) -> None:
         """Note a request for input; the attempt ends waiting for input once its other asks made at the same
         time (siblings under `gather`) had their turn to be noted too."""
-        first = not attempt.asked
         attempt.asked[key] = dict(request)
-        if first:
-            asyncio.get_running_loop().create_task(self._end_for_input(attempt))
+        if attempt.ending is None:
+            attempt.ending = asyncio.create_task(self._end_for_input(attempt), name=f"ask-{attempt.taken.task.task_id}")
 
     async def _end_for_input(self, attempt: Attempt) -> None:
         for _ in range(INPUT_SIBLING_TURNS):
