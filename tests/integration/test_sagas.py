@@ -324,7 +324,8 @@ def test_code_pipeline_failing_tests_stop_before_deploy(system: Deployed) -> Non
 def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     unknown = rpc(system.base_url, "run_saga", {"workflow": "nope", "input": {}})
     assert unknown["error"]["code"] == -32602
-    assert "known: code_pipeline, deploy_then_fail" in unknown["error"]["data"]["fields"]["params.workflow"]
+    assert "known: approved_deploy, code_pipeline, deploy_then_fail" in unknown["error"]["data"]["fields"][
+        "params.workflow"]
     missing = rpc(system.base_url, "run_saga", {"workflow": "code_pipeline", "input": {"task": "x"}})
     assert missing["error"]["data"]["fields"] == {"params.input.artifact": "required"}
     huge = rpc(system.base_url, "run_saga", {"workflow": "three", "input": {"blob": "x" * 300_000}})
@@ -333,7 +334,8 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     assert absent["error"]["code"] == -32009
     workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}
     assert [s["name"] for s in workflows["code_pipeline"]["steps"]][-1] == "deploy"
-    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail", "resumable"}
+    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail", "resumable",
+                              "approved_deploy"}
 
 
 # ---------------------------------------------------------------- a tool that finishes when released
