@@ -274,7 +274,8 @@ class SagaCoordinatorActor:
             deadline = datetime.fromtimestamp(self._clock() + command.timeout_s, tz=UTC)
         try:
             params = RunTaskParamsV2(tool=command.tool, input=command.input, priority=run.state.priority,
-                                     idempotency_key=command.key, agent=run.state.agent, deadline=deadline)
+                                     idempotency_key=command.key, agent=run.state.agent, deadline=deadline,
+                                     context={} if command.approval is None else {"approval": command.approval})
             # The orchestrator itself submits: any priority the saga was allowed, and operator-only actions (an
             # artifact's restore as a compensation).
             task, children = build_task(params, self._settings, self._clock(), run.state.tenant,
@@ -308,8 +309,14 @@ class SagaCoordinatorActor:
         """Wait for the task and record how it ended; returns early (unchanged) when the saga no longer wants the
         step (`interruptible`, by default a step's wait: a compensation's never is)."""
         stop = (lambda: self._unwanted(run)) if (not compensation if interruptible is None else interruptible) else None
+
+        async def shown(record: TaskRecord) -> None:  # the saga shows what its step waits for, while it waits
+            requests = {k: r.model_dump(by_alias=True) for k, r in record.input_requests.items()}
+            if requests != _step_of(run.state, step).input_requests:
+                await run.update(lambda state: saga.on_input_required(state, step, requests, self._clock()))
+
         try:
-            record = await self._wait(task_id, stop)
+            record = await self._wait(task_id, stop, shown)
         except TaskNotFoundError:
             logger.warning("saga task lost", extra={"saga_id": run.state.saga_id, "step": step, "task_id": task_id})
             await run.update(lambda state: saga.on_task_lost(state, step, compensation, self._clock()))
@@ -330,13 +337,17 @@ class SagaCoordinatorActor:
         if command.compensation:
             await self._sagas.dead_letter(run.state.saga_id, command.step, command.error, self._clock())
 
-    async def _wait(self, task_id: str, stop: Callable[[], bool] | None) -> TaskRecord | None:
-        """The task's record once it finished; None as soon as `stop` says so."""
+    async def _wait(self, task_id: str, stop: Callable[[], bool] | None,
+                    seen: Callable[[TaskRecord], Awaitable[None]]) -> TaskRecord | None:
+        """The task's record once it finished (each one read on the way handed to `seen`: a task waiting for input
+        holds nothing here but this wait); None as soon as `stop` says so."""
         record: TaskRecord | None = None
 
         async def finished() -> bool:
             nonlocal record
             record = await self._tasks.get_task(task_id, auth.system(None))
+            if not record.status.finished:
+                await seen(record)
             return record.status.finished
 
         with self._waiter.watch(task_id) as watch:
@@ -349,3 +360,7 @@ class SagaCoordinatorActor:
         """Until `until`, or (`interruptible`) until the saga no longer wants its running steps."""
         while self._clock() < until and not (interruptible and self._unwanted(run)):
             await asyncio.sleep(min(WAIT_SLICE_S, until - self._clock()))  # a backoff, not synchronisation
+
+
+def _step_of(state: saga.SagaState, name: str) -> saga.StepState:
+    return next(s for s in state.steps if s.name == name)

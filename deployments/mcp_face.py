@@ -40,17 +40,17 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from deployments.http_auth import NOT_IN, caller, refusal
-from orchestrator import events, mcp_tools, tracing
+from orchestrator import events, inputs, mcp_tools, tracing
 from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.key_store import KeyRing
 from orchestrator.adapters.keys import Keys
 from orchestrator.adapters.task_store import TaskStore, storage_errors
 from orchestrator.adapters.tenant_slots import TenantSlots
 from orchestrator.auth import READ, SUBMIT, Principal
-from orchestrator.errors import OrchestratorError, QuotaExceededError
+from orchestrator.errors import InputNotExpectedError, InvalidParamsError, OrchestratorError, QuotaExceededError
 from orchestrator.jsonrpc import Method, to_jsonrpc_error
 from orchestrator.mcp_tools import Runnable
-from orchestrator.models import FINISHED, RunTaskResult, WaitSeconds
+from orchestrator.models import FINISHED, RunTaskResult, TaskStatus, WaitSeconds
 from orchestrator.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ Rpc = Callable[[bytes, Principal], Awaitable[bytes | None]]
 Report = Callable[[float, float | None, str | None], Awaitable[None]]
 """Sends one progress notification (a no-op when the request carried no progressToken)."""
 
-TOOLS = ("run_task", "get_task", "cancel_task", "rerun_task", "status", "analytics", "run_saga", "get_saga",
+TOOLS = ("run_task", "get_task", "cancel_task", "provide_input", "rerun_task", "status", "analytics", "run_saga", "get_saga",
          "cancel_saga", "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules",
          "pause_schedule", "resume_schedule", "delete_schedule", "list_tasks", "list_sagas")
 """The methods offered as MCP tools, in this order, when the dispatcher has them."""
@@ -487,7 +487,7 @@ class McpFace:
                         continue
                     after[0] = event.seq
                     await report(event.seq, None, progress_message(event.type, json.loads(event.data)))
-                    if event.type in FINISHED:
+                    if event.type in FINISHED or event.type == TaskStatus.INPUT_REQUIRED:
                         return True
         except TimeoutError:
             return False
@@ -499,12 +499,50 @@ class McpFace:
                         ctx: ServerRequestContext[Any]) -> types.CallToolResult | dict[str, Any]:
         """Submit a task of the tool (a saga of the workflow) through the dispatcher, as `run_task` (`run_saga`)
         does; answer it as a task to a client that opted into the Tasks extension (2026-07-28 wire), else follow
-        it to its end; a cancelled request (the client went away) cancels it."""
+        it to its end; a cancelled request (the client went away) cancels it.
+
+        A task that asks for input while the call follows it is answered with `input_required` (SEP-2322): the
+        client's elicitation answers come back with the call again (`inputResponses`, the `requestState` naming
+        the task), which then goes on following the same task — or, for an `ask_first` tool, hands it over as a
+        task once its first questions are answered."""
         modern = ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS
         as_task = modern and mcp_tools.opted_in(params.meta) and runnable.task_support != "forbidden"
         if modern and runnable.task_support == "required" and not as_task:
             raise MCPError(code=types.MISSING_REQUIRED_CLIENT_CAPABILITY, message="Missing required client capability",
                            data=mcp_tools.REQUIRED_CAPABILITIES)
+        follower = dataclasses.replace(principal, scopes=principal.scopes | {READ})  # submit may follow what it ran
+        if params.request_state is not None:  # a call again, with the answers to what its task asked
+            handle = _resumed_handle(runnable.name, params.request_state)
+            responses = {k: v.model_dump(by_alias=True, mode="json", exclude_none=True)
+                         for k, v in (params.input_responses or {}).items()}
+            await self._deliver(handle, responses, follower)
+        else:
+            handle_or_refusal = await self._submit(runnable, params, principal)
+            if isinstance(handle_or_refusal, types.CallToolResult):
+                return handle_or_refusal
+            handle = handle_or_refusal
+            as_task = as_task and not runnable.ask_first  # its first questions are asked within the call
+        if as_task:  # accepted means durable: tasks/get finds it from here on, on any replica
+            return mcp_tools.created_task(handle, time.time(), self._ttl_ms)
+        report = ctx.session.report_progress
+        if runnable.workflow:
+            async with _cancelling(lambda: self._call("cancel_saga", {"saga_id": handle}, principal)):
+                settled = await self._until_settled(handle, follower, report)
+            if "error" in settled:
+                return _refused(settled["error"])
+            asked = mcp_tools.detailed_saga(settled["result"], self._ttl_ms).get("inputRequests")
+            return self._asking(runnable, handle, asked, ctx) if asked else mcp_tools.saga_result(settled["result"])
+        async with _cancelling(lambda: self._call("cancel_task", {"task_id": handle}, principal)):
+            finished = await self._until_finished(handle, follower, report)
+        if "error" in finished:
+            return _refused(finished["error"])
+        if finished["result"]["status"] == "input_required":
+            return self._asking(runnable, handle, mcp_tools.input_requests(finished["result"]["input_requests"]), ctx)
+        return mcp_tools.task_result(finished["result"])
+
+    async def _submit(self, runnable: Runnable, params: types.CallToolRequestParams,
+                      principal: Principal) -> str | types.CallToolResult:
+        """The id of the task (saga) a call submitted, or the refusal to answer."""
         submitted = mcp_tools.submission(params.meta)
         arguments = params.arguments or {}
         if runnable.workflow:
@@ -517,20 +555,53 @@ class McpFace:
         reply = await self._call(method, call, principal)
         if "error" in reply:
             return _refused(reply["error"])
-        if as_task:  # accepted means durable: tasks/get finds it from here on, on any replica
-            handle = reply["result"]["saga_id" if runnable.workflow else "task_id"]
-            return mcp_tools.created_task(handle, time.time(), self._ttl_ms)
-        report = ctx.session.report_progress
-        follower = dataclasses.replace(principal, scopes=principal.scopes | {READ})  # submit may follow what it ran
-        if runnable.workflow:
-            saga_id = reply["result"]["saga_id"]
-            async with _cancelling(lambda: self._call("cancel_saga", {"saga_id": saga_id}, principal)):
-                settled = await self._until_settled(saga_id, follower, report)
-            return _refused(settled["error"]) if "error" in settled else mcp_tools.saga_result(settled["result"])
-        task_id = reply["result"]["task_id"]
-        async with _cancelling(lambda: self._call("cancel_task", {"task_id": task_id}, principal)):
-            finished = await self._until_finished(task_id, follower, report)
-        return _refused(finished["error"]) if "error" in finished else mcp_tools.task_result(finished["result"])
+        return str(reply["result"]["saga_id" if runnable.workflow else "task_id"])
+
+    def _asking(self, runnable: Runnable, handle: str, requests: Mapping[str, Any],
+                ctx: ServerRequestContext[Any]) -> types.CallToolResult | dict[str, Any]:
+        """A followed task waits for input: ask the client (input_required, on the 2026-07-28 wire to a client that
+        can elicit), else a clear error naming the task, which goes on waiting for `provide_input`."""
+        capabilities = ctx.session.client_capabilities
+        if ctx.protocol_version not in HANDSHAKE_PROTOCOL_VERSIONS and capabilities is not None \
+                and capabilities.elicitation is not None:
+            return {"resultType": "input_required", "inputRequests": dict(requests),
+                    "requestState": f"{runnable.name}{_STATE_SEP}{handle}"}
+        keys = ", ".join(sorted(requests))
+        return _refused({"code": InputNotExpectedError.code, "message": (
+            f"{'saga' if runnable.workflow else 'task'} {handle} waits for input ({keys}) and this client cannot be "
+            "asked (it declared no elicitation on the 2026-07-28 wire): answer with provide_input, or call with "
+            "the Tasks extension and answer with tasks/update"), "data": {"task_id": handle,
+                                                                         "input_requests": dict(requests)}})
+
+    async def _deliver(self, handle: str, responses: Mapping[str, Any], who: Principal) -> None:
+        """Answer what a task (or a saga's step) waits for with elicitation results: every answer checked against
+        its request's schema before any is stored; answers to nothing pending are ignored."""
+        pending = await self._pending(handle, who)
+        checked: list[dict[str, Any]] = []
+        try:
+            for key, (action, content) in mcp_tools.answers({k: v for k, v in responses.items()
+                                                             if k in pending}).items():
+                task_id, own_key, request = pending[key]
+                inputs.checked_answer(request, content, action, f"params.inputResponses.{key}.content")
+                checked.append({"task_id": task_id, "key": own_key, "input": content, "action": action})
+        except InvalidParamsError as exc:
+            raise _invalid(exc) from None
+        for answer in checked:
+            reply = await self._call("provide_input", answer, who)
+            if "error" in reply and reply["error"].get("code") != InputNotExpectedError.code:  # answered meanwhile
+                raise _task_error(reply["error"])
+
+    async def _pending(self, handle: str, who: Principal) -> dict[str, tuple[str, str, Mapping[str, Any]]]:
+        """What a task, or a saga's steps, wait for: key → (task id, the task's own key, the request)."""
+        reply = await self._call("get_task", {"task_id": handle}, who)
+        if "result" in reply:
+            return {k: (handle, k, r) for k, r in reply["result"]["input_requests"].items()}
+        saga = await self._call("get_saga", {"saga_id": handle}, who) if _missing(reply) else reply
+        if "error" in saga:
+            raise _task_error(saga["error"])
+        return {f"{step['name']}{mcp_tools.STEP_KEY}{k}": (step["attempts"][-1]["task_id"], k, r)
+                for step in saga["result"]["steps"] if step.get("attempts")
+                for k, r in (step.get("input_requests") or {}).items()}
 
     # --- the Tasks extension: tasks/get, tasks/cancel, tasks/update ------------------------------------
 
@@ -556,8 +627,10 @@ class McpFace:
         return {}
 
     async def _update_task(self, ctx: ServerRequestContext[Any], params: _UpdateParams) -> dict[str, Any]:
-        """No task of ours asks for input yet: every response is to no outstanding request, so it is ignored."""
-        await self._get_task(ctx, params)
+        """Deliver `inputResponses` to what the task waits for (as provide_input, each checked against its
+        request's schema); an empty acknowledgement — responses to nothing pending are ignored."""
+        who = self._task_caller(ctx, params)
+        await self._deliver(params.task_id, params.input_responses, who)
         return {}
 
     def _task_caller(self, ctx: ServerRequestContext[Any], params: _TaskParams) -> Principal:
@@ -575,7 +648,8 @@ class McpFace:
         return dataclasses.replace(principal, scopes=principal.scopes | {READ}) if principal.can(SUBMIT) else principal
 
     async def _until_finished(self, task_id: str, principal: Principal, report: Report) -> dict[str, Any]:
-        """The task's get_task reply once it finished, its events reported meanwhile (Redis failing: retried)."""
+        """The task's get_task reply once it finished or waits for input, its events reported meanwhile (Redis
+        failing: retried)."""
         after = [0]
         while True:
             try:
@@ -587,12 +661,13 @@ class McpFace:
             reply = await self._call("get_task", {"task_id": task_id}, principal)
             if "error" in reply and not _retryable(reply["error"]):
                 return reply
-            if "result" in reply and reply["result"]["status"] in FINISHED:
+            if "result" in reply and TaskStatus(reply["result"]["status"]).settled:
                 return reply
             await asyncio.sleep(RETRY_S)
 
     async def _until_settled(self, saga_id: str, principal: Principal, report: Report) -> dict[str, Any]:
-        """The saga's get_saga reply once it settled; each step's change of status reported meanwhile."""
+        """The saga's get_saga reply once it settled or a step waits for input; each step's change of status
+        reported meanwhile."""
         seen: dict[str, str] = {}
         sent = 0
         while True:
@@ -609,7 +684,7 @@ class McpFace:
                         seen[step["name"]] = status
                         sent += 1
                         await report(sent, None, f"step {step['name']}: {status}")
-                if state["status"] in SAGA_FINISHED:
+                if state["status"] in SAGA_FINISHED or any(step.get("input_requests") for step in state["steps"]):
                     return reply
             await asyncio.sleep(SAGA_POLL_S)
 
@@ -648,6 +723,22 @@ def _task_error(error: Mapping[str, Any]) -> MCPError:
         return MCPError(code=types.INVALID_PARAMS, message="Failed to retrieve task: Task not found")
     return MCPError(code=int(error.get("code", types.INTERNAL_ERROR)), message=str(error.get("message")),
                     data=error.get("data"))
+
+
+_STATE_SEP = ":"  # requestState: `<tool>:<task id>` (a tool's name has no colon)
+
+
+def _resumed_handle(tool: str, state: str) -> str:
+    """The task (saga) id a call's requestState names, checked to be one this tool made; -32602 if not."""
+    named, sep, handle = state.partition(_STATE_SEP)
+    if not sep or named != tool or not handle:
+        raise MCPError(code=types.INVALID_PARAMS, message="Invalid params",
+                       data={"fields": {"params.requestState": "not one this tool answered with"}})
+    return handle
+
+
+def _invalid(exc: InvalidParamsError) -> MCPError:
+    return MCPError(code=types.INVALID_PARAMS, message="Invalid params", data={"fields": exc.fields})
 
 
 def _retryable(error: Mapping[str, Any]) -> bool:

@@ -27,6 +27,8 @@ from orchestrator.models import (
     ListTasksParams,
     ListTasksResult,
     ListWorkflowsParams,
+    ProvideInputParams,
+    ProvideInputResult,
     RerunSagaParams,
     RerunTaskParams,
     RunSagaParams,
@@ -52,7 +54,7 @@ from orchestrator.settings import SCOPES
 
 RUN_TASK_SUMMARY = (
     "Submit a task. Answers {task_id, status} once it is durably accepted, or, with `wait`, "
-    "the finished task record if it finishes within `wait` seconds. With `not_before` or `delay_s` it is "
+    "the finished task record if it finishes (or asks for input) within `wait` seconds. With `not_before` or `delay_s` it is "
     "`scheduled` until then."
 )
 
@@ -178,6 +180,9 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
     async def cancel_task(params: Any, ctx: RequestContext) -> CancelTaskResult:
         return await service.cancel_task(cast(TaskIdParams, params).task_id, ctx.principal)
 
+    async def provide_input(params: Any, ctx: RequestContext) -> ProvideInputResult:
+        return await service.provide_input(cast(ProvideInputParams, params), ctx.principal)
+
     async def rerun_task(params: Any, ctx: RequestContext) -> RunTaskResult:
         return await service.rerun_task(cast(RerunTaskParams, params), ctx.principal)
 
@@ -205,6 +210,10 @@ def _task_methods(service: TaskService, version: int) -> list[Method]:
                get_task, READ),
         Method("cancel_task", TaskIdParams, CancelTaskResult,
                "Cancel a queued task at once, or interrupt a running one.", cancel_task, SUBMIT),
+        Method("provide_input", ProvideInputParams, ProvideInputResult,
+               "Answer a task waiting for input (status input_required; its record's `input_requests` say what "
+               "and with which schema): checked, stored, and the task resumes once nothing else is pending.",
+               provide_input, SUBMIT),
         Method("rerun_task", RerunTaskParams, RunTaskResult,
                "Run a finished task again as a new task linked both ways (rerun_of / reruns); input and priority "
                "may change.", rerun_task, SUBMIT),

@@ -202,6 +202,9 @@ def down() -> None:
         out.print("orchestrator down: nothing was running; removed the stale state file.")
 
 
+INPUT_REQUIRED_EXIT = 3  # `run --wait`: the task waits for input
+
+
 @app.command()
 def run(
     prompt: Annotated[str, typer.Argument(help="the task's text input")],
@@ -216,8 +219,8 @@ def run(
 ) -> None:
     """Submit a task with `run_task`; print the finished record, or {task_id, status} with --no-wait.
 
-    With --wait the exit code says how it ended: 0 succeeded, 1 failed or cancelled, 124 still unfinished after
-    --wait-s (the record is printed as it is then)."""
+    With --wait the exit code says how it ended: 0 succeeded, 1 failed or cancelled, 3 waiting for input (answer
+    with `orchestrator answer`), 124 still unfinished after --wait-s (the record is printed as it is then)."""
     from orchestrator.client.protocol import RunTaskOptions
 
     options: RunTaskOptions = {}
@@ -240,10 +243,35 @@ def run(
                 err.print(f"{exc}.", markup=False)
                 raise typer.Exit(124) from None
     out.print_json(data=answer.model_dump(mode="json"))
+    if isinstance(answer, TaskRecord) and answer.status is TaskStatus.INPUT_REQUIRED:
+        for key, request in answer.input_requests.items():
+            err.print(f"task {answer.task_id} waits for input {key!r}: {request.message} (answer with "
+                      f"`orchestrator answer {answer.task_id} '<JSON>' --key {key}`)", markup=False)
+        raise typer.Exit(INPUT_REQUIRED_EXIT)
     if isinstance(answer, TaskRecord) and answer.status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         why = f": {answer.error.message}" if answer.error else ""
         err.print(f"task {answer.task_id} {answer.status.value}{why}", markup=False)
         raise typer.Exit(1)
+
+
+@app.command()
+def answer(
+    task_id: Annotated[str, typer.Argument(help="a task waiting for input (status input_required)")],
+    value: Annotated[str, typer.Argument(metavar="INPUT", help="the answer, JSON (checked against the request's "
+                                                               "schema)")] = "null",
+    key: Annotated[str | None, typer.Option(help="the request answered (needed when several are pending)")] = None,
+    decline: Annotated[bool, typer.Option(help="decline the request: the tool's ask raises")] = False,
+    url: Url = None,
+    api_key: ApiKey = None,
+) -> None:
+    """Answer a task's request for input (`provide_input`); it resumes once nothing it asked for is pending."""
+    try:
+        content = json.loads(value)
+    except ValueError as exc:
+        raise CliError(f"INPUT is not JSON: {exc}.") from None
+    with _api(url, api_key) as client:
+        done = client.provide_input(task_id, content, key=key, action="decline" if decline else "accept")
+    out.print_json(data=done.model_dump(mode="json"))
 
 
 @app.command()

@@ -20,14 +20,15 @@ from orchestrator.models import TaskRecord, TaskStatus, TaskSummary
 from orchestrator.tasks import TaskSpec
 from orchestrator.tracing import trace_id_of
 
-Kind = Literal["str", "int", "ms", "json", "ids", "flag"]
+Kind = Literal["str", "int", "ms", "json", "ids", "flag", "jmap"]
 
 
 @dataclass(frozen=True, slots=True)
 class Field:
     name: str  # the attribute on TaskSpec / TaskRecord
     wire: str  # the member of the stored JSON record (and of a stream entry, for `task_id` and `attempts`)
-    kind: Kind  # str; int; ms: seconds as float ⇄ integer ms; json: any value ⇄ JSON text; ids: tuple of ids
+    kind: Kind  # str; int; ms: seconds as float ⇄ integer ms; json: any value ⇄ JSON text; ids: tuple of ids;
+    # jmap: a dict of any values ⇄ an object of JSON texts (scripts move its members without decoding them)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -66,6 +67,8 @@ FIELDS: tuple[Field, ...] = (
     Field("resumed_from", "rf", "json"),
     Field("result", "r", "json"),
     Field("error", "e", "json"),
+    Field("input_requests", "iq", "jmap"),  # input_required: key → {message, schema, asked_at} (ctx.ask)
+    Field("inputs", "ia", "jmap"),  # answers received (provide_input): key → {action, content}
     Field("last_failure", "lf", "str"),
     Field("dead_letter", "dd", "str"),
 )
@@ -73,8 +76,8 @@ BY_NAME = {f.name: f for f in FIELDS}
 BY_WIRE = {f.wire: f for f in FIELDS}
 # Members only the scripts use (never decoded into a record): the queue score, the delivery entry, the attempt
 # allowance base after a requeue, a pending cancel, the last event number, the history, a claimed preemption
-# victim, the parent's result delivered by the outbox.
-SCRIPT_ONLY = frozenset({"sc", "ei", "ab", "cr", "sq", "h", "pv", "pr"})
+# victim, the parent's result delivered by the outbox, the attempts that ended asking for input.
+SCRIPT_ONLY = frozenset({"sc", "ei", "ab", "cr", "sq", "h", "pv", "pr", "ir"})
 
 
 def dumps(value: Any) -> str:
@@ -95,6 +98,8 @@ def _encode_value(field: Field, value: Any) -> Any:
         return list(value)
     if field.kind == "flag":
         return 1
+    if field.kind == "jmap":
+        return {key: dumps(item) for key, item in value.items()}
     return value
 
 
@@ -107,6 +112,8 @@ def _decode_value(field: Field, value: Any) -> Any:
         return tuple(value)
     if field.kind == "flag":
         return bool(value)
+    if field.kind == "jmap":  # cjson writes an emptied table as [] (never left stored, but harmless)
+        return {key: json.loads(item) for key, item in value.items()} if isinstance(value, dict) else {}
     return value
 
 
@@ -196,7 +203,8 @@ FINAL_TYPES = frozenset({"succeeded", "failed", "cancelled"})
 @dataclass(frozen=True, slots=True)
 class Event:
     seq: int  # 1, 2, …: the event's id (SSE `id`, `Last-Event-ID`)
-    # scheduled, queued, running, progress, preempted, attempt_lost, corrected, waiting, succeeded, failed, cancelled
+    # scheduled, queued, running, progress, preempted, input_required, input_received, attempt_lost, corrected,
+    # waiting, succeeded, failed, cancelled
     type: str
     time: float  # unix seconds
     data: str  # JSON text

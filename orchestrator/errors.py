@@ -11,6 +11,7 @@ Codes: -32700..-32600 belong to the JSON-RPC edge (see `jsonrpc.py`); applicatio
   -32012 forbidden: the key lacks the scope the method needs
   -32013 tenant quota exceeded (retryable, carries retry_after_s)
   -32014 schedule not found
+  -32015 input not expected: the task is not waiting for input under that key
 
 An error's `data` carries its constructor's arguments, so `from_wire` rebuilds the very exception on the client
 (`except QueueFullError:` works on both sides).
@@ -199,6 +200,22 @@ class QuotaExceededError(OrchestratorError):
         return f"quota exceeded: tenant {self.tenant} {what}; retry in {self.retry_after_s:g} s"
 
 
+class InputNotExpectedError(OrchestratorError):
+    """`provide_input` for a task that is not waiting for input, or under a key it did not ask for (or answered
+    differently already); nothing was stored."""
+
+    code = -32015
+
+    def __init__(self, task_id: str, status: str, key: str, pending: list[str]) -> None:
+        super().__init__(task_id, status, key, pending)
+        self.task_id, self.status, self.key, self.pending = task_id, status, key, pending
+
+    def __str__(self) -> str:
+        if self.status != "input_required":
+            return f"task {self.task_id} is {self.status}: it is not waiting for input"
+        return f"task {self.task_id} is not waiting for input {self.key!r}; it waits for: {', '.join(self.pending)}"
+
+
 class InvalidParamsError(Exception):
     """Params failed validation at the edge; `fields` maps a field path to why."""
 
@@ -242,7 +259,7 @@ class ProtocolError(Exception):
 _WIRE_CLASSES: tuple[type[OrchestratorError], ...] = (
     TaskNotFoundError, QueueFullError, TaskNotCancellableError, ToolError, StorageUnavailableError,
     ActorUnavailableError, DeadLetterError, ParentFailedError, SagaNotFoundError, SagaFinishedError,
-    UnauthenticatedError, ForbiddenError, QuotaExceededError, ScheduleNotFoundError,
+    UnauthenticatedError, ForbiddenError, QuotaExceededError, ScheduleNotFoundError, InputNotExpectedError,
 )
 BY_CODE: Mapping[int, type[OrchestratorError]] = {cls.code: cls for cls in _WIRE_CLASSES}
 

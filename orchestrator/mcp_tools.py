@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import mcp_types as types
 
+from orchestrator.errors import InvalidParamsError
 from orchestrator.saga import WorkflowDefinition
 from orchestrator.settings import ToolSettings
 from orchestrator.tools import registry
@@ -37,6 +38,7 @@ class Runnable:
     name: str
     workflow: bool
     definition: types.Tool
+    ask_first: bool = False  # a task's first requests for input are gathered within the call (ToolSettings)
 
     @property
     def task_support(self) -> TaskSupport:
@@ -70,7 +72,7 @@ def runnables(tools: Mapping[str, ToolSettings], workflows: Mapping[str, Workflo
         used.add(name)
         definition = (_workflow_tool(name, source, schema) if isinstance(source, WorkflowDefinition)
                       else _registered_tool(name, source, schema))
-        offered.append(Runnable(name, workflow, definition))
+        offered.append(Runnable(name, workflow, definition, not workflow and getattr(source, "ask_first", False)))
     return offered, left_out
 
 
@@ -192,6 +194,10 @@ def detailed_task(record: Mapping[str, Any], ttl_ms: int) -> dict[str, Any]:
         return _envelope(record["task_id"], "working", record["created_at"], max(times), ttl_ms)
     if status == "cancelled":
         return _envelope(record["task_id"], "cancelled", record["created_at"], max(times), ttl_ms)
+    if status == "input_required":
+        asked = max([times[-1], *(r["asked_at"] for r in record["input_requests"].values())])
+        return {**_envelope(record["task_id"], "input_required", record["created_at"], asked, ttl_ms),
+                "inputRequests": input_requests(record["input_requests"])}
     if status == "failed" and error.get("code") != _TOOL_FAILED:
         task = _envelope(record["task_id"], "failed", record["created_at"], max(times), ttl_ms)
         return {**task, "statusMessage": str(error.get("message")),
@@ -201,16 +207,47 @@ def detailed_task(record: Mapping[str, Any], ttl_ms: int) -> dict[str, Any]:
 
 
 def detailed_saga(state: Mapping[str, Any], ttl_ms: int) -> dict[str, Any]:
-    """A saga as tasks/get answers it: `working` until it settles, then its workflow's result (a failure, even
-    compensated, is the tool's own: isError), or `cancelled`."""
+    """A saga as tasks/get answers it: `working` until it settles (`input_required` while a step's task waits for
+    input: keys `<step>.<key>`), then its workflow's result (a failure, even compensated, is the tool's own:
+    isError), or `cancelled`."""
     settled = state["status"] not in _WORKING and state["status"] != "running"
     updated = state.get("finished_at") or state.get("updated_at") or state["created_at"]
+    asked = {f"{step['name']}{STEP_KEY}{key}": request for step in state["steps"]
+             for key, request in (step.get("input_requests") or {}).items()}
+    if not settled and asked:
+        return {**_envelope(state["saga_id"], "input_required", state["created_at"], updated, ttl_ms),
+                "inputRequests": input_requests(asked)}
     if not settled:
         return _envelope(state["saga_id"], "working", state["created_at"], updated, ttl_ms)
     if state["status"] == "cancelled":
         return _envelope(state["saga_id"], "cancelled", state["created_at"], updated, ttl_ms)
     task = _envelope(state["saga_id"], "completed", state["created_at"], updated, ttl_ms)
     return {**task, "result": _wire(saga_result(state))}
+
+
+STEP_KEY = "."  # a saga's input request key: `<step>.<key>` (a step's name has no dot)
+
+
+def input_requests(requests: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """A task's requests for input as MCP input requests (SEP-2322): each one an `elicitation/create`."""
+    return {key: {"method": "elicitation/create",
+                  "params": {"mode": "form", "message": request["message"], "requestedSchema": request["schema"]}}
+            for key, request in requests.items()}
+
+
+def answers(responses: Mapping[str, Any]) -> dict[str, tuple[str, Any]]:
+    """Elicitation results (`inputResponses`) as (action, content) by key; InvalidParamsError naming a response
+    that is not one (`params.inputResponses.<key>…`)."""
+    found: dict[str, tuple[str, Any]] = {}
+    for key, response in responses.items():
+        where = f"params.inputResponses.{key}"
+        if not isinstance(response, Mapping):
+            raise InvalidParamsError({where: "an elicitation result: {action, content}"})
+        action = response.get("action")
+        if action not in ("accept", "decline", "cancel"):
+            raise InvalidParamsError({f"{where}.action": "accept, decline or cancel"})
+        found[key] = (action, response.get("content"))
+    return found
 
 
 def _envelope(task_id: str, status: str, created_at: float, updated_at: float, ttl_ms: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ class TaskStatus(StrEnum):
     WAITING = "waiting"  # a fanout child whose parent has not succeeded yet
     RUNNING = "running"
     PREEMPTED = "preempted"  # interrupted for urgent work; queued again to resume from its checkpoint
+    INPUT_REQUIRED = "input_required"  # its tool asked for input (`ctx.ask`): no slot held until `provide_input`
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -26,6 +27,11 @@ class TaskStatus(StrEnum):
     @property
     def finished(self) -> bool:
         return self in FINISHED
+
+    @property
+    def settled(self) -> bool:
+        """Whether waiting for the task is over: it finished, or it waits for someone's input."""
+        return self in FINISHED or self is TaskStatus.INPUT_REQUIRED
 
 
 FINISHED = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -187,6 +193,37 @@ class ControlResult(BaseModel):
     sla_targets: JsonObject | None = Field(default=None, description="sla: the pool's targets now")
 
 
+class InputRequest(BaseModel):
+    """What a task's tool asked for (`ctx.ask`): an answer checked against `schema`."""
+
+    message: str
+    schema_: JsonObject = Field(alias="schema", description="JSON Schema the answer must fit")
+    asked_at: float = Field(description="unix seconds")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ProvideInputParams(Params):
+    """Answer a task waiting for input (`input_required`): the answer is checked against the schema the tool asked
+    with, stored, and the task queued again once nothing else it asked for is pending."""
+
+    task_id: str = Field(min_length=1, max_length=64)
+    input: Any = Field(description="the answer: it must fit the request's schema")
+    key: str | None = Field(default=None, min_length=1, max_length=128,
+                            description="which request it answers (see `input_requests`); optional when one is "
+                            "pending")
+    action: Literal["accept", "decline", "cancel"] = Field(
+        default="accept", description="decline or cancel: the tool's `ask` raises instead of returning (`input` is "
+        "then not checked)")
+
+
+class ProvideInputResult(BaseModel):
+    task_id: str
+    key: str
+    status: TaskStatus = Field(description="the task's status after the answer: queued once nothing is pending")
+    duplicate: bool = Field(default=False, description="the same answer had been delivered before: nothing changed")
+
+
 class TaskError(BaseModel):
     code: int
     message: str
@@ -221,6 +258,9 @@ class TaskRecord(BaseModel):
     rerun_of: str | None = Field(default=None, description="the finished task this one runs again (`rerun_task`)")
     reruns: list[str] = Field(default_factory=list, description="the tasks that run this one again, oldest first")
     progress: Any = None
+    input_requests: dict[str, InputRequest] = Field(default_factory=dict, description="input_required: what its "
+                                                    "tool asked for, by key; answer with `provide_input`")
+    inputs: dict[str, Any] = Field(default_factory=dict, description="answers received, by key ({action, content})")
     idempotency_key: str | None = None
     deadline: float | None = Field(default=None, description="unix seconds")
     not_before: float | None = Field(default=None, description="a delayed task's time to become ready (unix seconds)")

@@ -53,6 +53,17 @@ class Compensation(Upgradable):
     retry: Retry = Retry(max_attempts=5, backoff_s=1.0)
 
 
+class Approval(Upgradable):
+    """A step that waits for someone's approval before its tool runs: its task asks (`input_required`, key
+    `approval`, answered `{"approve": true|false, "comment"?}`); a refusal fails the step."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message: str = Field(min_length=1, max_length=4000, description="what is to be approved (a template)")
+    when: str | None = Field(default=None, description="a template (e.g. {{ input.require_approval }}): asked only "
+                             "when it is true; absent: always")
+
+
 class StepDefinition(Upgradable):
     model_config = ConfigDict(extra="forbid")
 
@@ -64,7 +75,9 @@ class StepDefinition(Upgradable):
     )
     compensation: Compensation | None = None
     retry: Retry = Retry()
-    timeout_s: float | None = Field(default=None, gt=0, description="per attempt: the task's deadline")
+    timeout_s: float | None = Field(default=None, gt=0, description="per attempt: the task's deadline (it keeps "
+                                    "counting while the task waits for input)")
+    approval: Approval | None = Field(default=None, description="ask for approval before the tool runs")
 
 
 class GroupDefinition(Upgradable):
@@ -280,6 +293,8 @@ class StepState(BaseModel):
     compensation: CompensationStatus = CompensationStatus.NONE
     compensation_attempts: list[Attempt] = Field(default_factory=list)
     compensation_error: str | None = None
+    input_requests: dict[str, Any] = Field(default_factory=dict, description="what the step's task waits for "
+                                           "(input_required), by key: answer with provide_input on its task")
 
 
 class SagaState(BaseModel):
@@ -352,6 +367,7 @@ class Submit:
     input: dict[str, Any]
     timeout_s: float | None
     task_id: str | None = None
+    approval: str | None = None  # the task asks for approval first, with this message
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,13 +504,38 @@ def _submit(state: SagaState, step_def: StepDefinition, step: StepState, compens
     assert call is not None
     try:
         task_input = render(call.input, state.scope())
+        approval = None if compensation else _approval(step_def.approval, state.scope())
     except TemplateError as exc:
         return Fail(step.name, compensation, str(exc))
     return Submit(step.name, compensation, key, call.tool, task_input, None if compensation else step_def.timeout_s,
-                  task_id)
+                  task_id, approval)
+
+
+def _approval(approval: Approval | None, scope: Mapping[str, Any]) -> str | None:
+    """The approval message a step's task asks with, or None: no approval, or its `when` is not true (a `when`
+    naming an input field the saga was not given counts as false)."""
+    if approval is None:
+        return None
+    if approval.when is not None:
+        try:
+            wanted = render(approval.when, scope)
+        except TemplateError:
+            wanted = False
+        if wanted is not True:
+            return None
+    return str(render(approval.message, scope))
 
 
 # ---------------------------------------------------------------- transitions
+
+
+def on_input_required(state: SagaState, step_name: str, requests: Mapping[str, Any], now: float) -> SagaState:
+    """Show what a step's task waits for (empty: it waits no more); nothing else changes."""
+    state = state.model_copy(deep=True)
+    step = _step(state, step_name)
+    step.input_requests = dict(requests)
+    state.updated_at = now
+    return state
 
 
 def on_submitting(state: SagaState, command: Submit, task_id: str, now: float) -> SagaState:
@@ -579,6 +620,7 @@ def on_task_finished(state: SagaState, step_name: str, compensation: bool, statu
     attempts = step.compensation_attempts if compensation else step.attempts
     attempts[-1].status, attempts[-1].error, attempts[-1].finished_at = status, error, now
     state.updated_at = now
+    step.input_requests = {}
     if compensation:
         assert step_def.compensation is not None
         _compensation_finished(step, step_def.compensation.retry, status == "succeeded", error, now)

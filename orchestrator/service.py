@@ -8,12 +8,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from orchestrator import inputs
 from orchestrator.adapters.stats_store import StatsStore, finished_task, stats_arg
 from orchestrator.adapters.task_store import Submission, TaskStore, accepted_status
 from orchestrator.adapters.waiter import CompletionWaiter, Watch
 from orchestrator.analytics import AnalyticsParams, AnalyticsResult, merge, series, summarize
 from orchestrator.auth import Principal, max_priority, quota_of
-from orchestrator.errors import InvalidParamsError, TaskNotFoundError
+from orchestrator.errors import InputNotExpectedError, InvalidParamsError, TaskNotFoundError
 from orchestrator.intake import build_task
 from orchestrator.models import (
     AuditEntry,
@@ -23,6 +24,8 @@ from orchestrator.models import (
     DeadLetter,
     InjectParams,
     InjectResult,
+    ProvideInputParams,
+    ProvideInputResult,
     RerunTaskParams,
     RouterOverview,
     RunTaskParams,
@@ -107,7 +110,7 @@ class TaskService:
         if duplicate:  # an earlier task with this idempotency key: it may have finished long ago
             with self._waiter.watch(task_id) as watch:
                 record = await self._wait(watch, timeout_s, check_first=True)
-        if record is not None and record.status.finished:
+        if record is not None and record.status.settled:
             return record
         status = record.status if record is not None else accepted_status(task)
         return RunTaskResult(task_id=task_id, status=status, duplicate=duplicate)
@@ -141,6 +144,30 @@ class TaskService:
         if record.trace_id is not None:
             record.trace_url = self._settings.tracing.url_of(record.trace_id)
         return record
+
+    async def provide_input(self, params: ProvideInputParams, who: Principal) -> ProvideInputResult:
+        """Answer a request for input of a task the caller may see: checked against the request's schema, stored,
+        and the task queued again once nothing it asked for is pending. The same answer again changes nothing."""
+        record = await self.get_task(params.task_id, who)
+        pending = {key: request.model_dump(by_alias=True) for key, request in record.input_requests.items()}
+        given = inputs.as_answer(params.input, params.action)
+        key = inputs.pending_key(pending, params.key)
+        if key is None and not pending:  # an answer delivered again names its key only if it had to
+            key = next((k for k, answer in record.inputs.items() if answer == given), None)
+        if key is None:
+            if pending:
+                raise InvalidParamsError({"params.key": "the task waits for several inputs; name one of: "
+                                                        + ", ".join(sorted(pending))})
+            raise InputNotExpectedError(record.task_id, record.status.value, "", [])
+        if key not in pending:  # answered already (the same answer again is no error) or never asked
+            if record.inputs.get(key) == given:
+                return ProvideInputResult(task_id=record.task_id, key=key, status=record.status, duplicate=True)
+            raise InputNotExpectedError(record.task_id, record.status.value, key, sorted(pending))
+        answer = inputs.checked_answer(pending[key], params.input, params.action, "params.input")
+        outcome, status, left = await self._store.provide_input(record.task_id, key, answer, self._clock())
+        if outcome == "not_expected":  # answered or cancelled meanwhile
+            raise InputNotExpectedError(record.task_id, status.value, key, left)
+        return ProvideInputResult(task_id=record.task_id, key=key, status=status, duplicate=outcome == "duplicate")
 
     async def cancel_task(self, task_id: str, who: Principal) -> CancelTaskResult:
         """Cancel a queued or scheduled task at once; ask the router to interrupt a running one."""
@@ -272,13 +299,13 @@ class TaskService:
         return result
 
     async def _wait(self, watch: Watch, timeout_s: float, *, check_first: bool) -> TaskRecord | None:
-        """The record once finished, or the latest one read when `timeout_s` ran out (None if never read)."""
+        """The record once finished (or waiting for input), or the latest one read when `timeout_s` ran out (None if never read)."""
         record: TaskRecord | None = None
 
         async def finished() -> bool:
             nonlocal record
             record = await self._store.get(watch.task_id)
-            return record.status.finished
+            return record.status.settled
 
         await watch.wait(timeout_s, finished, check_first=check_first)
         return record

@@ -137,6 +137,9 @@ class ToolSettings(Upgradable):
     task_support: Literal["forbidden", "optional", "required"] = Field(
         default="optional", description="MCP Tasks: optional (a call of a client that opted in answers with a task), "
         "required (only such calls), forbidden (every call runs within the request)")
+    ask_first: bool = Field(default=False, description="MCP: a call that would answer with a task first gathers "
+                            "what the task asks for (ctx.ask) within the call (input_required rounds), then hands "
+                            "over the task")
     # mcp, python and ml kinds: the published input schema (mcp: imported from the server's tools/list)
     input_schema: dict[str, Any] | None = None
     # echo kind: perform a side effect once per task, keyed by its id, in this directory (demos, fault tests)

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator import tracing
+from orchestrator import inputs, tracing
 from orchestrator.adapters.stats_store import stats_arg
 from orchestrator.adapters.task_store import Held, Settlement, Taken, TakePolicy, TakeRequest, TakeResult, TaskStore
 from orchestrator.analytics import FinishedTask
@@ -30,6 +30,7 @@ from orchestrator.tools.base import Tool, ToolCall
 logger = logging.getLogger(__name__)
 
 POLL_S = 1.0  # an idle worker looks at the queue this often even without a wake-up (one may be lost)
+INPUT_SIBLING_TURNS = 3  # loop turns an asking attempt leaves its sibling coroutines to ask too
 MAX_PENDING_PROGRESS = 1000  # per attempt, while Redis is away: the oldest reports are dropped beyond it
 
 
@@ -52,13 +53,16 @@ class Attempt:
     pending: Settlement | None = None
     progress: list[Any] = field(default_factory=list)
     saved: list[asyncio.Future[None]] = field(default_factory=list)  # checkpoints waiting to be durable
+    asked: dict[str, Any] = field(default_factory=dict)  # requests for input not answered yet, by key
+    ending: asyncio.Task[None] | None = None  # ends the attempt for input (held here: the loop keeps tasks weakly)
 
 
 Batched = tuple[Attempt, Settlement, list["asyncio.Future[None]"]]  # an attempt, its report, its checkpoints' futures
 
 
 class AttemptContext:
-    """A tool's reports: progress is sent with the worker's next cycle; a checkpoint returns once durable."""
+    """A tool's reports: progress is sent with the worker's next cycle; a checkpoint returns once durable; a
+    question (`ask`) is answered at once when the task holds its answer, else ends the attempt waiting for it."""
 
     def __init__(self, runner: Runner, attempt: Attempt, max_checkpoint_bytes: int) -> None:
         self._runner, self._attempt, self._max_checkpoint_bytes = runner, attempt, max_checkpoint_bytes
@@ -74,6 +78,21 @@ class AttemptContext:
                                      checkpoint=dict(state))
         if stored is not None:
             await stored
+
+    async def ask(self, key: str, message: str, schema: Mapping[str, Any] | None = None) -> Any:
+        """The answer to a request for input named `key` (it fits `schema`, default: any JSON object).
+
+        Durable replay: when the task already holds an answer for `key`, it is returned at once; otherwise this
+        attempt ends and the task waits (`input_required`, holding no slot) until `provide_input` answers, then
+        runs again from its latest checkpoint — and this call returns the answer. Several asks made together
+        (e.g. under `asyncio.gather`) wait together. A declined or cancelled request raises ToolError.
+        """
+        answer = self._attempt.taken.inputs.get(key)
+        if answer is not None:
+            return inputs.answer_of(key, answer)
+        request = inputs.request(key, message, schema, self._runner.now())
+        self._runner.ask(self._attempt, key, request)
+        await asyncio.get_running_loop().create_future()  # never set: the attempt is ended for input
 
 
 class Runner:
@@ -114,14 +133,30 @@ class Runner:
         return 0 if self.paused or self.draining else max(0, self._slots - len(self._running))
 
     def interrupt(self, task_id: str, why: TaskStatus) -> bool:
-        """Cancel or preempt a running task's tool; True if it runs here. A cancel wins over a preemption."""
+        """Cancel or preempt a running task's tool, or end it to wait for input; True if it runs here. A cancel
+        wins over the others, a wait for input over a preemption (either way it leaves its slot)."""
         attempt = self._running.get(task_id)
         if attempt is None or attempt.job is None:
             return False
-        if attempt.interrupt is not TaskStatus.CANCELLED:
+        if attempt.interrupt is None or why is TaskStatus.CANCELLED:
             attempt.interrupt = why
         attempt.job.cancel()
         return True
+
+    def now(self) -> float:
+        return self._clock()
+
+    def ask(self, attempt: Attempt, key: str, request: Mapping[str, Any]) -> None:
+        """Note a request for input; the attempt ends waiting for input once its other asks made at the same
+        time (siblings under `gather`) had their turn to be noted too."""
+        attempt.asked[key] = dict(request)
+        if attempt.ending is None:
+            attempt.ending = asyncio.create_task(self._end_for_input(attempt), name=f"ask-{attempt.taken.task.task_id}")
+
+    async def _end_for_input(self, attempt: Attempt) -> None:
+        for _ in range(INPUT_SIBLING_TURNS):
+            await asyncio.sleep(0)  # yield to sibling coroutines that are about to ask too (not a timed wait)
+        self.interrupt(attempt.taken.task.task_id, TaskStatus.INPUT_REQUIRED)
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -293,9 +328,10 @@ class Runner:
         if "result" in fields:
             pending.result, pending.has_result = fields["result"], True
         pending.error = fields.get("error")
+        pending.asked = fields.get("asked")
         attempt.pending = pending
         self._settling[task.task_id] = attempt
-        if outcome is not TaskStatus.PREEMPTED:
+        if outcome not in (TaskStatus.PREEMPTED, TaskStatus.INPUT_REQUIRED):
             self._count(attempt.taken.shard, outcome.value, None, self._clock(), attempt)
         self._wake.set()
 
@@ -306,13 +342,16 @@ class Runner:
         if tool is None:
             return _failed(ToolError(f"tool {task.tool!r} is not configured on this worker"))
         if task.deadline is not None and self._clock() >= task.deadline:
-            return _failed(ToolError("deadline passed before the task could start"))
+            when = "while it waited for input" if attempt.taken.input_rounds else "before the task could start"
+            return _failed(ToolError(f"deadline passed {when}"))
         call = ToolCall(task_id=task.task_id, attempt=attempt.taken.attempt, input=task.input, context=task.context,
                         deadline=task.deadline, checkpoint=attempt.taken.checkpoint, tenant=task.tenant)
         ctx = AttemptContext(self, attempt, self._limits.max_checkpoint_bytes)
         try:
             timeout = None if task.deadline is None else task.deadline - self._clock()
             async with asyncio.timeout(timeout):
+                if isinstance(task.context.get("approval"), str):  # a gate before any tool: a saga step's
+                    await inputs.approve(ctx, task.context["approval"])
                 result = await tool.run(call, ctx)
         except TimeoutError:
             return _failed(ToolError("deadline exceeded while running"))
@@ -322,6 +361,8 @@ class Runner:
                 raise  # the worker is shutting down, not an interruption
             if current is not None and current.cancelling():
                 current.uncancel()
+            if attempt.interrupt is TaskStatus.INPUT_REQUIRED:
+                return TaskStatus.INPUT_REQUIRED, {"asked": dict(attempt.asked)}
             return attempt.interrupt or TaskStatus.CANCELLED, {}
         except OrchestratorError as exc:
             return _failed(exc)
@@ -343,7 +384,7 @@ class Runner:
                 worker_type=task.worker_type, tool=task.tool, tenant=task.tenant, agent=task.agent, status=status,
                 e2e_ms=(now - task.ready_at) * 1000, wait_ms=(taken.first_started_at - task.ready_at) * 1000,
                 run_ms=(now - attempt.started_at) * 1000, preemptions=taken.preemptions,
-                retries=max(0, taken.attempt - 1 - taken.preemptions - taken.attempts_base),
+                retries=max(0, taken.attempt - 1 - taken.preemptions - taken.attempts_base - taken.input_rounds),
                 tokens=tokens if isinstance(tokens, int) else 0))
         elif record is not None:
             from orchestrator.adapters.stats_store import finished_task

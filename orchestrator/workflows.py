@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.saga import Compensation, Retry, StepDefinition, WorkflowDefinition
+from orchestrator.saga import Approval, Compensation, Retry, StepDefinition, WorkflowDefinition
 
 PLAN_SYSTEM = (
     "You are a senior engineer. Plan how to implement the requested Python function: the approach, "
@@ -29,6 +29,8 @@ def code_pipeline(planner_tool: str, coder_tool: str, step_timeout_s: float) -> 
                          "description": "what the code must do"},
                 "artifact": {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{1,128}$",
                              "description": "where the code is published"},
+                "require_approval": {"type": "boolean", "default": False,
+                                     "description": "deploy waits for someone's approval (input_required)"},
             },
             "required": ["task", "artifact"],
             "additionalProperties": False,
@@ -45,6 +47,8 @@ def code_pipeline(planner_tool: str, coder_tool: str, step_timeout_s: float) -> 
                            input={"answer": "{{ steps.codegen.output.text }}"}),
             StepDefinition(
                 name="deploy", tool="artifacts", timeout_s=step_timeout_s,
+                approval=Approval(message="Publish the tested code as a new version of {{ input.artifact }}?",
+                                  when="{{ input.require_approval }}"),
                 input={"action": "publish", "artifact": "{{ input.artifact }}",
                        "content": {"answer": "{{ steps.codegen.output.text }}", "saga_id": "{{ saga.id }}",
                                    "tests": "{{ steps.test.output }}"}},

@@ -12,7 +12,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.exceptions import NoScriptError, OutOfMemoryError, ResponseError
@@ -62,6 +62,8 @@ class Taken:
     first_started_at: float
     preemptions: int
     attempts_base: int
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # answers to its requests for input, by key
+    input_rounds: int = 0  # attempts that ended asking for input (not counted as used up)
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,6 +250,18 @@ class TaskStore:
         return str(await self._run("correct", self._shard_of(task_id), now, {
             "task_id": task_id, "priority": "" if priority is None else priority,
             "input": "" if task_input is None else codec.dumps(dict(task_input)), "who": who}))
+
+    async def provide_input(self, task_id: str, key: str, answer: Mapping[str, Any], now: float
+                            ) -> tuple[str, TaskStatus, list[str]]:
+        """Store an answer to a pending request for input (queuing the task once none is left); (outcome, status
+        after, keys still pending): outcome `stored`, `duplicate` (this very answer was stored before) or
+        `not_expected` (nothing changed)."""
+        reply = await self._run("provide_input", self._shard_of(task_id), now, {
+            "task_id": task_id, "key": key, "answer": codec.dumps(dict(answer))})
+        if not reply:
+            raise TaskNotFoundError(task_id)
+        outcome, status, pending = reply
+        return str(outcome), TaskStatus(status), [str(k) for k in pending or []]
 
     async def link_rerun(self, task_id: str, rerun_id: str, now: float) -> None:
         """Name `rerun_id` among the reruns of `task_id` (idempotent; nothing if the original expired)."""
@@ -668,18 +682,22 @@ class Settlement:
     progress: list[Any] | None = None  # every report since the last settle, oldest first
     checkpoint: Any = None
     has_result: bool = False
+    asked: Mapping[str, Any] | None = None  # input_required: the requests, by key
 
     def as_args(self) -> list[Any]:
         return [self.task_id, self.attempt, self.outcome.value if self.outcome else "",
                 codec.dumps(self.result) if self.has_result else "",
                 "" if self.error is None else codec.dumps(self.error),
                 [codec.dumps(p) for p in self.progress or ()],
-                "" if self.checkpoint is None else codec.dumps(self.checkpoint)]
+                "" if self.checkpoint is None else codec.dumps(self.checkpoint),
+                codec.dumps({key: codec.dumps(request) for key, request in (self.asked or {}).items()})]
 
 
 def taken_of(shard: int, entry_id: str, raw: str, parent_result: str) -> Taken:
     stored = json.loads(raw)
     task = codec.spec_of(stored, json.loads(parent_result) if parent_result else None)
     resumed = stored.get("rf")
+    inputs = {key: json.loads(text) for key, text in stored["ia"].items()} if stored.get("ia") else {}
     return Taken(task, int(stored["at"]), entry_id, shard, json.loads(resumed) if resumed else None,
-                 stored.get("fs", stored["c"]) / 1000, int(stored.get("pe", 0)), int(stored.get("ab", 0)))
+                 stored.get("fs", stored["c"]) / 1000, int(stored.get("pe", 0)), int(stored.get("ab", 0)),
+                 inputs, int(stored.get("ir", 0)))

@@ -39,6 +39,7 @@ from orchestrator.models import (
     InjectResult,
     KeysResult,
     ListSchedulesResult,
+    ProvideInputResult,
     RunSagaResult,
     RunTaskResult,
     ScheduleState,
@@ -244,13 +245,14 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 
 def wait(task_id: str, timeout_s: float | None, retries: Retries, clock: Callable[[], float],
          poll_s: tuple[float, float] = (0.05, 1.0)) -> Procedure[TaskRecord]:
-    """Poll `get_task` (backing off from poll_s[0] to poll_s[1]) until the task finished; raises TimeoutError
-    with the last record's status once `timeout_s` passed."""
+    """Poll `get_task` (backing off from poll_s[0] to poll_s[1]) until the task finished or waits for input (its
+    record says what for: answer with `provide_input`, then wait again); raises TimeoutError with the last
+    record's status once `timeout_s` passed."""
     ends = None if timeout_s is None else clock() + timeout_s
     pause = poll_s[0]
     while True:
         record = yield from send(get_task(task_id), retries)
-        if record.status.finished:
+        if record.status.settled:
             return record
         if ends is not None and clock() >= ends:
             raise TimeoutError(f"task {task_id} is still {record.status.value} after {timeout_s:g} s")
@@ -331,6 +333,13 @@ def get_task(task_id: str) -> Call[TaskRecord]:
 
 def cancel_task(task_id: str) -> Call[CancelTaskResult]:
     return Call("cancel_task", {"task_id": task_id}, CancelTaskResult.model_validate, idempotent=True)
+
+
+def provide_input(task_id: str, input: Any, key: str | None, action: str) -> Call[ProvideInputResult]:
+    """Repeating it changes nothing: the same answer again is answered `duplicate`."""
+    params = {"task_id": task_id, "input": input, "key": key, "action": action}
+    return Call("provide_input", _given(params) | {"input": input}, ProvideInputResult.model_validate,
+                idempotent=True)
 
 
 def run_saga(workflow: str, input: Mapping[str, Any] | None, priority: int | None, idempotency_key: str | None,

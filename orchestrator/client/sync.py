@@ -21,6 +21,7 @@ from orchestrator.models import (
     DeleteScheduleResult,
     InjectResult,
     KeysResult,
+    ProvideInputResult,
     RunSagaResult,
     RunTaskResult,
     ScheduleState,
@@ -69,7 +70,8 @@ class Client:
         return self._do(p.get_task(task_id))
 
     def wait(self, task_id: str, timeout_s: float | None = None) -> TaskRecord:
-        """The task's record once finished; TimeoutError after `timeout_s` (None: no limit)."""
+        """The task's record once finished, or once it waits for input (status `input_required`: answer with
+        `provide_input`, then wait again); TimeoutError after `timeout_s` (None: no limit)."""
         return self._run(p.wait(task_id, timeout_s, self._retries, time.monotonic))
 
     def rerun_task(self, task_id: str, input: Mapping[str, Any] | None = None, *, priority: int | None = None,
@@ -79,6 +81,12 @@ class Client:
 
     def cancel_task(self, task_id: str) -> CancelTaskResult:
         return self._do(p.cancel_task(task_id))
+
+    def provide_input(self, task_id: str, input: Any, *, key: str | None = None,
+                      action: str = "accept") -> ProvideInputResult:
+        """Answer a task waiting for input (`wait` returned it `input_required`; its `input_requests` say what, by
+        key — name the key when several are pending); the task resumes once nothing is pending."""
+        return self._do(p.provide_input(task_id, input, key, action))
 
     def list_tasks(self, **filters: Unpack[TaskFilters]) -> Iterator[TaskRecord]:
         """Every task the filters match, newest first, fetching the next page as the iteration reaches it."""

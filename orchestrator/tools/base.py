@@ -34,6 +34,11 @@ class ToolContext(Protocol):
         """Save resumable state (and, in the same write, progress)."""
         ...
 
+    async def ask(self, key: str, message: str, schema: Mapping[str, JsonValue] | None = None) -> JsonValue:
+        """The answer to a request for input (fitting `schema`): at once when the task holds it, else after the
+        task waited for it (`input_required`, no slot held) and ran again from its latest checkpoint."""
+        ...
+
 
 class Tool(abc.ABC):
     kind: ClassVar[str]

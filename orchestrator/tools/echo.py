@@ -15,7 +15,8 @@ logger = logging.getLogger(__name__)
 
 
 class EchoTool(Tool):
-    """Sleeps `delay_ms` in `steps` equal steps, reporting and checkpointing each, then echoes `prompt`.
+    """Sleeps `delay_ms` in `steps` equal steps, reporting and checkpointing each, then echoes `prompt` (with
+    `ask`, after asking for input first, and the answer).
 
     With an effect directory (operator setting, never client input) it also performs a side effect the
     way a real tool should: once per task, keyed by the task id, whatever the number of attempts.
@@ -30,6 +31,13 @@ class EchoTool(Tool):
             "prompt": {"type": "string", "description": "returned as `text`"},
             "delay_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000, "default": 0},
             "steps": {"type": "integer", "minimum": 1, "maximum": 10_000, "default": 1},
+            "ask": {"type": "object", "description": "first ask for input (`ctx.ask`); the answer is returned as "
+                    "`answer`", "properties": {
+                        "key": {"type": "string", "minLength": 1, "maxLength": 128, "default": "answer"},
+                        "message": {"type": "string", "maxLength": 4000},
+                        "schema": {"type": "object", "description": "JSON Schema of the answer (default: any "
+                                   "object)"}},
+                    "required": ["message"], "additionalProperties": False},
         },
         "required": ["prompt"],
         "additionalProperties": False,
@@ -44,6 +52,9 @@ class EchoTool(Tool):
         prompt: str = call.input["prompt"]
         delay_ms: int = call.input.get("delay_ms", 0)
         steps: int = call.input.get("steps", 1)
+        asked = call.input.get("ask")
+        answer = None if asked is None else await ctx.ask(asked.get("key", "answer"), asked["message"],
+                                                          asked.get("schema"))
         done = resumed_step(call.checkpoint, steps)
         step_s = delay_ms / 1000 / steps
         for step in range(done + 1, steps + 1):
@@ -55,9 +66,12 @@ class EchoTool(Tool):
                 await ctx.progress(progress)
         if self._effects is not None:
             await asyncio.to_thread(self._effects.perform, call.task_id, call.attempt)
+        result: dict[str, JsonValue] = {"text": prompt, "steps": steps}
+        if asked is not None:
+            result["answer"] = answer
         if "parent_result" in call.context:  # a fanout child shows what its parent handed it
-            return {"text": prompt, "steps": steps, "parent_result": call.context["parent_result"]}
-        return {"text": prompt, "steps": steps}
+            result["parent_result"] = call.context["parent_result"]
+        return result
 
 
 class EffectLog:

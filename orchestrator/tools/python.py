@@ -95,8 +95,19 @@ class LocalOffload:
             raise tool_error(exc) from None
 
 
+def takes_context(fn: Callable[..., Any]) -> bool:
+    """Whether a tool function takes the task's context (`async def fn(tool_input, ctx)`) beside its input."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2
+
+
 class PythonTool(Tool):
-    """Calls the configured function with the validated tool input (a dict); returns what it returns."""
+    """Calls the configured function with the validated tool input (a dict); returns what it returns. An async
+    function taking a second argument gets the task's context: `ctx.progress`, `ctx.checkpoint`, `ctx.ask`."""
 
     kind: ClassVar[str] = "python"
     input_schema: ClassVar[Mapping[str, JsonValue]] = DEFAULT_SCHEMA  # per tool: `published_schema(settings)`
@@ -110,11 +121,14 @@ class PythonTool(Tool):
         # A thread cannot be stopped: a sync function is never preempted, and a cancel waits for it to return
         # (so no retry ever runs beside it).
         self.preemptible = inspect.iscoroutinefunction(self._fn)
+        self._with_context = self.preemptible and takes_context(self._fn)
 
     async def run(self, call: ToolCall, ctx: ToolContext) -> JsonValue:
         """Await an async function; run a sync one in a thread, to its end even when the task is cancelled."""
         tool_input = dict(call.input)
         try:
+            if self._with_context:
+                return await self._fn(tool_input, ctx)
             if self.preemptible:
                 return await self._fn(tool_input)
             running = asyncio.get_running_loop().run_in_executor(None, self._fn, tool_input)

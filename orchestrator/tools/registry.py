@@ -112,9 +112,14 @@ def input_errors(settings: ToolSettings, value: Mapping[str, Any], path: str) ->
     return schema_errors(input_schema(settings), value, path)
 
 
-def schema_errors(schema: Mapping[str, Any], value: Any, path: str) -> dict[str, str]:
-    """Why `value` does not fit `schema`, by field path under `path`; empty when it does."""
-    if _valid(schema, value):
+def schema_errors(schema: Mapping[str, Any], value: Any, path: str, *, fast: bool = True) -> dict[str, str]:
+    """Why `value` does not fit `schema`, by field path under `path`; empty when it does.
+
+    Args:
+        fast: first try the compiled check, cached by the schema object's identity: for long-lived schemas
+            (a tool's, a workflow's), not for one decoded afresh each time.
+    """
+    if fast and _valid(schema, value):
         return {}
     errors: dict[str, str] = {}
     for error in _validator(json.dumps(schema, sort_keys=True)).iter_errors(value):

@@ -6,6 +6,7 @@ import asyncio
 from typing import Any, ClassVar
 
 from orchestrator.errors import OrchestratorError, ToolError
+from orchestrator.tools.base import ToolContext
 
 
 class ProtocolFailure(OrchestratorError):
@@ -44,5 +45,23 @@ async def protocol_error_job(tool_input: dict[str, Any]) -> None:
     raise ProtocolFailure()
 
 
-async def needs_input(tool_input: dict[str, Any]) -> None:
-    raise ToolError("this tool asks for input while it runs, which the orchestrator does not support yet")
+CONFIRM = {"type": "object", "properties": {"confirm": {"type": "boolean"}}, "required": ["confirm"]}
+NAME = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+
+
+async def confirm_delete(tool_input: dict[str, Any], ctx: ToolContext) -> str:
+    """Asks to confirm (the task waits, input_required), then answers what it would have done."""
+    answer = await ctx.ask("confirm", f"Delete {tool_input.get('filename', 'the file')}?", CONFIRM)
+    return f"deleted {tool_input.get('filename')}" if answer["confirm"] else "kept it"
+
+
+async def multi_input(tool_input: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+    """Asks two questions at once: both are pending together."""
+    first, second = await asyncio.gather(ctx.ask("first", "First input?"), ctx.ask("second", "Second input?"))
+    return {"first": first, "second": second}
+
+
+async def greet_asked(tool_input: dict[str, Any], ctx: ToolContext) -> str:
+    """Asks for a name before it becomes a task (`ask_first`), then greets it."""
+    answer = await ctx.ask("user_name", "What is your name?", NAME)
+    return f"Hello, {answer['name']}!"

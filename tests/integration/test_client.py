@@ -17,10 +17,12 @@ from typing import Any
 
 import pytest
 from rich.console import Console
+from typer.testing import CliRunner
 
 from orchestrator import cli
 from orchestrator.client import AsyncClient, Client, Retries, TaskEvent
 from orchestrator.errors import (
+    InputNotExpectedError,
     InvalidParamsError,
     QueueFullError,
     RpcError,
@@ -400,3 +402,28 @@ def test_top_fits_80_columns(system: Deployed) -> None:
     assert row.split()[:4] == [task.task_id, "echo", "5", "reasoning:0"]
     for pool in status["pools"]:
         assert any(line.split()[:2] == [pool["worker_type"], str(pool["workers"])] for line in lines)
+
+
+def test_wait_returns_a_task_asking_for_input_and_provide_input_resumes_it(system: Deployed) -> None:
+    ask = {"key": "name", "message": "Who?", "schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                                                          "required": ["name"]}}
+    with Client(system.base_url) as client:
+        accepted = client.run_task("echo", input={"prompt": "hello", "ask": ask})
+        waiting = client.wait(accepted.task_id, timeout_s=30)  # returns: it does not hang on a question
+        assert waiting.status is TaskStatus.INPUT_REQUIRED and waiting.input_requests["name"].message == "Who?"
+        with pytest.raises(InvalidParamsError) as refused:
+            client.provide_input(accepted.task_id, {"name": 7})
+        assert set(refused.value.fields) == {"params.input.name"}
+        assert client.provide_input(accepted.task_id, {"name": "Ada"}, key="name").status is TaskStatus.QUEUED
+        assert client.wait(accepted.task_id, timeout_s=30).result["answer"] == {"name": "Ada"}
+        with pytest.raises(InputNotExpectedError):
+            client.provide_input(accepted.task_id, {"name": "Bob"})
+
+        shown = CliRunner().invoke(cli.app, ["run", "hi", "--tool", "echo", "--url", system.base_url,
+                                             "--context", json.dumps({"ask": ask})])
+        assert shown.exit_code == cli.INPUT_REQUIRED_EXIT, shown.output
+        task_id = json.loads(shown.stdout)["task_id"]
+        assert "waits for input 'name': Who?" in shown.stderr
+        answered = CliRunner().invoke(cli.app, ["answer", task_id, '{"name": "Lin"}', "--url", system.base_url])
+        assert answered.exit_code == 0, answered.output
+        assert client.wait(task_id, timeout_s=30).result["answer"] == {"name": "Lin"}

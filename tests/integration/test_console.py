@@ -216,6 +216,36 @@ def test_a_read_only_key_sees_no_actions_and_the_api_refuses_them(system: Deploy
         ok(system, "ops", "cancel_task", {"task_id": task_id})
 
 
+def test_a_task_waiting_for_input_is_answered_from_its_page(system: Deployed, page: Page, browser: Browser) -> None:
+    ask = {"key": "release", "message": "Release notes and go-ahead?", "schema": {
+        "type": "object", "required": ["approve", "notes"],
+        "properties": {"approve": {"type": "boolean"}, "notes": {"type": "string", "minLength": 3}}}}
+    task_id = ok(system, "alice", "run_task", {"tool": "echo", "input": {"prompt": "ship", "ask": ask}})["task_id"]
+    wait_until(lambda: status_of(system, task_id) == "input_required", 30, "the task to ask")
+    reader = browser.new_context(viewport={"width": 1280, "height": 800})
+    try:
+        reading = reader.new_page()
+        login(reading, system, "alice-reader", f"ui/tasks/{task_id}")  # may read, not answer
+        expect(reading.locator("p.ask")).to_have_text("Release notes and go-ahead?", timeout=WAIT_MS)
+        assert reading.get_by_role("button", name="Answer").count() == 0
+    finally:
+        reader.close()
+    login(page, system, "alice", f"ui/tasks/{task_id}")
+    expect(page.locator("#timeline li[data-type=input_required]")).to_be_visible(timeout=WAIT_MS)
+    page.get_by_label("approve").check()
+    page.get_by_label("notes").fill("no")  # too short: the server names the field, nothing is stored
+    page.get_by_role("button", name="Answer").click()
+    expect(page.locator(".notice")).to_contain_text("params.input.notes", timeout=WAIT_MS)
+    assert status_of(system, task_id) == "input_required"
+    shot(page, "console-input.png")
+    page.get_by_label("notes").fill("all tests green")
+    page.get_by_label("notes").press("Enter")  # the keyboard suffices
+    expect(page.locator("#timeline li[data-type=succeeded]")).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#task-result")).to_contain_text("all tests green")
+    assert ok(system, "alice", "get_task", {"task_id": task_id})["result"]["answer"] == {
+        "approve": True, "notes": "all tests green"}
+
+
 def test_an_operator_requeues_a_dead_letter_from_ops(system: Deployed, page: Page) -> None:
     task_id = long_task(system, "alice", "fragile", delay_ms=3000)
     running(system, task_id)

@@ -6,14 +6,16 @@ import contextlib
 import os
 import signal
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 import ray
 
+from orchestrator.inputs import APPROVAL_SCHEMA
 from tests.conftest import Deployed, deployed, make_settings
-from tests.integration.test_spine import finished, result
+from tests.integration.test_spine import finished, result, rpc
 from tests.support import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
@@ -171,3 +173,76 @@ def test_bad_children_name_the_field(system: Deployed) -> None:
         "tool": "echo", "prompt": "p", "children": [{"tool": "nope", "prompt": "x"}, {"tool": "echo"}]}},
         timeout=10).json()
     assert set(reply["error"]["data"]["fields"]) == {"params.children.0.tool", "params.children.1"}
+
+
+ASK = {"key": "go", "message": "Deploy?", "schema": APPROVAL_SCHEMA}
+
+
+def asking_task(base: str, prompt: str) -> str:
+    params = {"tool": "echo", "input": {"prompt": prompt, "ask": ASK}}
+    return str(result(base, "run_task", params, path="v2/rpc")["task_id"])
+
+
+def waiting_for_input(base: str, task_id: str) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+
+    def asked() -> bool:
+        record.update(result(base, "get_task", {"task_id": task_id}))
+        return record["status"] == "input_required"
+
+    wait_until(asked, 30, f"task {task_id} to ask for input")
+    return record
+
+
+def test_a_task_asking_for_input_frees_its_slot_and_resumes_with_the_answer(system: Deployed) -> None:
+    base = system.base_url
+    asking = [asking_task(base, f"asks-{i}") for i in range(system.settings.pools["reasoning"].slots)]
+    record = waiting_for_input(base, asking[0])
+    waiting_for_input(base, asking[1])
+    assert record["input_requests"]["go"]["message"] == "Deploy?" and record["input_requests"]["go"]["schema"] == (
+        APPROVAL_SCHEMA)
+    meanwhile = result(base, "run_task", {"tool": "echo", "prompt": "meanwhile", "wait": 30})
+    assert meanwhile["status"] == "succeeded"  # every slot was free: the waiting tasks hold none
+    refused = rpc(base, "provide_input", {"task_id": asking[0], "input": {"approve": "yes"}})["error"]
+    assert refused["code"] == -32602 and set(refused["data"]["fields"]) == {"params.input.approve"}
+    answer = {"task_id": asking[0], "input": {"approve": True}}
+    assert result(base, "provide_input", answer) == {"task_id": asking[0], "key": "go", "status": "queued",
+                                                     "duplicate": False}
+    record = finished(base, asking[0])
+    assert record["status"] == "succeeded" and record["result"]["answer"] == {"approve": True}
+    assert record["attempts"] == 2 and record["inputs"] == {"go": {"action": "accept", "content": {"approve": True}}}
+    assert result(base, "provide_input", answer)["duplicate"] is True  # delivered twice: nothing changes
+    late = rpc(base, "provide_input", {"task_id": asking[0], "key": "other", "input": {}})["error"]
+    assert late["code"] == -32015 and "not waiting for input" in late["message"]
+    kinds = [e["event"] for e in sse_events(base, asking[0])]
+    assert kinds == ["queued", "running", "input_required", "input_received", "queued", "running", "progress",
+                     "succeeded"]
+    assert result(base, "cancel_task", {"task_id": asking[1]})["status"] == "cancelled"
+    gone = rpc(base, "provide_input", {"task_id": asking[1], "input": {"approve": True}})["error"]
+    assert gone["code"] == -32015 and "cancelled" in gone["message"]
+
+
+def test_a_task_waiting_for_input_survives_its_worker_and_resumes(system: Deployed) -> None:
+    base = system.base_url
+    task_id = asking_task(base, "outlives")
+    waiting_for_input(base, task_id)
+    pid = worker_pid(system)
+    os.kill(pid, signal.SIGKILL)
+    assert worker_pid(system) != pid  # a new incarnation, which holds nothing of it
+    assert result(base, "get_task", {"task_id": task_id})["status"] == "input_required"
+    result(base, "provide_input", {"task_id": task_id, "input": {"approve": False, "comment": "not today"}})
+    record = finished(base, task_id, timeout_s=60)
+    assert record["status"] == "succeeded" and record["result"]["answer"] == {"approve": False,
+                                                                             "comment": "not today"}
+    assert record["attempts"] == 2 and record["last_failure"] is None  # an input round is no lost attempt
+
+
+def test_a_deadline_keeps_counting_while_a_task_waits_for_input(system: Deployed) -> None:
+    deadline = datetime.now(UTC) + timedelta(seconds=2)
+    params = {"tool": "echo", "input": {"prompt": "late", "ask": ASK}, "deadline": deadline.isoformat()}
+    task_id = str(result(system.base_url, "run_task", params, path="v2/rpc")["task_id"])
+    waiting_for_input(system.base_url, task_id)
+    wait_until(lambda: datetime.now(UTC) > deadline, 10, "the deadline to pass")
+    result(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": True}})
+    record = finished(system.base_url, task_id)
+    assert record["status"] == "failed" and record["error"]["message"] == "deadline passed while it waited for input"

@@ -28,10 +28,10 @@ pytestmark = pytest.mark.integration
 SUITE = "@modelcontextprotocol/conformance@0.1.16"
 SCENARIOS = ["server-initialize", "ping", "tools-list", "server-sse-multiple-streams", "dns-rebinding-protection"]
 TASKS_SUITE = "@modelcontextprotocol/conformance@0.2.0-alpha.12"  # the first with the Tasks extension's scenarios
-# Not yet: tasks-mrtr-input and tasks-mrtr-composition (tasks that ask for input while they run).
 TASKS_SCENARIOS = ["tasks-lifecycle", "tasks-capability-negotiation", "tasks-wire-fields", "tasks-required-task-error",
                    "tasks-request-state-removal", "tasks-request-headers", "tasks-dispatch-and-envelope",
-                   "tasks-status-notifications", "http-header-validation"]
+                   "tasks-mrtr-input", "tasks-mrtr-composition", "tasks-status-notifications",
+                   "http-header-validation"]
 SKIPPED_BY_THE_SUITE = {"tasks-status-notifications"}  # 0.2.0-alpha.12 skips it (its harness awaits a rewrite)
 FIXTURES = Path(__file__).resolve().parents[1] / "conformance" / "fixtures.toml"
 # Checks a scenario must have reported: without them it passed vacuously (e.g. no session to test).

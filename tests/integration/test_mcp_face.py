@@ -23,7 +23,7 @@ from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
-TOOLS = {"run_task", "get_task", "cancel_task", "rerun_task", "status", "run_saga", "get_saga", "cancel_saga",
+TOOLS = {"run_task", "get_task", "cancel_task", "provide_input", "rerun_task", "status", "run_saga", "get_saga", "cancel_saga",
          "rerun_saga", "list_workflows", "create_schedule", "get_schedule", "list_schedules", "pause_schedule",
          "resume_schedule", "delete_schedule", "list_tasks", "list_sagas"}
 HELLO = {"name": "hello", "steps": [

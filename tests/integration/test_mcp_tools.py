@@ -46,6 +46,13 @@ MANAGEMENT = {"run_task", "get_task", "cancel_task", "status", "analytics", "run
               "list_tasks", "list_sagas"}
 READ_ONLY = {"get_task", "status", "analytics", "get_saga", "list_workflows", "get_schedule", "list_schedules",
              "list_tasks", "list_sagas"}
+APPROVED = {"name": "approved", "steps": [
+    {"name": "build", "tool": "echo", "input": {"prompt": "built {{ input.what }}"}},
+    {"name": "deploy", "tool": "echo", "input": {"prompt": "deployed {{ steps.build.output.text }}"},
+     "approval": {"message": "Deploy {{ input.what }}?", "when": "{{ input.require_approval }}"}},
+]}
+ASK = {"key": "name", "message": "Who are you?", "schema": {"type": "object", "properties": {"name": {"type": "string"}},
+                                                             "required": ["name"]}}
 HELLO = {"name": "hello", "steps": [
     {"name": "greet", "tool": "echo", "input": {"prompt": "hi {{ input.who }}"}},
     {"name": "answer", "tool": "echo", "input": {"prompt": "{{ steps.greet.output.text }}, again"}},
@@ -78,6 +85,15 @@ class GetTask(mcp_types.Request[TaskParams, Literal["tasks/get"]]):
 
 class CancelTask(mcp_types.Request[TaskParams, Literal["tasks/cancel"]]):
     method: Literal["tasks/cancel"] = "tasks/cancel"
+    name_param = "taskId"
+
+
+class UpdateParams(TaskParams):
+    input_responses: dict[str, Any] = Field(alias="inputResponses")
+
+
+class UpdateTask(mcp_types.Request[UpdateParams, Literal["tasks/update"]]):
+    method: Literal["tasks/update"] = "tasks/update"
     name_param = "taskId"
 
 
@@ -114,17 +130,18 @@ def system(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
     }
     calc = {"command": stdio_command(), "env": stdio_env(), "import_tools": True, "tool_prefix": "calc."}
     settings = make_settings(redis_server.url, auth={"keys": keys}, tools=tools, mcp_servers={"calc": calc},
-                             workflows={"hello": HELLO, "echo": CLASHING_WORKFLOW})
+                             workflows={"hello": HELLO, "echo": CLASHING_WORKFLOW, "approved": APPROVED})
     with deployed(settings, ray_session) as running:
         yield running
 
 
 @asynccontextmanager
-async def client(system: Deployed, key: str = "writer", mode: str = "legacy", tasks: bool = False
-                 ) -> AsyncIterator[Client]:
+async def client(system: Deployed, key: str = "writer", mode: str = "legacy", tasks: bool = False,
+                 elicit: Any = None) -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(headers={"authorization": f"Bearer {TOKENS[key]}"}, timeout=60)
     transport = streamable_http_client(f"{system.base_url}/mcp", http_client=http)
-    async with http, Client(transport, mode=mode, extensions=[Tasks()] if tasks else None) as opened:
+    async with http, Client(transport, mode=mode, extensions=[Tasks()] if tasks else None,
+                            elicitation_callback=elicit) as opened:
         yield opened
 
 
@@ -399,11 +416,79 @@ async def test_another_tenants_task_is_not_found_through_tasks(system: Deployed)
     assert task["status"] == "completed"  # the stranger's cancel did nothing
 
 
+async def update(session: Client, task_id: str, responses: dict[str, Any]) -> dict[str, Any]:
+    request = UpdateTask(params=UpdateParams(taskId=task_id, inputResponses=responses))
+    return await session.session.send_request(request, ANSWER)
+
+
+async def test_a_task_asking_for_input_is_answered_with_tasks_update(system: Deployed) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("echo", {"prompt": "hi", "ask": ASK}, allow_claimed=True)
+        assert isinstance(created, CreateTaskResult)
+        task = await until(session, created.task_id, {"input_required"})
+        assert task["inputRequests"] == {"name": {"method": "elicitation/create", "params": {
+            "mode": "form", "message": "Who are you?", "requestedSchema": ASK["schema"]}}}
+        with pytest.raises(MCPError) as refused:
+            await update(session, created.task_id, {"name": {"action": "accept", "content": {"name": 7}}})
+        assert refused.value.error.code == -32602
+        assert set(refused.value.error.data["fields"]) == {"params.inputResponses.name.content.name"}
+        async with client(system, STRANGER) as stranger:  # another tenant: not found, over JSON-RPC too
+            strange = await stranger.call_tool("provide_input", {"task_id": created.task_id, "input": {"name": "x"}})
+        assert strange.is_error and strange.structured_content["error"]["code"] == -32001
+        ack = await update(session, created.task_id, {"name": {"action": "accept", "content": {"name": "Ada"}},
+                                                      "unknown": {"action": "accept", "content": {}}})
+        assert {k: v for k, v in ack.items() if k != "_meta"} == {"resultType": "complete"}
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["result"]["structuredContent"] == {"text": "hi", "steps": 1, "answer": {"name": "Ada"}}
+
+
+async def test_a_synchronous_call_is_answered_through_elicitation(system: Deployed) -> None:
+    asked: list[mcp_types.ElicitRequestParams] = []
+
+    async def elicit(context: Any, params: mcp_types.ElicitRequestParams) -> mcp_types.ElicitResult:
+        asked.append(params)
+        return mcp_types.ElicitResult(action="accept", content={"name": "Grace"})
+
+    async with client(system, mode="auto", elicit=elicit) as session:
+        answer = await session.call_tool("echo", {"prompt": "hello", "ask": ASK})
+    assert not answer.is_error and answer.structured_content["answer"] == {"name": "Grace"}
+    assert [p.message for p in asked] == ["Who are you?"]
+    async with client(system) as legacy:  # no way to ask this client: a clear error naming the task
+        refused = await legacy.call_tool("echo", {"prompt": "hello", "ask": ASK})
+    assert refused.is_error and "waits for input (name)" in refused.content[0].text
+    task_id = refused.structured_content["error"]["data"]["task_id"]
+    rpc(system, "provide_input", {"task_id": task_id, "input": {"name": "Lin"}}, key="writer")
+
+
+@pytest.mark.parametrize("answer_with", ["tasks/update", "provide_input"])
+async def test_a_sagas_deploy_waits_for_approval(system: Deployed, answer_with: str) -> None:
+    async with client(system, mode="auto", tasks=True) as session:
+        created = await session.session.call_tool("approved", {"what": "v2", "require_approval": True},
+                                                  allow_claimed=True)
+        assert isinstance(created, CreateTaskResult)
+        task = await until(session, created.task_id, {"input_required"})
+        assert task["inputRequests"]["deploy.approval"]["params"]["message"] == "Deploy v2?"
+        if answer_with == "tasks/update":
+            await update(session, created.task_id, {"deploy.approval": {"action": "accept",
+                                                                        "content": {"approve": True}}})
+        else:
+            saga = rpc(system, "get_saga", {"saga_id": created.task_id})["result"]
+            deploy = next(step for step in saga["steps"] if step["name"] == "deploy")
+            rpc(system, "provide_input", {"task_id": deploy["attempts"][-1]["task_id"], "input": {"approve": True}},
+                key="writer")
+        task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+    assert task["status"] == "completed" and not task["result"].get("isError"), task
+    assert task["result"]["structuredContent"]["outputs"]["deploy"]["text"] == "deployed built v2"
+
+
 # Last in the module: it kills the ingress replica and the router.
 async def test_a_task_survives_the_replica_that_created_it_and_the_router(system: Deployed) -> None:
     async with client(system, mode="auto", tasks=True) as session:
         created = await session.session.call_tool("echo", {"prompt": "survivor", "delay_ms": 3000, "steps": 3},
                                                   allow_claimed=True)
+        waiting = await session.session.call_tool("echo", {"prompt": "asks", "ask": ASK}, allow_claimed=True)
+        assert isinstance(waiting, CreateTaskResult)
+        await until(session, waiting.task_id, {"input_required"})
     assert isinstance(created, CreateTaskResult) and created.status == "working"
     old = replica_name(system.name)
     old_pid = replica_pid(old) if old else None
@@ -414,5 +499,9 @@ async def test_a_task_survives_the_replica_that_created_it_and_the_router(system
                60, "Serve to replace the replica")
     async with client(system, mode="auto", tasks=True) as session:  # a new session, on the new replica
         task = await until(session, created.task_id, {"completed", "failed", "cancelled"})
+        await until(session, waiting.task_id, {"input_required"})  # still waiting, on the new replica
+        await update(session, waiting.task_id, {"name": {"action": "accept", "content": {"name": "later"}}})
+        answered = await until(session, waiting.task_id, {"completed", "failed", "cancelled"})
     assert task["status"] == "completed" and task["result"]["structuredContent"] == {"text": "survivor", "steps": 3}
     assert rpc(system, "get_task", {"task_id": created.task_id})["result"]["attempts"] == 1  # ran once
+    assert answered["result"]["structuredContent"]["answer"] == {"name": "later"}

@@ -83,6 +83,9 @@ WORKFLOWS = {
     "resumable": {"name": "resumable", "steps": [
         echo_step("one", undo=None), echo_step("two"), echo_step("three", "{{ input.three_ms }}", timeout_s=0.5),
     ]},
+    "approved_deploy": {"name": "approved_deploy", "steps": [
+        echo_step("one"), {**echo_step("deploy", undo=None), "approval": {"message": "Ship {{ saga.id }}?"}},
+    ]},
     "deploy_then_fail": {"name": "deploy_then_fail", "steps": [
         {"name": "deploy", "tool": "artifacts",
          "input": {"action": "publish", "artifact": "{{ input.artifact }}", "content": "{{ input.content }}"},
@@ -321,7 +324,8 @@ def test_code_pipeline_failing_tests_stop_before_deploy(system: Deployed) -> Non
 def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     unknown = rpc(system.base_url, "run_saga", {"workflow": "nope", "input": {}})
     assert unknown["error"]["code"] == -32602
-    assert "known: code_pipeline, deploy_then_fail" in unknown["error"]["data"]["fields"]["params.workflow"]
+    assert "known: approved_deploy, code_pipeline, deploy_then_fail" in unknown["error"]["data"]["fields"][
+        "params.workflow"]
     missing = rpc(system.base_url, "run_saga", {"workflow": "code_pipeline", "input": {"task": "x"}})
     assert missing["error"]["data"]["fields"] == {"params.input.artifact": "required"}
     huge = rpc(system.base_url, "run_saga", {"workflow": "three", "input": {"blob": "x" * 300_000}})
@@ -330,7 +334,8 @@ def test_bad_saga_requests_name_the_field(system: Deployed) -> None:
     assert absent["error"]["code"] == -32009
     workflows = {w["name"]: w for w in result(system.base_url, "list_workflows")}
     assert [s["name"] for s in workflows["code_pipeline"]["steps"]][-1] == "deploy"
-    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail", "resumable"}
+    assert set(workflows) == {"code_pipeline", "three", "flaky_undo", "hopeless_undo", "deploy_then_fail", "resumable",
+                              "approved_deploy"}
 
 
 # ---------------------------------------------------------------- a tool that finishes when released
@@ -469,3 +474,41 @@ def test_saga_steps_count_against_their_tenants_active_tasks(tenants: Deployed, 
     assert [(a["status"], a["task_id"]) for a in done["steps"][0]["attempts"]] == [("succeeded", held["task_id"])]
     assert tenant_settled(tenants, "tiny", holder)["status"] == "succeeded"
     assert runs(tmp_path) == {"tiny-1": 1, "tiny-2": 1}
+
+
+def waiting_step(system: Deployed, saga_id: str, step: str) -> dict[str, Any]:
+    """The step once its task waits for input (the saga shows what for)."""
+    found: dict[str, Any] = {}
+
+    def asks() -> bool:
+        found.update(steps(saga_state(system, saga_id))[step])
+        return bool(found["input_requests"])
+
+    wait_until(asks, 120, f"step {step} of saga {saga_id} to ask for input")
+    return found
+
+
+def test_code_pipeline_deploy_waits_for_approval_given_with_provide_input(system: Deployed) -> None:
+    saga_id = run_saga(system, "code_pipeline", {"task": "task-good: add two numbers", "artifact": "approved",
+                                                 "require_approval": True})
+    deploy = waiting_step(system, saga_id, "deploy")
+    assert deploy["input_requests"]["approval"]["message"] == "Publish the tested code as a new version of approved?"
+    task_id = deploy["attempts"][-1]["task_id"]
+    assert result(system.base_url, "get_task", {"task_id": task_id})["status"] == "input_required"
+    assert live_artifact(system, "approved") is None  # nothing published before the approval
+    result(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": True}})
+    state = settled(system, saga_id, timeout_s=60)
+    assert state["status"] == "succeeded", state
+    assert steps(state)["deploy"]["output"]["version"] == 1 and steps(state)["deploy"]["input_requests"] == {}
+    assert live_artifact(system, "approved")[0] == 1
+
+
+def test_a_refused_approval_fails_the_step_and_compensates_once(system: Deployed, effects: Path) -> None:
+    saga_id = run_saga(system, "approved_deploy", {})
+    task_id = waiting_step(system, saga_id, "deploy")["attempts"][-1]["task_id"]
+    result(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": False, "comment": "not now"}})
+    state = saga_state_cache[saga_id] = settled(system, saga_id)
+    by_name = steps(state)
+    assert state["status"] == "failed" and by_name["deploy"]["error"] == "not approved: not now"
+    assert by_name["one"]["compensation"] == "succeeded" and len(by_name["one"]["compensation_attempts"]) == 1
+    assert len(effect_lines(effects, saga_id)) == 2  # step one and its undo, once each; deploy never ran its tool

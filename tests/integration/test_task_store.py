@@ -3,9 +3,12 @@ atomic accept and backpressure, fenced and idempotent takes and settles, memory 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,13 +20,16 @@ from orchestrator.adapters.task_store import (
     TakePolicy,
     TakeRequest,
     TakeResult,
+    TaskQuery,
     TaskStore,
 )
 from orchestrator.errors import QueueFullError, QuotaExceededError
 from orchestrator.models import TaskStatus
 from orchestrator.settings import QuotaSettings, RedisSettings
 from orchestrator.tasks import TaskSpec, new_task_id
-from tests.support import RedisServer
+from orchestrator.tools.base import Tool, ToolCall, ToolContext
+from orchestrator.worker import Limits, Runner
+from tests.support import RedisServer, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +227,89 @@ async def test_a_queued_task_costs_under_a_kilobyte_of_redis(store: TaskStore, r
     await admin.aclose()
     print(f"{per_task:.0f} bytes of Redis per queued task")
     assert per_task < 1024, f"{per_task:.0f} bytes per queued task"
+
+
+async def test_a_task_asking_for_input_waits_without_a_slot_then_resumes_with_the_answer(store: TaskStore) -> None:
+    await accept(store, spec("asks", tenant="acme"))
+    first = (await take(store, "w", 1, 11)).taken[0]
+    task_id = first.task.task_id
+    request = {"message": "Go?", "schema": {"type": "object"}, "asked_at": 1.0}
+    asked = Settlement(task_id, first.attempt, TaskStatus.INPUT_REQUIRED, checkpoint={"step": 1},
+                       asked={"go": request, "why": request})
+    assert await store.settle(0, [asked], time.time()) == [1]
+    assert await store.settle(0, [asked], time.time()) == [2]  # retried (reply lost): done once
+    record = await store.get(task_id)
+    assert record.status is TaskStatus.INPUT_REQUIRED and set(record.input_requests) == {"go", "why"}
+    assert record.input_requests["go"].message == "Go?" and record.checkpoint == {"step": 1}
+    assert not await store.held(0, "w") and not await store.running()  # its slot and delivery are gone
+    assert (await take(store, "w", 1, 12)).taken == []  # in no queue while it waits
+    assert (await store.counts())["active_tasks"] == 1  # still open: counted against quotas
+    listed, _ = await store.list_tasks(TaskQuery(tenants=["acme"], statuses=[TaskStatus.INPUT_REQUIRED]))
+    assert [t.task_id for t in listed] == [task_id]
+
+    answer = {"action": "accept", "content": {"ok": True}}
+    assert await store.provide_input(task_id, "go", answer, time.time()) == ("stored", TaskStatus.INPUT_REQUIRED,
+                                                                              ["why"])
+    assert (await store.provide_input(task_id, "go", answer, time.time()))[0] == "duplicate"
+    assert (await store.provide_input(task_id, "nope", answer, time.time()))[0] == "not_expected"
+    assert await store.provide_input(task_id, "why", {"action": "decline"}, time.time()) == (
+        "stored", TaskStatus.QUEUED, [])
+    resumed = (await take(store, "w", 1, 13)).taken[0]
+    assert resumed.checkpoint == {"step": 1} and resumed.input_rounds == 1
+    assert resumed.inputs == {"go": answer, "why": {"action": "decline"}}
+    record = await store.get(task_id)
+    assert record.status is TaskStatus.RUNNING and record.input_requests == {}
+    kinds = [e.type for e in await store.history(task_id)]
+    assert kinds[-5:] == ["input_required", "input_received", "input_received", "queued", "running"]
+
+
+async def test_a_task_waiting_for_input_can_be_cancelled(store: TaskStore) -> None:
+    await accept(store, spec("asks"))
+    first = (await take(store, "w", 1, 21)).taken[0]
+    request = {"message": "?", "schema": {"type": "object"}, "asked_at": 1.0}
+    await store.settle(0, [Settlement(first.task.task_id, 1, TaskStatus.INPUT_REQUIRED, asked={"k": request})],
+                       time.time())
+    assert await store.cancel(first.task.task_id, time.time(), "") is TaskStatus.CANCELLED
+    record = await store.get(first.task.task_id)
+    assert record.status is TaskStatus.CANCELLED and record.input_requests == {}
+    outcome = await store.provide_input(first.task.task_id, "k", {"action": "accept", "content": {}}, time.time())
+    assert outcome == ("not_expected", TaskStatus.CANCELLED, [])
+    assert (await store.counts())["active_tasks"] == 0
+
+
+class Asking(Tool):
+    """Checkpoints, then asks two questions at once (as under `asyncio.gather`)."""
+
+    kind = "python"
+    input_schema = {"type": "object"}
+
+    async def run(self, call: ToolCall, ctx: ToolContext) -> Any:
+        await ctx.checkpoint({"before": True})
+        first, second = await asyncio.gather(ctx.ask("a", "A?"), ctx.ask("b", "B?", {"type": "integer"}))
+        return {"a": first, "b": second, "resumed_from": call.checkpoint}
+
+
+async def test_a_worker_ends_an_asking_attempt_and_resumes_it_with_the_answers(store: TaskStore) -> None:
+    runner = Runner(store, {"asking": Asking("asking")}, "w", "reasoning", 1, POLICY, Limits(3, 10_000), time.time)
+    serving = asyncio.create_task(runner.serve())
+    try:
+        task = replace(spec(), tool="asking")
+        await accept(store, task)
+
+        async def status_is(status: TaskStatus) -> bool:
+            return (await store.get(task.task_id)).status is status
+
+        await eventually(lambda: status_is(TaskStatus.INPUT_REQUIRED), what="the task to ask")
+        assert set((await store.get(task.task_id)).input_requests) == {"a", "b"}  # both asks, together
+        await eventually(lambda: asyncio.sleep(0, result=runner.free_slots() == 1), what="its slot to be free")
+        await store.provide_input(task.task_id, "a", {"action": "accept", "content": {"x": 1}}, time.time())
+        await store.provide_input(task.task_id, "b", {"action": "accept", "content": 7}, time.time())
+        runner.wake()
+        await eventually(lambda: status_is(TaskStatus.SUCCEEDED), what="the task to finish")
+        record = await store.get(task.task_id)
+        assert record.result == {"a": {"x": 1}, "b": 7, "resumed_from": {"before": True}}
+        assert record.attempts == 2
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await serving

@@ -43,6 +43,7 @@ SAMPLES: list[Exception] = [
     ForbiddenError("control", "admin"),
     QuotaExceededError("acme", "submits_per_s", 5, 0.4),
     errors.ScheduleNotFoundError("7f3a"),
+    errors.InputNotExpectedError("0-abc", "input_required", "go", ["approval"]),
     InvalidParamsError({"params.priority": "maximum: 11 is greater than 10"}),
 ]
 

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
+from orchestrator.errors import InvalidParamsError
 from orchestrator.mcp_tools import (
     CLIENT_CAPABILITIES,
     DEADLINE,
     PRIORITY,
     TASK_ID,
     TASKS,
+    answers,
     created_task,
+    detailed_saga,
     detailed_task,
     opted_in,
     renamed_fields,
@@ -80,3 +85,25 @@ def test_the_opt_in_is_the_extension_among_the_requests_client_capabilities() ->
     assert opted_in({CLIENT_CAPABILITIES: {"extensions": {TASKS: {}}}})
     assert not opted_in({CLIENT_CAPABILITIES: {"extensions": {}}}) and not opted_in(None)
     assert created_task("0-t", 1_800_000_000.0, 5)["resultType"] == "task"
+
+
+REQUEST = {"message": "Go?", "schema": {"type": "object"}, "asked_at": 1_800_000_002.0}
+
+
+def test_a_task_waiting_for_input_is_input_required_with_elicitation_requests() -> None:
+    waiting = detailed_task(record("input_required", started_at=1_800_000_001.0, input_requests={"go": REQUEST}), 1000)
+    assert waiting["status"] == "input_required" and waiting["lastUpdatedAt"] == "2027-01-15T08:00:02.000Z"
+    assert waiting["inputRequests"] == {"go": {"method": "elicitation/create", "params": {
+        "mode": "form", "message": "Go?", "requestedSchema": {"type": "object"}}}}
+    steps = [{"name": "build", "input_requests": {}}, {"name": "deploy", "input_requests": {"approval": REQUEST}}]
+    saga = detailed_saga({"saga_id": "s1", "status": "running", "created_at": 1_800_000_000.0, "steps": steps}, 1000)
+    assert saga["status"] == "input_required" and list(saga["inputRequests"]) == ["deploy.approval"]
+
+
+def test_input_responses_must_be_elicitation_results() -> None:
+    assert answers({"a": {"action": "accept", "content": {"x": 1}}, "b": {"action": "decline"}}) == {
+        "a": ("accept", {"x": 1}), "b": ("decline", None)}
+    for bad, field in (({"a": 3}, "params.inputResponses.a"), ({"a": {"action": "ok"}}, "params.inputResponses.a.action")):
+        with pytest.raises(InvalidParamsError) as refused:
+            answers(bad)
+        assert list(refused.value.fields) == [field]

@@ -433,3 +433,28 @@ def test_a_rerun_keeps_completed_steps_not_undone_and_runs_the_rest_again() -> N
     again = run_step(again, "succeeded", {"text": "A2"}, now=201)
     (then,) = saga.next_commands(again, 202)
     assert isinstance(then, Submit) and then.step == "c"  # b is not run again
+
+
+@pytest.mark.parametrize(("when", "saga_input", "asked"), [
+    (None, {}, "Ship s1 for hi?"),
+    ("{{ input.approve }}", {"approve": True}, "Ship s1 for hi?"),
+    ("{{ input.approve }}", {"approve": False}, None),
+    ("{{ input.approve }}", {}, None),  # an input the saga was not given: not asked
+])
+def test_a_step_asks_for_approval_when_its_condition_holds(when: str | None, saga_input: dict[str, Any],
+                                                           asked: str | None) -> None:
+    approval = {"message": "Ship {{ saga.id }} for {{ input.text }}?", "when": when}
+    definition = workflow(steps=[{"name": "a", "tool": "echo", "input": {}, "approval": approval}])
+    state = saga.new_saga("s1", definition, {"text": "hi", **saga_input}, 5, now=100.0)
+    command = next_command(state, 101)
+    assert isinstance(command, Submit) and command.approval == asked
+
+
+def test_a_step_waiting_for_input_is_shown_until_its_task_finishes() -> None:
+    state, command = submitted(start())
+    request = {"message": "Go?", "schema": {"type": "object"}, "asked_at": 101.0}
+    state = saga.on_input_required(state, command.step, {"approval": request}, 102)
+    assert state.steps[0].input_requests == {"approval": request}
+    assert isinstance(next_command(state, 103), saga.Await)  # nothing else changes: it goes on waiting
+    state = saga.on_task_finished(state, command.step, False, "succeeded", {"text": "hi"}, None, 104)
+    assert state.steps[0].input_requests == {}

@@ -73,7 +73,9 @@ function stepBox(step, definition) {
     ? el("p", { class: "compensation" }, "compensation: ", badge(step.compensation),
       step.compensation_error ? ` — ${step.compensation_error}` : "")
     : definition && definition.compensation ? el("p", { class: "hint" }, `undone by ${definition.compensation.tool}`) : null;
+  const waits = Object.entries(step.input_requests ?? {}).map(([key, request]) =>
+    el("p", { class: "waits" }, badge("input_required"), ` ${key}: ${request.message} — answer on its task's page`));
   return [el("h3", {}, step.name), el("p", {}, definition ? definition.tool : ""), badge(step.status),
-    step.error ? el("p", { class: "bad" }, step.error) : null, compensation,
+    step.error ? el("p", { class: "bad" }, step.error) : null, ...waits, compensation,
     el("ul", { class: "attempts" }, attempts(step.attempts, "attempt"), attempts(step.compensation_attempts, "undo"))];
 }

@@ -26,7 +26,7 @@ async function load(page) {
     page.recordArea.replaceChildren(el("p", { class: "bad", role: "alert" }, text));
     return;
   }
-  page.recordArea.replaceChildren(...render(page.record));
+  page.recordArea.replaceChildren(...inputForms(page), ...render(page.record));
   const offered = buttons(page);
   const names = offered.map((b) => b.textContent).join("|");
   if (names !== page.offered) page.actions.replaceChildren(...offered); // the same buttons: keep them (and focus)
@@ -61,6 +61,58 @@ function trace(r) {
   if (!r.trace_id) return "—";
   const id = el("code", {}, r.trace_id);
   return r.trace_url ? el("a", { href: r.trace_url, target: "_blank", rel: "noopener noreferrer", id: "trace-link" }, id) : id;
+}
+
+/** What the task waits for (status input_required): each request's message and, for a key that may submit, a
+ * form made from its schema (a JSON text area when the schema is not a flat object); the server checks the answer. */
+function inputForms(page) {
+  const r = page.record;
+  if (r.status !== "input_required") return [];
+  const may = page.me.scopes.includes("submit");
+  return Object.entries(r.input_requests).map(([key, request]) => section(`Waiting for input: ${key}`,
+    el("p", { class: "ask" }, request.message),
+    may ? answerForm(page, key, request.schema) : el("p", { class: "empty" }, "(a key with the submit scope may answer)")));
+}
+
+const SIMPLE = new Set(["boolean", "string", "number", "integer"]);
+
+function answerForm(page, key, schema) {
+  const props = schema && schema.type === "object" && schema.properties ? Object.entries(schema.properties) : null;
+  const flat = props && props.length && props.every(([, p]) => SIMPLE.has(p.type));
+  const fields = flat ? props.map(([name, p]) => field(key, name, p, (schema.required ?? []).includes(name)))
+    : [el("label", { for: `answer-${key}` }, "Answer (JSON)"),
+       el("textarea", { id: `answer-${key}`, name: "json", rows: 4, cols: 60 }, "{}")];
+  const form = el("form", { class: "answer", "data-key": key }, ...fields);
+  const send = el("button", { type: "submit" }, "Answer");
+  form.append(send);
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    act(send, page.area, async () => {
+      const input = flat ? collect(form, props) : JSON.parse(form.elements.json.value);
+      const answer = await rpc("provide_input", { task_id: page.record.task_id, key, input });
+      await load(page); // a refused answer keeps the form as it was filled
+      return answer;
+    }, (answer) => `Answered ${answer.key}: the task is ${answer.status}`);
+  });
+  return form;
+}
+
+function field(key, name, prop, required) {
+  const id = `answer-${key}-${name}`;
+  const label = el("label", { for: id }, prop.description ? `${name} (${prop.description})` : name);
+  if (prop.type === "boolean") return el("p", {}, el("input", { id, name, type: "checkbox" }), " ", label);
+  const kind = prop.type === "string" ? "text" : "number";
+  return el("p", {}, label, " ", el("input", { id, name, type: kind, required, step: prop.type === "number" ? "any" : undefined }));
+}
+
+function collect(form, props) {
+  const out = {};
+  for (const [name, p] of props) {
+    const input = form.elements[name];
+    if (p.type === "boolean") out[name] = input.checked;
+    else if (input.value !== "") out[name] = p.type === "string" ? input.value : Number(input.value);
+  }
+  return out;
 }
 
 function links(ids) {

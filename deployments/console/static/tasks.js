@@ -3,7 +3,8 @@ import { rpc } from "./api.js";
 import { badge, button, el, section, table, taskLink, time } from "./dom.js";
 
 const POLL_MS = 2000;
-const STATUSES = ["scheduled", "waiting", "queued", "running", "preempted", "succeeded", "failed", "cancelled"];
+const STATUSES = ["scheduled", "waiting", "queued", "running", "preempted", "input_required", "succeeded", "failed",
+  "cancelled"];
 
 export function tasksPage(main, me) {
   const fields = filterFields(me);

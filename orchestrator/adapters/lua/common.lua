@@ -158,6 +158,7 @@ finalize = function(rec, status, data, parent_failed_code)
   rec.s = status
   rec.fn = now
   rec.cr = nil
+  rec.iq = nil  -- a task cancelled while it waited for input waits no more
   emit(rec, status, data)
   release_children(rec, status, parent_failed_code)
   release_entry(rec)
@@ -169,6 +170,14 @@ finalize = function(rec, status, data, parent_failed_code)
   redis.call('ZADD', tag .. ':ix:expiry', now + retention_s * 1000, expiry_member(rec))
   prune(2)  -- as many expire as finish (a retention ago): the indexes keep up without a sweep while tasks finish
   finished_ids[#finished_ids + 1] = rec.i
+end
+
+-- A task's pending input requests (key → JSON text) as one JSON object, their texts undecoded.
+local function requests_json(requests)
+  local parts = {}
+  for key, text in pairs(requests or {}) do parts[#parts + 1] = cjson.encode(key) .. ':' .. text end
+  table.sort(parts)
+  return '{' .. table.concat(parts, ',') .. '}'
 end
 
 -- Tell whoever listens: idle workers of the pools that got tasks, waiters of the tasks that finished.

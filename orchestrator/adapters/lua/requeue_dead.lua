@@ -8,7 +8,7 @@ if not rec or rec.s ~= 'failed' or not rec.dd then return 0 end
 redis.call('XDEL', tag .. ':dead', rec.dd)
 redis.call('ZREM', tag .. ':ix:expiry', expiry_member(rec))  -- kept again: no longer expiring
 rec.dd, rec.e, rec.fn, rec.lf = nil, nil, nil, nil
-rec.ab = (rec.at or 0) - (rec.pe or 0)
+rec.ab = (rec.at or 0) - (rec.pe or 0) - (rec.ir or 0)
 rec.s = 'queued'
 enqueue(rec, true)
 emit(rec, 'queued', '{"requeued":true}')

@@ -78,7 +78,7 @@ while #taken < count do
   end
   local rec = load(id)
   if rec and (rec.s == 'queued' or rec.s == 'preempted') then
-    local used = (rec.at or 0) - (rec.pe or 0) - (rec.ab or 0)
+    local used = (rec.at or 0) - (rec.pe or 0) - (rec.ab or 0) - (rec.ir or 0)
     if rec.cr then
       finalize(rec, 'cancelled', '{}', parent_failed_code)
       settled[#settled + 1] = cjson.encode(rec)
