@@ -46,6 +46,11 @@ class ShardKeys:
         """Sorted set of the delayed (`scheduled`) tasks of one worker type, by the time they become ready (ms)."""
         return f"{self.tag}:due:{worker_type}"
 
+    def input_deadlines(self, worker_type: str) -> str:
+        """Sorted set of the tasks of one worker type waiting for input (`input_required`) that have a deadline,
+        by it (ms): come the deadline, a router queues them for a worker to fail (see due.lua)."""
+        return f"{self.tag}:idl:{worker_type}"
+
     @property
     def clocks(self) -> str:
         """Hash: `<worker type>:<priority>` → the level's virtual time (of the task popped last); `seq` → the

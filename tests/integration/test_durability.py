@@ -237,12 +237,15 @@ def test_a_task_waiting_for_input_survives_its_worker_and_resumes(system: Deploy
     assert record["attempts"] == 2 and record["last_failure"] is None  # an input round is no lost attempt
 
 
-def test_a_deadline_keeps_counting_while_a_task_waits_for_input(system: Deployed) -> None:
+def test_a_task_waiting_for_input_fails_at_its_deadline_unanswered(system: Deployed) -> None:
+    """The deadline keeps counting while nobody answers: at it, the task fails (and stops counting against its
+    tenant's open tasks); an answer coming after that is refused."""
     deadline = datetime.now(UTC) + timedelta(seconds=2)
     params = {"tool": "echo", "input": {"prompt": "late", "ask": ASK}, "deadline": deadline.isoformat()}
     task_id = str(result(system.base_url, "run_task", params, path="v2/rpc")["task_id"])
     waiting_for_input(system.base_url, task_id)
-    wait_until(lambda: datetime.now(UTC) > deadline, 10, "the deadline to pass")
-    result(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": True}})
     record = finished(system.base_url, task_id)
     assert record["status"] == "failed" and record["error"]["message"] == "deadline passed while it waited for input"
+    assert record["finished_at"] >= deadline.timestamp(), record
+    late = rpc(system.base_url, "provide_input", {"task_id": task_id, "input": {"approve": True}})
+    assert late["error"]["code"] == -32015, late

@@ -18,7 +18,40 @@ local function announce_due()
   if soonest then redis.call('PUBLISH', prefix .. ':scheduled', string.format('%.0f', soonest)) end
 end
 
-local function unschedule(rec) redis.call('ZREM', due_key(rec.w), rec.i) end
+-- A task waiting for input (`input_required`) with a deadline waits in its worker type's input-deadline set
+-- (score: the deadline, ms) too: come the deadline unanswered, it is queued again for a worker to fail it
+-- ("deadline passed while it waited for input") — the one place a task's end is decided and counted.
+local function input_deadline_key(w) return tag .. ':idl:' .. w end
+
+local function await_input(rec)
+  if not rec.dl then return end
+  redis.call('ZADD', input_deadline_key(rec.w), rec.dl, rec.i)
+  if not soonest or rec.dl < soonest then soonest = rec.dl end
+end
+
+-- Out of both sets: a delayed task cancelled before it was due, a waiting task answered or cancelled.
+local function unschedule(rec)
+  redis.call('ZREM', due_key(rec.w), rec.i)
+  redis.call('ZREM', input_deadline_key(rec.w), rec.i)
+end
+
+-- Queue up to `limit` waiting tasks of worker type `w` whose deadline passed; the deadline (ms, a string) of
+-- the next one left, or nil.
+local function expire_waiting(w, limit)
+  local key = input_deadline_key(w)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit)) do
+    redis.call('ZREM', key, id)
+    local rec = load(id)
+    if rec and rec.s == 'input_required' then
+      rec.iq = nil
+      rec.s = 'queued'
+      enqueue(rec, false)
+      emit(rec, 'queued', '{"deadline_passed":true}')
+      save(rec)
+    end
+  end
+  return redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2]
+end
 
 -- Queue up to `limit` tasks of worker type `w` come due (the pool manager is told of urgent ones); the number
 -- taken out of the due set, and the due time (ms, a string) of the next one, or nil.

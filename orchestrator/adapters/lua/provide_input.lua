@@ -4,7 +4,7 @@
 -- answer against the request's schema. The same answer delivered again changes nothing.
 -- Returns {outcome, status after, pending keys}: outcome 'stored', 'duplicate' or 'not_expected'; false if there
 -- is no such task.
--- USES: common
+-- USES: common, due
 -- KEYS: active
 -- ARGV: task_id, key, answer
 local rec = load(task_id)
@@ -27,6 +27,7 @@ table.sort(left)
 if #left == 0 then
   rec.iq = nil
   rec.s = 'queued'
+  unschedule(rec)
   enqueue(rec, false)
   emit(rec, 'queued', '{"resumed":true}')
 end

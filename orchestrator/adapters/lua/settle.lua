@@ -8,7 +8,7 @@
 --          'cancelled'), result, error, {progress, …}, checkpoint, asked}, …} (JSON text, '' when absent; asked:
 --          input_required's requests, an object of key → JSON text)
 -- Returns per item: 1 stored, 2 stored by an earlier call of this attempt, 0 refused (stale).
--- USES: common
+-- USES: common, due
 -- KEYS: active
 -- ARGV: items, stats, parent_failed_code
 local replies = {}
@@ -44,6 +44,7 @@ for i, item in ipairs(cjson.decode(items)) do
       rec.iq = cjson.decode(asked)
       release_entry(rec)
       unmark_running(rec)
+      await_input(rec)  -- with a deadline: failed at it, answered or not
       emit(rec, 'input_required', '{"attempt":' .. attempt .. ',"requests":' .. requests_json(rec.iq) .. '}')
       save(rec)
       finished_ids[#finished_ids + 1] = rec.i  -- waiters stop waiting: the task needs someone
@@ -59,4 +60,5 @@ for i, item in ipairs(cjson.decode(items)) do
 end
 count_stats(stats)
 announce()
+announce_due()
 return replies
