@@ -40,7 +40,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from deployments.http_auth import NOT_IN, caller, refusal
-from orchestrator import events, inputs, mcp_tools, tracing
+from orchestrator import events, inputs, mcp_tools
 from orchestrator.adapters.channels import Channels
 from orchestrator.adapters.key_store import KeyRing
 from orchestrator.adapters.keys import Keys
@@ -409,18 +409,6 @@ class McpFace:
         return types.ListToolsResult(tools=allowed)
 
     async def _call_tool(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
-                         ) -> types.CallToolResult | dict[str, Any]:
-        # SEP-414: a request's W3C trace context may ride in its _meta; it wins over the HTTP request's.
-        meta: Mapping[str, Any] = params.meta or {}
-        parent, state = (value if isinstance(value := meta.get(key), str) else None
-                         for key in ("traceparent", "tracestate"))
-        with tracing.span(f"tools/call {params.name}", parent=parent, tracestate=state,
-                          kind=tracing.SpanKind.SERVER) as span:
-            if span.is_recording():
-                span.set_attributes({"mcp.method.name": "tools/call", "gen_ai.tool.name": params.name})
-            return await self._tool_call(ctx, params)
-
-    async def _tool_call(self, ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
                          ) -> types.CallToolResult | dict[str, Any]:
         principal = _principal_of(ctx)
         runnable = self._runnables.get(params.name)

@@ -4,7 +4,7 @@
     python -m tests.mcp_server http --port 8765      # Streamable HTTP at http://127.0.0.1:8765/mcp
 
 Tools: add, shout, slow_count (reports progress), fail (raises: an isError result), sleep, header (what the
-client sent), handshakes (how many clients connected to this process: proves connection reuse) and pid.
+client sent), traceparent (what the call's _meta carried), handshakes (how many clients connected to this process: proves connection reuse) and pid.
 `--page-size N` makes tools/list return N tools per page, to exercise cursor paging.
 """
 
@@ -86,6 +86,10 @@ def build_server(page_size: int | None = None) -> MCPServer:
     @server.tool(description="The value of an HTTP request header ('' over stdio or when absent).")
     def header(name: str, ctx: Context) -> str:
         return (ctx.headers or {}).get(name.lower(), "")
+
+    @server.tool(description="The W3C traceparent the call carried in its _meta ('' without one).")
+    def traceparent(ctx: Context) -> str:
+        return str((ctx.request_context.meta or {}).get("traceparent", ""))
 
     @server.tool(description="The server's process id.")
     def pid() -> int:

@@ -129,23 +129,22 @@ class McpConnections:
         tool: str,
         arguments: Mapping[str, JsonValue],
         progress: ProgressFnT | None = None,
-        meta: Mapping[str, str] | None = None,
     ) -> mcp_types.CallToolResult:
-        """`tools/call` (with `meta` as its `_meta`) on the server's shared connection, reconnecting once if that
-        connection died.
+        """`tools/call` on the server's shared connection, reconnecting once if that connection died. (The SDK
+        sends the current trace context in the request's `_meta`, SEP-414, under a span of its own.)
 
         Raises ToolError (retryable) when the server cannot be reached; errors the server answers with
         (`MCPError`) and invalid results propagate for the caller to word.
         """
         connection = await self._connection(server_name, server)
         try:
-            return await _call_once(connection, tool, arguments, progress, meta)
+            return await _call_once(connection, tool, arguments, progress)
         except _ConnectionLost:
             logger.info("MCP connection died; reconnecting", extra={"mcp_server": server_name})
             tracing.event("reconnect", {"mcp_server": server_name})
         connection = await self._connection(server_name, server)
         try:
-            return await _call_once(connection, tool, arguments, progress, meta)
+            return await _call_once(connection, tool, arguments, progress)
         except _ConnectionLost:
             raise ToolError(f"MCP server {server_name} closed the connection during tools/call {tool}",
                             retryable=True) from None
@@ -176,13 +175,11 @@ class McpConnections:
 
 
 async def _call_once(
-    connection: _Connection, tool: str, arguments: Mapping[str, JsonValue], progress: ProgressFnT | None,
-    meta: Mapping[str, str] | None,
+    connection: _Connection, tool: str, arguments: Mapping[str, JsonValue], progress: ProgressFnT | None
 ) -> mcp_types.CallToolResult:
     client = await connection.client()
     try:
-        sent = cast(mcp_types.RequestParamsMeta, dict(meta)) if meta else None
-        return await client.call_tool(tool, dict(arguments), progress_callback=progress, meta=sent)
+        return await client.call_tool(tool, dict(arguments), progress_callback=progress)
     except MCPError as exc:
         if not _connection_lost(exc):
             raise
@@ -285,10 +282,8 @@ class McpTool(Tool):
     ) -> mcp_types.CallToolResult:
         try:
             async with asyncio.timeout(limit_s):
-                meta: dict[str, str] = {}
-                tracing.inject(meta)  # SEP-414: the server joins the trace through the request's _meta
                 return await self._connections.call_tool(
-                    self.server_name, self._server, self.remote_tool, tool_input, progress, meta
+                    self.server_name, self._server, self.remote_tool, tool_input, progress
                 )
         except TimeoutError:
             if by_deadline:

@@ -1,6 +1,6 @@
 """Traces end to end: the orchestrator deployed with OTEL_* pointing at a real OTLP/HTTP receiver; a client's W3C
-trace context is continued through the ingress, the durable write, Redis, the worker and the provider call (which
-receives it), and a saga's steps are spans of the saga's."""
+trace context is continued through the ingress, the durable write, Redis, the worker and the provider call or
+downstream MCP call (which receive it), and a saga's steps are spans of the saga's."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider
 from tests.integration.test_spine import result
+from tests.mcp_server import stdio_command, stdio_env
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
 from tests.support import RedisServer, wait_until
 
@@ -37,7 +38,9 @@ def traced(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_SERVICE_NAME": "orch-test",
            "OTEL_BSP_SCHEDULE_DELAY": "100"}
     llm = {"kind": "openai", "base_url": provider.base_url, "model": "fake-model", "timeout_s": 10}
+    downstream = {"command": stdio_command(), "env": stdio_env(), "import_tools": True, "tool_prefix": "remote."}
     settings = make_settings(redis_server.url, tools={"fake-llm": llm}, workflows={"pair": WORKFLOW},
+                             mcp_servers={"remote": downstream},
                              providers={"fake-llm": {"backoff_base_s": 0.05}},
                              tracing={"env": env, "ui_url": UI})
     with deployed(settings, ray_session) as system:
@@ -130,3 +133,16 @@ def test_a_sagas_steps_are_children_of_its_span(traced: Deployed, receiver: Otlp
     wait_until(lambda: len(spans_named(receiver, trace_id, "attempt")["attempt"]) == 2, 30, "both attempts")
     assert {a.parent_id for a in spans_named(receiver, trace_id, "attempt")["attempt"]} == submits
 
+
+
+def test_a_downstream_mcp_server_receives_the_context_in_the_calls_meta(traced: Deployed,
+                                                                       receiver: OtlpReceiver) -> None:
+    trace_id, client_span = client_context()
+    record = post(traced, "run_task", {"tool": "remote.traceparent", "prompt": "", "wait": 30}, trace_id, client_span)
+    assert record["status"] == "succeeded", record
+    spans = spans_named(receiver, trace_id, "attempt", "tools/call traceparent", "MCP send tools/call traceparent")
+    (attempt,), (call,), (send,) = (spans[n] for n in ("attempt", "tools/call traceparent",
+                                                       "MCP send tools/call traceparent"))
+    assert call.parent_id == attempt.span_id and send.parent_id == call.span_id  # the SDK's send: one per try
+    _version, seen_trace, seen_parent, _flags = record["result"]["text"].split("-")
+    assert (seen_trace, seen_parent) == (trace_id, send.span_id)
