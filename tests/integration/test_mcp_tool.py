@@ -166,8 +166,8 @@ async def test_task_deadline_bounds_the_call(connections: McpConnections) -> Non
 async def test_discover_tools_pages_through_tools_list() -> None:
     server = stdio_settings("--page-size", "2", tool_prefix="t_", worker_type="codegen")
     tools = await discover_tools("test", server)
-    assert set(tools) == {"t_add", "t_shout", "t_slow_count", "t_fail", "t_sleep", "t_header", "t_handshakes",
-                          "t_pid"}
+    assert set(tools) == {"t_add", "t_shout", "t_slow_count", "t_fail", "t_sleep", "t_header", "t_traceparent",
+                          "t_handshakes", "t_pid"}
     add = tools["t_add"]
     assert (add.kind, add.server, add.remote_tool, add.worker_type) == ("mcp", "test", "add", "codegen")
     assert add.description == "Adds two integers."
