@@ -94,9 +94,11 @@ def deployed(settings: Any, serve_port: int) -> Iterator[Deployed]:
         teardown(settings, name=name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
-    """The default test system, deployed once per test module."""
+    """The default test system, deployed once and shared by every module that uses it: such a module leaves its
+    state as it found it (no pauses, scaling, drains, keys; its tasks finish or are cancelled). A module that
+    changes it, or wants other settings, deploys its own with `deployed`."""
     with deployed(make_settings(redis_server.url), ray_session) as system:
         yield system
 
