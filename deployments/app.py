@@ -52,11 +52,14 @@ def _start_detached(actor_class: Any, name: str, settings: Settings, *args: Any)
     ).remote(settings, *args)
 
 
-def start_routers(settings: Settings) -> list[Any]:
-    """The router shards, once each holds its leases (one of them manages the pools)."""
+def start_actors(settings: Settings) -> list[Any]:
+    """Start the router shards, the saga coordinator and the SLA policy side by side (each starts a process of
+    its own). The refs answer once the routers hold their leases (one of them manages the pools) and the
+    coordinator has queued every unfinished saga for resumption."""
     routers = [_start_detached(RouterActor, router_name(i), settings, i) for i in range(settings.router.replicas)]
-    ray.get([router.ready.remote() for router in routers], timeout=120)
-    return routers
+    coordinator = _start_detached(SagaCoordinatorActor, SAGA_COORDINATOR_NAME, settings)
+    _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings)  # idle until a pool has SLA targets
+    return [*(router.ready.remote() for router in routers), coordinator.ready.remote()]
 
 
 def with_imported_tools(settings: Settings) -> Settings:
@@ -76,11 +79,12 @@ def with_imported_tools(settings: Settings) -> Settings:
     return settings.model_copy(update={"tools": {**imported, **settings.tools}})
 
 
-def start_saga_coordinator(settings: Settings) -> Any:
-    """The saga coordinator, once it has queued every unfinished saga for resumption."""
-    coordinator = _start_detached(SagaCoordinatorActor, SAGA_COORDINATOR_NAME, settings)
-    ray.get(coordinator.ready.remote(), timeout=120)
-    return coordinator
+def _checked(settings: Settings) -> Settings:
+    """The settings to run with: refused if they would expose the API unsafely; MCP servers' tools imported."""
+    refused = unsafe_bind(settings.http.host, settings.auth, settings.http.proxy)
+    if refused is not None:
+        raise ValueError(refused)
+    return with_imported_tools(settings)
 
 
 def _replica_options(settings: Settings) -> dict[str, Any]:
@@ -88,15 +92,7 @@ def _replica_options(settings: Settings) -> dict[str, Any]:
     return {"num_cpus": 0} if runtime_env is None else {"num_cpus": 0, "runtime_env": runtime_env}
 
 
-def build_app(settings: Settings) -> Any:
-    """The Serve application: start the router and the saga coordinator, then bind the ingress."""
-    refused = unsafe_bind(settings.http.host, settings.auth, settings.http.proxy)
-    if refused is not None:
-        raise ValueError(refused)
-    settings = with_imported_tools(settings)
-    start_routers(settings)
-    start_saga_coordinator(settings)
-    _start_detached(SlaPolicyActor, SLA_POLICY_NAME, settings)  # idle until a pool has SLA targets
+def _ingress(settings: Settings) -> Any:
     return RpcIngress.options(  # type: ignore[attr-defined]
         num_replicas=settings.http.replicas,
         max_ongoing_requests=settings.http.max_ongoing_requests,
@@ -107,9 +103,23 @@ def build_app(settings: Settings) -> Any:
     ).bind(settings)
 
 
+def build_app(settings: Settings) -> Any:
+    """The Serve application: start the actors and wait until they are ready, then bind the ingress."""
+    settings = _checked(settings)
+    ray.get(start_actors(settings), timeout=120)
+    return _ingress(settings)
+
+
 def deploy(settings: Settings, *, name: str = "orchestrator", route_prefix: str = "/") -> None:
-    """Run the whole system on the connected Ray cluster and its Serve instance."""
-    serve.run(build_app(settings), name=name, route_prefix=route_prefix)
+    """Run the whole system on the connected Ray cluster and its Serve instance; return once all of it is ready.
+
+    The actors and the ingress replicas start at the same time: each is a new process that spends a second or
+    more importing, and the ingress finds the actors by name when a request needs them.
+    """
+    settings = _checked(settings)
+    ready = start_actors(settings)
+    serve.run(_ingress(settings), name=name, route_prefix=route_prefix)
+    ray.get(ready, timeout=120)
 
 
 def teardown(settings: Settings, *, name: str = "orchestrator") -> None:

@@ -46,6 +46,10 @@ def ray_session() -> Iterator[int]:
                    _temp_dir=tempfile.mkdtemp(prefix="orch-ray-"), _metrics_export_port=RAY_METRICS_PORT[0])
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+    # serve.run and serve.delete look at the app's status once a second; every deployment would wait ~1.5 s more.
+    from ray.serve._private import client as serve_client
+
+    serve_client.CLIENT_POLLING_INTERVAL_S = 0.05  # type: ignore[attr-defined]
     yield port
     serve.shutdown()
     ray.shutdown()
@@ -90,9 +94,11 @@ def deployed(settings: Any, serve_port: int) -> Iterator[Deployed]:
         teardown(settings, name=name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def orchestrator(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
-    """The default test system, deployed once per test module."""
+    """The default test system, deployed once and shared by every module that uses it: such a module leaves its
+    state as it found it (no pauses, scaling, drains, keys; its tasks finish or are cancelled). A module that
+    changes it, or wants other settings, deploys its own with `deployed`."""
     with deployed(make_settings(redis_server.url), ray_session) as system:
         yield system
 

@@ -137,7 +137,7 @@ def test_a_silent_worker_behind_a_backlog_is_found_and_its_tasks_run_before_the_
         result(base, "control", {"action": "pause", "worker_type": "reasoning"})
         asyncio.run(queue_backlog(settings, 50_000))
         held = submit(base, [{"tool": "echo", "prompt": f"held{i}", "priority": 5,
-                              "context": {"delay_ms": 10_000, "steps": 50}} for i in range(4)])
+                              "context": {"delay_ms": 5_000, "steps": 25}} for i in range(4)])
         result(base, "control", {"action": "resume", "worker_type": "reasoning"})
         victims: dict[str, int] = {}
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import ray
 
 from tests.conftest import Deployed, deployed, make_settings
 from tests.integration.test_spine import finished, result, rpc
@@ -42,6 +43,8 @@ def submit(system: Deployed, n: int, delay_ms: int) -> list[str]:
 def test_scale_up_then_down_drains_without_losing_a_task(system: Deployed) -> None:
     control(system, action="scale", worker_type="reasoning", workers=3)
     assert pool(system)["names"] == ["worker:reasoning:0", "worker:reasoning:1", "worker:reasoning:2"]
+    for name in pool(system)["names"]:  # started: else the first worker may finish its two before the others take any
+        ray.get(ray.get_actor(name, namespace=system.settings.namespace).ready.remote(), timeout=60)
     ids = submit(system, 6, delay_ms=1500)  # 6 tasks over 3 workers × 2 slots: every worker busy
     wait_until(lambda: pool(system)["running"] == 6, 30, "every slot to be busy")
     control(system, action="scale", worker_type="reasoning", workers=1)

@@ -203,7 +203,7 @@ async def test_a_key_created_at_runtime_works_on_every_replica_at_once_and_a_rev
     conn = redis.Redis.from_url(system.settings.redis.url, decode_responses=True)
     family = Keys(system.settings.redis.prefix).api_keys()
     assert conn.hexists(family["records"], hash_key(key))
-    for name in conn.scan_iter(f"*{system.settings.redis.prefix}*"):
+    for name in conn.scan_iter(f"*{system.settings.redis.prefix}*", count=1000):
         if conn.type(name) == "hash":
             assert key not in json.dumps(conn.hgetall(name))
     conn.close()

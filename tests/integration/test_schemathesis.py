@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +19,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import Deployed
+from tests.conftest import Deployed, deployed, make_settings
+from tests.support import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -30,9 +32,16 @@ ENVELOPE_MARK = '"jsonrpc": {"const": "2.0"}'  # what a JSON-RPC request body's 
 
 
 @pytest.fixture(scope="module")
-def document(orchestrator: Deployed) -> dict[str, Any]:
+def system(redis_server: RedisServer, ray_session: int) -> Iterator[Deployed]:
+    """The default settings, deployed for this module alone: the fuzzer's valid calls pause, scale and drain."""
+    with deployed(make_settings(redis_server.url), ray_session) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def document(system: Deployed) -> dict[str, Any]:
     """The OpenAPI document the deployed app publishes (its `servers` carry the route prefix)."""
-    reply = requests.get(f"{orchestrator.base_url}/openapi.json", timeout=30)
+    reply = requests.get(f"{system.base_url}/openapi.json", timeout=30)
     reply.raise_for_status()
     return reply.json()
 
@@ -95,12 +104,12 @@ def _no_constants(name: str) -> Any:
 
 
 def test_the_document_covers_every_face(document: dict[str, Any], rpc_paths: frozenset[str],
-                                       orchestrator: Deployed) -> None:
+                                       system: Deployed) -> None:
     assert {"/v1/rpc", "/v2/rpc", "/v1/run_task", "/v2/run_task", "/v1/status", "/v1/control", "/v1/inject",
             "/v1/analytics"} <= rpc_paths
     assert {"/v1/tasks/{task_id}/events", "/healthz"} <= set(document["paths"])
     # Paths are relative to the route prefix the app is deployed under, which `servers` names.
-    assert [server["url"] for server in document["servers"]] == [f"/{orchestrator.name}"]
+    assert [server["url"] for server in document["servers"]] == [f"/{system.name}"]
 
 
 def test_every_reference_resolves(document: dict[str, Any]) -> None:
@@ -110,7 +119,7 @@ def test_every_reference_resolves(document: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_no_server_errors_and_well_formed_replies(document: dict[str, Any], rpc_paths: frozenset[str],
-                                                   orchestrator: Deployed, mode: GenerationMode) -> None:
+                                                   system: Deployed, mode: GenerationMode) -> None:
     api = schemathesis.openapi.from_dict(document)
     session = requests.Session()
     calls: Counter[str] = Counter()
@@ -120,7 +129,7 @@ def test_no_server_errors_and_well_formed_replies(document: dict[str, Any], rpc_
         @FUZZ
         @given(case=operation.as_strategy(generation_mode=mode))
         def fuzz(case: schemathesis.Case) -> None:
-            response = case.call(base_url=orchestrator.base_url, session=session, timeout=30)
+            response = case.call(base_url=system.base_url, session=session, timeout=30)
             calls[case.path] += 1
             case.validate_response(response, checks=[not_a_server_error])
             check_reply(case, response, rpc_paths)

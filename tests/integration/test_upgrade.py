@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -299,9 +299,18 @@ def settings_for(redis_url: str, prefix: str) -> Settings:
                     auth={"quotas": {"acme": {"max_active_tasks": 50}}})
 
 
+@pytest.fixture(scope="module")
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this module's own: the migration SCANs the whole keyspace (2 keys per call where a test
+    makes its batches small), and the session's holds every earlier module's keys."""
+    server = RedisServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def settings(redis_server: RedisServer) -> Settings:
-    return settings_for(redis_server.url, f"m{uuid.uuid4().hex[:8]}")
+def settings(own_redis: RedisServer) -> Settings:
+    return settings_for(own_redis.url, f"m{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture
