@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from deployments.fake_provider import FakeProviderConfig
 from orchestrator.auth import hash_key, new_key
@@ -61,21 +61,6 @@ def system(redis_server: RedisServer, ray_session: int, provider: RunningFakePro
                              router={"visibility_timeout_s": 2, "heartbeat_interval_s": 0.3, "max_attempts": 1})
     with deployed(settings, ray_session) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path="/usr/bin/chromium")
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": 1280, "height": 800})
-    yield context.new_page()
-    context.close()
 
 
 def call(system: Deployed, key: str, method: str, params: dict[str, Any]) -> dict[str, Any]:

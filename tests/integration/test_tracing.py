@@ -9,9 +9,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from playwright.sync_api import Page, expect
 
 from tests.conftest import Deployed, deployed, make_settings
 from tests.fakeprovider import RunningFakeProvider
+from tests.integration.test_console import WAIT_MS
 from tests.integration.test_spine import result
 from tests.mcp_server import stdio_command, stdio_env
 from tests.otlp import OtlpReceiver, ReceivedSpan, otlp_receiver
@@ -146,3 +148,12 @@ def test_a_downstream_mcp_server_receives_the_context_in_the_calls_meta(traced: 
     assert call.parent_id == attempt.span_id and send.parent_id == call.span_id  # the SDK's send: one per try
     _version, seen_trace, seen_parent, _flags = record["result"]["text"].split("-")
     assert (seen_trace, seen_parent) == (trace_id, send.span_id)
+
+
+def test_the_console_links_a_tasks_trace_to_the_tracing_ui(traced: Deployed, page: Page) -> None:
+    trace_id, client_span = client_context()
+    record = post(traced, "run_task", {"tool": "echo", "prompt": "see me", "wait": 30}, trace_id, client_span)
+    page.goto(f"{traced.base_url}/ui/tasks/{record['task_id']}")  # auth off: no key to enter
+    link = page.locator("#trace-link")
+    expect(link).to_have_text(trace_id, timeout=WAIT_MS)
+    assert link.get_attribute("href") == UI.format(trace_id=trace_id)
