@@ -314,7 +314,7 @@ class Runner:
                 span.set_attributes({
                     "orchestrator.task.id": taken.task.task_id, "orchestrator.task.tool": taken.task.tool,
                     "orchestrator.attempt": taken.attempt, "orchestrator.worker": self.name,
-                    "orchestrator.attempt.retry": taken.attempt - 1 - taken.preemptions - taken.attempts_base > 0,
+                    "orchestrator.attempt.retry": taken.retries > 0,
                     "orchestrator.attempt.resumed": taken.checkpoint is not None})
             outcome, fields = await self._outcome(attempt)
             if span.is_recording():
@@ -384,7 +384,7 @@ class Runner:
                 worker_type=task.worker_type, tool=task.tool, tenant=task.tenant, agent=task.agent, status=status,
                 e2e_ms=(now - task.ready_at) * 1000, wait_ms=(taken.first_started_at - task.ready_at) * 1000,
                 run_ms=(now - attempt.started_at) * 1000, preemptions=taken.preemptions,
-                retries=max(0, taken.attempt - 1 - taken.preemptions - taken.attempts_base - taken.input_rounds),
+                retries=taken.retries,
                 tokens=tokens if isinstance(tokens, int) else 0))
         elif record is not None:
             from orchestrator.adapters.stats_store import finished_task

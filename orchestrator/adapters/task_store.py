@@ -65,6 +65,11 @@ class Taken:
     inputs: Mapping[str, Any] = field(default_factory=dict)  # answers to its requests for input, by key
     input_rounds: int = 0  # attempts that ended asking for input (not counted as used up)
 
+    @property
+    def retries(self) -> int:
+        """Attempts before this one that were lost (not preempted, not ended asking for input, not forgiven)."""
+        return max(0, self.attempt - 1 - self.preemptions - self.attempts_base - self.input_rounds)
+
 
 @dataclass(frozen=True, slots=True)
 class TakeResult:
